@@ -1,0 +1,387 @@
+//! [`Cause`]: why a scope was cancelled.
+
+use std::borrow::Cow;
+use std::error::Error;
+use std::fmt;
+use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+#[cfg(feature = "serde")]
+mod record;
+
+/// Why a scope was cancelled.
+///
+/// A cause is cheap to clone (one `Arc`), immutable, and shared: every scope that a cancellation
+/// reached reports the same cause. It carries
+///
+/// - a [`kind`](Cause::kind) from a closed taxonomy, to tell a timeout from a failure from a
+///   plain cancel;
+/// - a stable, low-cardinality [`code`](Cause::code) fit for metric labels
+///   (`"INVENTORY_SHORTAGE"`, `"deadline"`);
+/// - free human text in [`detail`](Cause::detail), never meant as a label;
+/// - optionally a wrapped user error, reachable through [`Error::source`] and
+///   [`downcast_ref`](Cause::downcast_ref);
+/// - once it has cancelled a scope: the [`origin`](Cause::origin) path of that scope, the time
+///   [`at`](Cause::at) which it happened and the [`location`](Cause::location) of the call that
+///   set it.
+///
+/// ```
+/// use taskscope::{Cause, CauseKind, Scope};
+///
+/// #[derive(Debug)]
+/// struct Shortage { sku: &'static str }
+/// impl std::fmt::Display for Shortage {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         write!(f, "{} is out of stock", self.sku)
+///     }
+/// }
+/// impl std::error::Error for Shortage {}
+///
+/// let order = Scope::builder().name("orders").build();
+/// let payment = order.child();
+/// order.cancel(
+///     Cause::new("INVENTORY_SHORTAGE")
+///         .with_detail("only 2 left")
+///         .with_source(Shortage { sku: "sku-42" }),
+/// );
+///
+/// let cause = payment.cause().expect("payment was cancelled with the order");
+/// assert_eq!(cause.kind(), CauseKind::Explicit);
+/// assert_eq!(cause.code(), "INVENTORY_SHORTAGE");
+/// assert_eq!(cause.detail(), Some("only 2 left"));
+/// assert_eq!(cause.origin(), Some("orders"));
+/// assert_eq!(cause.downcast_ref::<Shortage>().unwrap().sku, "sku-42");
+/// assert_eq!(cause.to_string(), "cancelled (INVENTORY_SHORTAGE): only 2 left");
+/// ```
+#[derive(Clone)]
+pub struct Cause {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    kind: CauseKind,
+    code: Cow<'static, str>,
+    detail: Option<Cow<'static, str>>,
+    source: Option<Arc<dyn Error + Send + Sync + 'static>>,
+    origin: Option<Arc<str>>,
+    at: Option<SystemTime>,
+    location: Option<CallSite>,
+}
+
+// A cause is immutable once built and only ever shared by reference, so a panic cannot leave one
+// half-updated; the wrapped user error is only read.
+impl UnwindSafe for Cause {}
+impl RefUnwindSafe for Cause {}
+
+/// The kind of a [`Cause`]: what happened, as opposed to the domain [`code`](Cause::code).
+///
+/// The taxonomy is closed so that code can match on it exhaustively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CauseKind {
+    /// Someone called [`Scope::cancel`](crate::Scope::cancel).
+    Explicit,
+    /// A deadline (a timeout) passed.
+    DeadlineExceeded,
+    /// A task failed with an error, and its failure cancelled its siblings.
+    TaskFailed,
+    /// A task panicked.
+    TaskPanicked,
+    /// The program or a supervisor is shutting down (a signal, a shutdown request).
+    Shutdown,
+    /// A group or scope guard was dropped while work was still running.
+    Dropped,
+}
+
+impl CauseKind {
+    /// The code a cause of this kind has unless it is given one: `"cancelled"`, `"deadline"`,
+    /// `"task_failed"`, `"panicked"`, `"shutdown"` or `"dropped"`.
+    pub const fn default_code(self) -> &'static str {
+        match self {
+            CauseKind::Explicit => "cancelled",
+            CauseKind::DeadlineExceeded => "deadline",
+            CauseKind::TaskFailed => "task_failed",
+            CauseKind::TaskPanicked => "panicked",
+            CauseKind::Shutdown => "shutdown",
+            CauseKind::Dropped => "dropped",
+        }
+    }
+
+    /// A short lowercase phrase for messages: `"cancelled"`, `"deadline exceeded"`, ...
+    pub const fn describe(self) -> &'static str {
+        match self {
+            CauseKind::Explicit => "cancelled",
+            CauseKind::DeadlineExceeded => "deadline exceeded",
+            CauseKind::TaskFailed => "task failed",
+            CauseKind::TaskPanicked => "task panicked",
+            CauseKind::Shutdown => "shut down",
+            CauseKind::Dropped => "dropped",
+        }
+    }
+}
+
+impl fmt::Display for CauseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// Where in the source a cause was set: the caller of `cancel`, or of the builder call that
+/// gave a scope its deadline.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CallSite {
+    file: Cow<'static, str>,
+    line: u32,
+    column: u32,
+}
+
+impl CallSite {
+    /// The source file.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The line, starting at 1.
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+
+    /// The column, starting at 1.
+    pub fn column(&self) -> u32 {
+        self.column
+    }
+}
+
+impl From<&'static std::panic::Location<'static>> for CallSite {
+    fn from(location: &'static std::panic::Location<'static>) -> Self {
+        CallSite {
+            file: Cow::Borrowed(location.file()),
+            line: location.line(),
+            column: location.column(),
+        }
+    }
+}
+
+impl fmt::Display for CallSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+impl Cause {
+    /// An explicit cancellation with a domain `code`, such as `"INVENTORY_SHORTAGE"`.
+    ///
+    /// Codes are meant for metric labels and alerts: keep them few and stable, and put anything
+    /// that varies into [`with_detail`](Cause::with_detail). An empty code stands for the kind's
+    /// [default code](CauseKind::default_code).
+    pub fn new(code: &'static str) -> Cause {
+        Cause::of_kind(CauseKind::Explicit).with_code(code)
+    }
+
+    /// A plain cancellation: kind [`Explicit`](CauseKind::Explicit), code `"cancelled"`.
+    pub fn plain() -> Cause {
+        Cause::of_kind(CauseKind::Explicit)
+    }
+
+    /// A cause of the given kind with that kind's [default code](CauseKind::default_code).
+    ///
+    /// ```
+    /// use taskscope::{Cause, CauseKind};
+    ///
+    /// let cause = Cause::of_kind(CauseKind::Shutdown).with_detail("SIGTERM");
+    /// assert_eq!(cause.code(), "shutdown");
+    /// assert_eq!(cause.to_string(), "shut down: SIGTERM");
+    /// ```
+    pub fn of_kind(kind: CauseKind) -> Cause {
+        Cause {
+            inner: Arc::new(Inner {
+                kind,
+                code: Cow::Borrowed(kind.default_code()),
+                detail: None,
+                source: None,
+                origin: None,
+                at: None,
+                location: None,
+            }),
+        }
+    }
+
+    /// Replaces the code. An empty code stands for the kind's default code.
+    pub fn with_code(mut self, code: &'static str) -> Cause {
+        let inner = self.inner_mut();
+        inner.code = Cow::Borrowed(if code.is_empty() {
+            inner.kind.default_code()
+        } else {
+            code
+        });
+        self
+    }
+
+    /// Attaches human-readable detail. It appears in `Display`, logs and audit records, never in
+    /// metric labels.
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Cause {
+        self.inner_mut().detail = Some(detail.into());
+        self
+    }
+
+    /// Wraps a user error or domain reason. It becomes this cause's [`Error::source`] and can be
+    /// read back with [`downcast_ref`](Cause::downcast_ref).
+    pub fn with_source<E>(mut self, source: E) -> Cause
+    where
+        E: Error + Send + Sync + 'static,
+    {
+        self.inner_mut().source = Some(Arc::new(source));
+        self
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> CauseKind {
+        self.inner.kind
+    }
+
+    /// The stable machine code, fit for metric labels.
+    pub fn code(&self) -> &str {
+        &self.inner.code
+    }
+
+    /// Free human text, if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.inner.detail.as_deref()
+    }
+
+    /// The path of the scope this cause cancelled first (`"orders/reserve"`), once it has
+    /// cancelled one. For a deadline, the scope that owns the deadline.
+    pub fn origin(&self) -> Option<&str> {
+        self.inner.origin.as_deref()
+    }
+
+    /// When the cancellation happened, once it has happened. For a deadline, the deadline
+    /// itself, even if nobody looked until later.
+    pub fn at(&self) -> Option<SystemTime> {
+        self.inner.at
+    }
+
+    /// The call that set this cause: the caller of [`Scope::cancel`](crate::Scope::cancel), or
+    /// for a deadline the caller that created the scope with it.
+    pub fn location(&self) -> Option<&CallSite> {
+        self.inner.location.as_ref()
+    }
+
+    /// The wrapped user error, if it is an `E`.
+    pub fn downcast_ref<E>(&self) -> Option<&E>
+    where
+        E: Error + 'static,
+    {
+        let source: &(dyn Error + 'static) = self.inner.source.as_deref()?;
+        source.downcast_ref::<E>()
+    }
+
+    /// Whether two causes are the very same cancellation (not merely equal-looking).
+    pub fn ptr_eq(&self, other: &Cause) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Fills in where and when this cause took effect, keeping whatever it already carries (a
+    /// cause passed on from elsewhere keeps its first origin).
+    pub(crate) fn stamped(
+        mut self,
+        origin: Option<&Arc<str>>,
+        at: SystemTime,
+        location: &'static std::panic::Location<'static>,
+    ) -> Cause {
+        let stamped = &self.inner;
+        if stamped.origin.is_some() && stamped.at.is_some() && stamped.location.is_some() {
+            return self;
+        }
+        let inner = self.inner_mut();
+        if inner.origin.is_none() {
+            inner.origin = origin.cloned();
+        }
+        inner.at.get_or_insert(at);
+        inner.location.get_or_insert_with(|| location.into());
+        self
+    }
+
+    /// This cause as a deadline's cause: its kind becomes [`CauseKind::DeadlineExceeded`] so a
+    /// timeout is never mistaken for a harmless cancel; code, detail and source stay.
+    pub(crate) fn into_deadline(mut self) -> Cause {
+        if self.inner.kind != CauseKind::DeadlineExceeded {
+            let inner = self.inner_mut();
+            if inner.code == inner.kind.default_code() {
+                inner.code = Cow::Borrowed(CauseKind::DeadlineExceeded.default_code());
+            }
+            inner.kind = CauseKind::DeadlineExceeded;
+        }
+        self
+    }
+}
+
+impl Default for Cause {
+    /// A [plain](Cause::plain) cancellation.
+    fn default() -> Self {
+        Cause::plain()
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.write_str(inner.kind.describe())?;
+        if inner.code != inner.kind.default_code() {
+            write!(f, " ({})", inner.code)?;
+        }
+        if let Some(detail) = &inner.detail {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        let mut debug = f.debug_struct("Cause");
+        debug.field("kind", &inner.kind).field("code", &inner.code);
+        if let Some(detail) = &inner.detail {
+            debug.field("detail", detail);
+        }
+        if let Some(source) = &inner.source {
+            debug.field("source", source);
+        }
+        if let Some(origin) = &inner.origin {
+            debug.field("origin", origin);
+        }
+        if let Some(at) = &inner.at {
+            debug.field("at", at);
+        }
+        if let Some(location) = &inner.location {
+            debug.field("location", &format_args!("{location}"));
+        }
+        debug.finish()
+    }
+}
+
+impl Error for Cause {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        let source: &(dyn Error + 'static) = self.inner.source.as_deref()?;
+        Some(source)
+    }
+}
+
+/// Lets `Cause` hold an error that only survives as text (a decoded record's source).
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
+#[derive(Debug)]
+struct RecordedSource(String);
+
+impl fmt::Display for RecordedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for RecordedSource {}

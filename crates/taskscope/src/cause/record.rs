@@ -1,0 +1,165 @@
+//! The stable serialised form of a [`Cause`] (feature `serde`).
+//!
+//! Schema, version 1 (field names are public API):
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `v` | integer | schema version, `1` |
+//! | `kind` | string | `explicit`, `deadline_exceeded`, `task_failed`, `task_panicked`, `shutdown`, `dropped` |
+//! | `code` | string, non-empty | [`Cause::code`] |
+//! | `detail` | string, optional | [`Cause::detail`] |
+//! | `origin` | string, optional | [`Cause::origin`] |
+//! | `at_unix_us` | integer, optional | [`Cause::at`], microseconds since the Unix epoch |
+//! | `location` | `{file, line, column}`, optional | [`Cause::location`] |
+//! | `source` | string, optional | the wrapped error's `Display`, decoded as an opaque error |
+//!
+//! Unknown fields are ignored, so later versions can add fields.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{CallSite, Cause, CauseKind, Inner, RecordedSource};
+
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    v: u32,
+    kind: KindRecord,
+    code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at_unix_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    location: Option<LocationRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum KindRecord {
+    Explicit,
+    DeadlineExceeded,
+    TaskFailed,
+    TaskPanicked,
+    Shutdown,
+    Dropped,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LocationRecord {
+    file: String,
+    line: u32,
+    column: u32,
+}
+
+impl From<CauseKind> for KindRecord {
+    fn from(kind: CauseKind) -> Self {
+        match kind {
+            CauseKind::Explicit => KindRecord::Explicit,
+            CauseKind::DeadlineExceeded => KindRecord::DeadlineExceeded,
+            CauseKind::TaskFailed => KindRecord::TaskFailed,
+            CauseKind::TaskPanicked => KindRecord::TaskPanicked,
+            CauseKind::Shutdown => KindRecord::Shutdown,
+            CauseKind::Dropped => KindRecord::Dropped,
+        }
+    }
+}
+
+impl From<KindRecord> for CauseKind {
+    fn from(kind: KindRecord) -> Self {
+        match kind {
+            KindRecord::Explicit => CauseKind::Explicit,
+            KindRecord::DeadlineExceeded => CauseKind::DeadlineExceeded,
+            KindRecord::TaskFailed => CauseKind::TaskFailed,
+            KindRecord::TaskPanicked => CauseKind::TaskPanicked,
+            KindRecord::Shutdown => CauseKind::Shutdown,
+            KindRecord::Dropped => CauseKind::Dropped,
+        }
+    }
+}
+
+impl Record {
+    fn from_cause(cause: &Cause) -> Record {
+        let inner = &cause.inner;
+        Record {
+            v: VERSION,
+            kind: inner.kind.into(),
+            code: inner.code.to_string(),
+            detail: inner.detail.as_deref().map(str::to_owned),
+            origin: inner.origin.as_deref().map(str::to_owned),
+            // A time before 1970 or past the year 2554 has no record form; it is left out
+            // rather than made up.
+            at_unix_us: inner
+                .at
+                .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .and_then(|since| u64::try_from(since.as_micros()).ok()),
+            location: inner.location.as_ref().map(|location| LocationRecord {
+                file: location.file.to_string(),
+                line: location.line,
+                column: location.column,
+            }),
+            source: inner.source.as_ref().map(|source| source.to_string()),
+        }
+    }
+
+    fn into_cause(self) -> Result<Cause, String> {
+        if self.v != VERSION {
+            return Err(format!(
+                "unsupported cause record version {} (this build reads version {VERSION})",
+                self.v
+            ));
+        }
+        if self.code.is_empty() {
+            return Err("cause record has an empty `code`".to_owned());
+        }
+        let at = match self.at_unix_us {
+            None => None,
+            Some(us) => Some(
+                SystemTime::UNIX_EPOCH
+                    .checked_add(Duration::from_micros(us))
+                    .ok_or_else(|| format!("cause record time {us}us is out of range"))?,
+            ),
+        };
+        Ok(Cause {
+            inner: Arc::new(Inner {
+                kind: self.kind.into(),
+                code: Cow::Owned(self.code),
+                detail: self.detail.map(Cow::Owned),
+                source: self
+                    .source
+                    .map(|message| Arc::new(RecordedSource(message)) as Arc<_>),
+                origin: self.origin.map(Arc::from),
+                at,
+                location: self.location.map(|location| CallSite {
+                    file: Cow::Owned(location.file),
+                    line: location.line,
+                    column: location.column,
+                }),
+            }),
+        })
+    }
+}
+
+/// Serialises the stable record described in the [module docs](self).
+impl Serialize for Cause {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Record::from_cause(self).serialize(serializer)
+    }
+}
+
+/// Decodes the stable record; malformed input is an error, never a panic.
+impl<'de> Deserialize<'de> for Cause {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Record::deserialize(deserializer)?
+            .into_cause()
+            .map_err(serde::de::Error::custom)
+    }
+}

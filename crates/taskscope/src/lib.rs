@@ -1,0 +1,56 @@
+//! Cancel scopes for tokio that know *why* they were cancelled.
+//!
+//! A [`Scope`] is a node of a cancellation tree. Cancelling it cancels its whole subtree with a
+//! structured [`Cause`]: what happened ([`CauseKind`]), a stable code for metrics, human detail,
+//! optionally the user's own error, and where and when it was set. The first cause to reach a
+//! scope wins; deadlines are inherited as the earliest, cost no background task, and are ordered
+//! by time, not by when someone looked.
+//!
+//! ```
+//! use std::time::Duration;
+//! use taskscope::{Cause, CauseKind, Scope};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let orders = Scope::builder().name("orders").build();
+//! let order = orders.child_builder().name("order-17").timeout(Duration::from_secs(5)).build();
+//! let reserve = order.child_builder().name("reserve").build();
+//!
+//! let worker = tokio::spawn({
+//!     let reserve = reserve.clone();
+//!     async move { reserve.cancelled().await }
+//! });
+//! order.cancel(Cause::new("INVENTORY_SHORTAGE").with_detail("sku-42: 2 left, 5 wanted"));
+//!
+//! let cause = worker.await.unwrap();
+//! assert_eq!(cause.kind(), CauseKind::Explicit);
+//! assert_eq!(cause.code(), "INVENTORY_SHORTAGE");
+//! assert_eq!(cause.origin(), Some("orders/order-17"));
+//! assert!(!orders.is_cancelled());
+//! # }
+//! ```
+//!
+//! The semantics, including which cause a scope reports in every ordering of events, are in
+//! the concepts guide (`docs/concepts.md` in the repository).
+//!
+//! # Features
+//!
+//! - `serde`: `Cause` serialises to, and decodes from, a stable versioned record (fields `v`,
+//!   `kind`, `code`, `detail`, `origin`, `at_unix_us`, `location`, `source`) for audit logs and
+//!   for crossing process boundaries. Decoding malformed input is an error, never a panic.
+
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod cancelled;
+mod cause;
+mod node;
+mod on_cancel;
+mod scope;
+mod slab;
+mod sync;
+
+pub use cancelled::{Cancelled, CancelledOwned};
+pub use cause::{CallSite, Cause, CauseKind};
+pub use on_cancel::OnCancel;
+pub use scope::{Scope, ScopeBuilder};

@@ -1,0 +1,343 @@
+//! The cancellation tree behind [`Scope`](crate::Scope).
+//!
+//! Each scope is one reference-counted [`Node`]. A child holds its parent strongly and the parent
+//! holds its children weakly, so dropping the last handle of a leaf frees it and unlinks it from
+//! its parent, and an inner node lives exactly as long as a handle or a descendant needs it.
+//!
+//! Invariants:
+//!
+//! 1. A node's cause is set at most once, under its `state` lock; `cancelled` is set (Release)
+//!    right after and never cleared. A set cause is final ("first cause wins").
+//! 2. A node whose cause is set has no linked children and no listeners: cancelling drains both
+//!    under the same lock that sets the cause, and nothing is linked or registered afterwards
+//!    (a child made then is born cancelled; a waiter or callback made then fires at once).
+//!    Slab keys are therefore only ever freed by their owner or by that drain, never reused
+//!    behind an owner's back.
+//! 3. Every cancellation in a tree runs under the tree lock of the tree's root (a root or a
+//!    detached scope), from marking the first node to marking the last descendant. So
+//!    cancellations of one tree are totally ordered, a cancellation that loses a race returns
+//!    only once the winner has marked the whole subtree, and every scope of the tree agrees on
+//!    one winner.
+//! 4. Lock order is tree lock, then one node lock at a time. No user code (callbacks, wakers,
+//!    drops of user values) runs while any of these locks is held.
+//! 5. A node's effective deadline is fixed at creation: the earliest of its own and its
+//!    parent's (the parent's on a tie), with that deadline's cause. So a node's deadline is never
+//!    later than any ancestor's, up to the nearest detached scope.
+//! 6. Deadlines are observed lazily and ordered by time, not by observation: whenever a
+//!    cancellation reaches a node at time `t` (including a deadline being observed), the node
+//!    takes its deadline's cause instead if that deadline is `<= t`. Nothing runs in the
+//!    background; a waiting `Cancelled` future is the only timer, and it is dropped with the
+//!    future.
+
+use std::panic::{self, AssertUnwindSafe, Location};
+use std::sync::{Arc, Weak};
+use std::task::Waker;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use crate::Cause;
+use crate::slab::Slab;
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering, lock};
+
+/// A callback registered with [`Scope::on_cancel`](crate::Scope::on_cancel).
+pub(crate) type Callback = Box<dyn FnOnce(&Cause) + Send + 'static>;
+
+/// `Node::slot` of a node that is not linked into its parent's children.
+pub(crate) const UNLINKED: usize = usize::MAX;
+
+pub(crate) struct Node {
+    /// Mirrors `state.cause.is_some()` for lock-free reads (invariant 1).
+    cancelled: AtomicBool,
+    state: Mutex<State>,
+    /// Serialises cancellations of the tree this node is the root of (invariant 3); unused on
+    /// nodes that are not tree roots.
+    tree_lock: Mutex<()>,
+    parent: Option<Arc<Node>>,
+    /// Key of this node in `parent.state.children`, or `UNLINKED`. Written once, under the
+    /// parent's lock, before anyone but the parent can see the node; read under that lock.
+    slot: AtomicUsize,
+    detached: bool,
+    path: Option<Arc<str>>,
+    deadline: Option<Arc<Deadline>>,
+}
+
+pub(crate) struct State {
+    cause: Option<Cause>,
+    children: Slab<Weak<Node>>,
+    /// Boxed because most scopes never have a waiter or callback.
+    listeners: Option<Box<Slab<Listener>>>,
+}
+
+pub(crate) enum Listener {
+    Waker(Waker),
+    Callback(Callback),
+}
+
+pub(crate) struct Deadline {
+    pub(crate) at: Instant,
+    pub(crate) cause: Cause,
+}
+
+/// Where a new node hangs.
+pub(crate) enum Parent<'a> {
+    None,
+    Attached(&'a Arc<Node>),
+    Detached(&'a Arc<Node>),
+}
+
+impl Node {
+    pub(crate) fn new(
+        parent: Parent<'_>,
+        path: Option<Arc<str>>,
+        own_deadline: Option<Arc<Deadline>>,
+    ) -> Arc<Node> {
+        let (parent, detached) = match parent {
+            Parent::None => (None, false),
+            Parent::Attached(parent) => (Some(parent), false),
+            Parent::Detached(parent) => (Some(parent), true),
+        };
+        // Invariant 5.
+        let inherited = parent.filter(|_| !detached).and_then(|p| p.deadline.as_ref());
+        let deadline = match (inherited, own_deadline) {
+            (Some(inherited), Some(own)) if own.at < inherited.at => Some(own),
+            (Some(inherited), _) => Some(inherited.clone()),
+            (None, own) => own,
+        };
+        let node = Arc::new(Node {
+            cancelled: AtomicBool::new(false),
+            state: Mutex::new(State {
+                cause: None,
+                children: Slab::new(),
+                listeners: None,
+            }),
+            tree_lock: Mutex::new(()),
+            parent: parent.cloned(),
+            slot: AtomicUsize::new(UNLINKED),
+            detached,
+            path,
+            deadline,
+        });
+        let Some(parent) = parent.filter(|_| !detached) else {
+            return node;
+        };
+        let mut parent_state = lock(&parent.state);
+        match parent_state.cause.clone() {
+            None => {
+                let key = parent_state.children.insert(Arc::downgrade(&node));
+                node.slot.store(key, Ordering::Relaxed);
+            }
+            Some(cause) => {
+                drop(parent_state);
+                // Born cancelled with the parent's cause. Nobody else can see the node yet, so
+                // this needs no tree lock.
+                lock(&node.state).cause = Some(cause);
+                node.cancelled.store(true, Ordering::Release);
+            }
+        }
+        node
+    }
+
+    pub(crate) fn path(&self) -> Option<&Arc<str>> {
+        self.path.as_ref()
+    }
+
+    pub(crate) fn parent(&self) -> Option<&Arc<Node>> {
+        self.parent.as_ref()
+    }
+
+    pub(crate) fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    pub(crate) fn deadline(&self) -> Option<&Deadline> {
+        self.deadline.as_deref()
+    }
+
+    pub(crate) fn live_children(&self) -> usize {
+        lock(&self.state).children.len()
+    }
+
+    /// Whether this node is cancelled, observing a passed deadline (invariant 6).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire) || self.observe_deadline()
+    }
+
+    /// This node's cause, observing a passed deadline (invariant 6).
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        if self.is_cancelled() {
+            lock(&self.state).cause.clone()
+        } else {
+            None
+        }
+    }
+
+    /// Cancels this node now if its deadline has passed; returns whether it did or already was.
+    pub(crate) fn observe_deadline(&self) -> bool {
+        match &self.deadline {
+            Some(deadline) if Instant::now() >= deadline.at => {
+                self.cancel(deadline.cause.clone(), Location::caller());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Cancels this node and its subtree with `cause`; returns whether `cause` is the one this
+    /// node ended up with.
+    pub(crate) fn cancel(&self, cause: Cause, location: &'static Location<'static>) -> bool {
+        let mut fired = Fired::default();
+        let won = {
+            let root = self.tree_root();
+            let _tree = lock(&root.tree_lock);
+            // Taken under the tree lock, so the time order of cancellations is their lock order.
+            let now = Instant::now();
+            let cause = cause.stamped(self.path.as_ref(), SystemTime::now(), location);
+            let won = match self.mark(&cause, now, &mut fired) {
+                Some(marked) => marked.ptr_eq(&cause),
+                None => false,
+            };
+            // Descendants, iteratively: trees may be 100 000 deep.
+            while let Some(node) = fired.pending.pop() {
+                node.mark(&cause, now, &mut fired);
+                fired.visited.push(node);
+            }
+            won
+        };
+        fired.run();
+        won
+    }
+
+    /// Sets this node's cause (its passed deadline's, or `cause`) unless it has one; moves its
+    /// children, wakers and callbacks into `fired`. Returns the cause it set.
+    fn mark(&self, cause: &Cause, now: Instant, fired: &mut Fired) -> Option<Cause> {
+        let mut state = lock(&self.state);
+        if state.cause.is_some() {
+            return None;
+        }
+        let cause = match &self.deadline {
+            Some(deadline) if deadline.at <= now => deadline.cause.clone(),
+            _ => cause.clone(),
+        };
+        state.cause = Some(cause.clone());
+        self.cancelled.store(true, Ordering::Release);
+        fired
+            .pending
+            .extend(state.children.drain().filter_map(|child| child.upgrade()));
+        if let Some(mut listeners) = state.listeners.take() {
+            for listener in listeners.drain() {
+                match listener {
+                    Listener::Waker(waker) => fired.wakers.push(waker),
+                    Listener::Callback(callback) => fired.callbacks.push((callback, cause.clone())),
+                }
+            }
+        }
+        Some(cause)
+    }
+
+    fn tree_root(&self) -> &Node {
+        let mut node = self;
+        while let (false, Some(parent)) = (node.detached, &node.parent) {
+            node = parent;
+        }
+        node
+    }
+
+    /// Registers `listener`, unless the node is cancelled: then hands it back with the cause.
+    pub(crate) fn listen(&self, listener: Listener) -> Result<usize, (Listener, Cause)> {
+        let mut state = lock(&self.state);
+        if let Some(cause) = &state.cause {
+            return Err((listener, cause.clone()));
+        }
+        Ok(state
+            .listeners
+            .get_or_insert_with(|| Box::new(Slab::new()))
+            .insert(listener))
+    }
+
+    /// Replaces the waker at `key` unless it would wake the same task. Returns false if the node
+    /// is cancelled (the waker was drained and woken).
+    pub(crate) fn update_waker(&self, key: usize, waker: &Waker) -> bool {
+        let mut state = lock(&self.state);
+        let slot = state.listeners.as_mut().and_then(|l| l.get_mut(key));
+        match slot {
+            Some(Listener::Waker(old)) => {
+                if !old.will_wake(waker) {
+                    old.clone_from(waker);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes the listener at `key` if it is still registered (the node is not cancelled).
+    /// The caller drops what it gets back, outside the lock.
+    pub(crate) fn unlisten(&self, key: usize) -> Option<Listener> {
+        let mut state = lock(&self.state);
+        let listeners = state.listeners.as_mut()?;
+        let listener = listeners.remove(key);
+        if listeners.len() == 0 {
+            state.listeners = None;
+        }
+        listener
+    }
+
+    /// Removes the child at `slot` from this node's children, unless cancelling drained them.
+    fn unlink_child(&self, slot: usize) {
+        if slot == UNLINKED {
+            return;
+        }
+        let mut state = lock(&self.state);
+        // By invariant 2 a cancelled node's children were drained; the slot may not be ours.
+        if state.cause.is_none() {
+            state.children.remove(slot);
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Unlink from the parent, and release ancestors iteratively: dropping the last handle of
+        // a 100 000-deep chain must not recurse.
+        let mut slot = self.slot.load(Ordering::Relaxed);
+        let mut next = self.parent.take();
+        while let Some(parent) = next {
+            parent.unlink_child(slot);
+            next = None;
+            if let Some(mut parent) = Arc::into_inner(parent) {
+                slot = parent.slot.load(Ordering::Relaxed);
+                next = parent.parent.take();
+            }
+        }
+    }
+}
+
+/// What a cancellation must do once its locks are released (invariant 4).
+#[derive(Default)]
+struct Fired {
+    pending: Vec<Arc<Node>>,
+    /// Dropped only after the tree lock is released: the last handle of a node may be ours.
+    visited: Vec<Arc<Node>>,
+    wakers: Vec<Waker>,
+    callbacks: Vec<(Callback, Cause)>,
+}
+
+impl Fired {
+    fn run(self) {
+        drop(self.visited);
+        for waker in self.wakers {
+            waker.wake();
+        }
+        // Every callback runs even if one panics; the first panic is resumed afterwards.
+        let mut panicked = None;
+        for (callback, cause) in self.callbacks {
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| callback(&cause))) {
+                panicked.get_or_insert(payload);
+            }
+        }
+        if let Some(payload) = panicked {
+            panic::resume_unwind(payload);
+        }
+    }
+}

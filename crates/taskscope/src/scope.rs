@@ -1,0 +1,425 @@
+//! [`Scope`]: one node of a cancellation tree, and [`ScopeBuilder`].
+
+use std::fmt;
+use std::panic::Location;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::node::{Deadline, Listener, Node, Parent};
+use crate::{Cancelled, CancelledOwned, Cause, CauseKind, OnCancel};
+
+/// A handle to one node of a cancellation tree. Cloning it gives another handle to the same
+/// scope.
+///
+/// A scope is cancelled when [`cancel`](Scope::cancel) is called on it or on an ancestor, or when
+/// its deadline passes, and from then on reports *why*: its [`Cause`]. The first cause to reach a
+/// scope wins and never changes. Children made from a cancelled scope are born cancelled with its
+/// cause.
+///
+/// ```
+/// use taskscope::{Cause, Scope};
+///
+/// let orders = Scope::builder().name("orders").build();
+/// let reserve = orders.child_builder().name("reserve").build();
+/// assert_eq!(reserve.path(), "orders/reserve");
+///
+/// assert!(orders.cancel(Cause::new("SHUTTING_DOWN")));
+/// assert!(!orders.cancel(Cause::plain()), "the first cause wins");
+///
+/// let cause = reserve.cause().unwrap();
+/// assert_eq!(cause.code(), "SHUTTING_DOWN");
+/// assert_eq!(cause.origin(), Some("orders"));
+/// ```
+///
+/// # Deadlines
+///
+/// A scope's effective deadline is the earliest of its own and its ancestors'. Deadlines cost no
+/// background task: a scope notices its deadline when someone looks (`is_cancelled`, `cause`, a
+/// waiting [`cancelled`](Scope::cancelled) future, which holds the only timer) or when a
+/// cancellation reaches it, and what it then reports is decided by time order, not by when it was
+/// looked at: a deadline that passed before an explicit cancel is the cause. Deadlines use
+/// tokio's clock ([`tokio::time::Instant`]), so paused-time tests drive them.
+///
+/// # Memory
+///
+/// A parent holds its children weakly: dropping the last handle of a child unlinks and frees it,
+/// so a long-lived scope that made a million short-lived children holds nothing for them
+/// afterwards. A child keeps its ancestors alive.
+#[derive(Clone)]
+pub struct Scope {
+    pub(crate) node: Arc<Node>,
+}
+
+impl Scope {
+    /// A new root scope, with no name and no deadline.
+    pub fn new() -> Scope {
+        Scope {
+            node: Node::new(Parent::None, None, None),
+        }
+    }
+
+    /// A builder for a root scope with a name or a deadline.
+    pub fn builder() -> ScopeBuilder<'static> {
+        ScopeBuilder::new(None)
+    }
+
+    /// A child scope: cancelled whenever this scope is, with this scope's cause.
+    ///
+    /// If this scope is already cancelled, the child is born cancelled with the same cause.
+    pub fn child(&self) -> Scope {
+        Scope {
+            node: Node::new(Parent::Attached(&self.node), self.node.path().cloned(), None),
+        }
+    }
+
+    /// A child scope that is also cancelled `timeout` from now, with a
+    /// [`DeadlineExceeded`](CauseKind::DeadlineExceeded) cause.
+    ///
+    /// A zero timeout gives a child that is already past its deadline. A timeout too large to
+    /// represent as an instant means no deadline of its own.
+    #[track_caller]
+    pub fn child_with_timeout(&self, timeout: Duration) -> Scope {
+        self.child_builder().timeout(timeout).build()
+    }
+
+    /// A child scope that is also cancelled at `deadline`, with a
+    /// [`DeadlineExceeded`](CauseKind::DeadlineExceeded) cause.
+    ///
+    /// A deadline in the past gives a child that is already past it.
+    #[track_caller]
+    pub fn child_with_deadline(&self, deadline: Instant) -> Scope {
+        self.child_builder().deadline(deadline).build()
+    }
+
+    /// A builder for a child with a name, a deadline, a deadline cause of its own, or detached.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskscope::{Cause, CauseKind, Scope};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let order = Scope::builder().name("order-17").build();
+    /// let payment = order
+    ///     .child_builder()
+    ///     .name("payment")
+    ///     .timeout(Duration::from_secs(2))
+    ///     .deadline_cause(Cause::new("PAYMENT_TIMEOUT").with_detail("gateway too slow"))
+    ///     .build();
+    ///
+    /// let cause = payment.cancelled().await;
+    /// assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
+    /// assert_eq!(cause.code(), "PAYMENT_TIMEOUT");
+    /// assert_eq!(cause.origin(), Some("order-17/payment"));
+    /// assert!(!order.is_cancelled(), "a child's deadline does not cancel its parent");
+    /// # }
+    /// ```
+    pub fn child_builder(&self) -> ScopeBuilder<'_> {
+        ScopeBuilder::new(Some(self))
+    }
+
+    /// A detached child, for compensation: work that must run *because* this scope was
+    /// cancelled (Go's `context.WithoutCancel`, Trio's shielded scope).
+    ///
+    /// It is not cancelled with this scope and does not inherit its deadline; give it its own
+    /// time budget with a timeout child. It reads this scope's cause live through
+    /// [`parent_cause`](Scope::parent_cause).
+    ///
+    /// ```
+    /// use taskscope::{Cause, Scope};
+    ///
+    /// let order = Scope::builder().name("order-17").build();
+    /// let compensation = order.detached_child();
+    /// order.cancel(Cause::new("PAYMENT_DECLINED"));
+    ///
+    /// assert!(!compensation.is_cancelled());
+    /// assert_eq!(compensation.parent_cause().unwrap().code(), "PAYMENT_DECLINED");
+    /// ```
+    pub fn detached_child(&self) -> Scope {
+        self.child_builder().detached().build()
+    }
+
+    /// Cancels this scope and every descendant with `cause`.
+    ///
+    /// Returns `true` if this call set the cause, `false` if the scope already had one (the first
+    /// cause wins; concurrent calls agree on one winner). A scope whose deadline had already
+    /// passed keeps the deadline's cause, and this returns `false`.
+    ///
+    /// The cause is stamped with this scope's path as its [`origin`](Cause::origin), the time,
+    /// and the caller's location, unless it already carries them.
+    ///
+    /// Synchronous: when it returns, this scope and every descendant report themselves
+    /// cancelled, and every [`on_cancel`](Scope::on_cancel) callback this call fired has run.
+    /// Waiting [`cancelled`](Scope::cancelled) futures are woken.
+    ///
+    /// # Panics
+    ///
+    /// If an `on_cancel` callback panics, the panic is resumed here after every other callback
+    /// has run and the whole subtree is cancelled.
+    #[track_caller]
+    pub fn cancel(&self, cause: Cause) -> bool {
+        self.node.cancel(cause, Location::caller())
+    }
+
+    /// The cause that cancelled this scope: its own if it was cancelled directly, else the one
+    /// that reached it from an ancestor, else its deadline's. `None` while it is not cancelled.
+    ///
+    /// A read; it never walks the tree. While another thread cancels the scope it returns
+    /// `None` or the final cause, never another.
+    pub fn cause(&self) -> Option<Cause> {
+        self.node.cause()
+    }
+
+    /// Whether this scope is cancelled (or past its deadline).
+    pub fn is_cancelled(&self) -> bool {
+        self.node.is_cancelled()
+    }
+
+    /// Waits until this scope is cancelled, and resolves to the cause.
+    ///
+    /// ```
+    /// use taskscope::{Cause, Scope};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let scope = Scope::new();
+    /// let worker = tokio::spawn({
+    ///     let scope = scope.child();
+    ///     async move {
+    ///         tokio::select! {
+    ///             cause = scope.cancelled() => format!("stopped: {cause}"),
+    ///             _ = std::future::pending::<()>() => unreachable!(),
+    ///         }
+    ///     }
+    /// });
+    /// scope.cancel(Cause::new("DRAINING"));
+    /// assert_eq!(worker.await.unwrap(), "stopped: cancelled (DRAINING)");
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: see [`Cancelled`].
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled::new(self)
+    }
+
+    /// Like [`cancelled`](Scope::cancelled), but the future owns this handle and is `'static`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: see [`CancelledOwned`].
+    pub fn cancelled_owned(self) -> CancelledOwned {
+        CancelledOwned::new(self)
+    }
+
+    /// This scope's effective deadline: the earliest of its own and its ancestors'.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.node.deadline().map(|deadline| deadline.at)
+    }
+
+    /// Time left until the effective deadline (zero once it has passed), or `None` without one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline()
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs `callback` once, with the cause, when this scope is cancelled (Go's
+    /// `context.AfterFunc`); at once, on this thread, if it already is.
+    ///
+    /// No task is spawned. The callback runs on the thread that cancels the scope, after the
+    /// whole subtree is cancelled and outside every internal lock, so it may use scopes; keep it
+    /// short and spawn anything long. A scope that is dropped without being cancelled drops the
+    /// callback unrun. For a deadline, the callback runs when the deadline is observed (see
+    /// [Deadlines](Scope#deadlines)).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use taskscope::{Cause, Scope};
+    ///
+    /// let scope = Scope::new();
+    /// let released = Arc::new(AtomicBool::new(false));
+    /// let handle = scope.on_cancel({
+    ///     let released = released.clone();
+    ///     move |cause| {
+    ///         assert_eq!(cause.code(), "PAYMENT_DECLINED");
+    ///         released.store(true, Ordering::SeqCst);
+    ///     }
+    /// });
+    /// scope.cancel(Cause::new("PAYMENT_DECLINED"));
+    /// assert!(released.load(Ordering::SeqCst));
+    /// assert!(!handle.stop(), "it already ran");
+    /// ```
+    pub fn on_cancel<F>(&self, callback: F) -> OnCancel
+    where
+        F: FnOnce(&Cause) + Send + 'static,
+    {
+        if let Some(cause) = self.cause() {
+            callback(&cause);
+            return OnCancel::new(self.node.clone(), None);
+        }
+        match self.node.listen(Listener::Callback(Box::new(callback))) {
+            Ok(key) => OnCancel::new(self.node.clone(), Some(key)),
+            Err((listener, cause)) => {
+                if let Listener::Callback(callback) = listener {
+                    callback(&cause);
+                }
+                OnCancel::new(self.node.clone(), None)
+            }
+        }
+    }
+
+    /// This scope's path: the names of it and its ancestors joined by `/` (`"orders/reserve"`).
+    /// Unnamed scopes add no segment; an unnamed root has the empty path.
+    pub fn path(&self) -> &str {
+        self.node.path().map_or("", |path| path)
+    }
+
+    /// The cause of this scope's parent, read now; for a detached child, the cause of the scope
+    /// it was detached from. `None` for a root or while the parent is not cancelled.
+    pub fn parent_cause(&self) -> Option<Cause> {
+        self.node.parent()?.cause()
+    }
+
+    /// Whether this scope was made with [`detached_child`](Scope::detached_child).
+    pub fn is_detached(&self) -> bool {
+        self.node.is_detached()
+    }
+
+    /// How many children this scope currently holds: live, linked and not yet cancelled.
+    /// A cancelled scope holds none.
+    pub fn live_children(&self) -> usize {
+        self.node.live_children()
+    }
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope::new()
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scope")
+            .field("path", &self.path())
+            .field("deadline", &self.deadline())
+            .field("cause", &self.cause())
+            .finish()
+    }
+}
+
+/// Builds a root scope ([`Scope::builder`]) or a child ([`Scope::child_builder`]).
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ScopeBuilder<'a> {
+    parent: Option<&'a Scope>,
+    name: Option<String>,
+    deadline: Option<When>,
+    deadline_cause: Option<Cause>,
+    detached: bool,
+}
+
+#[derive(Debug)]
+enum When {
+    After(Duration),
+    At(Instant),
+}
+
+impl<'a> ScopeBuilder<'a> {
+    fn new(parent: Option<&'a Scope>) -> Self {
+        ScopeBuilder {
+            parent,
+            name: None,
+            deadline: None,
+            deadline_cause: None,
+            detached: false,
+        }
+    }
+
+    /// Names the scope; its [path](Scope::path) is its parent's path, `/`, and this name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Gives the scope a deadline `timeout` after [`build`](ScopeBuilder::build) is called.
+    /// Replaces an earlier `timeout` or `deadline`. Zero means already expired; a timeout too
+    /// large to represent means no deadline of its own.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Some(When::After(timeout));
+        self
+    }
+
+    /// Gives the scope a deadline. Replaces an earlier `timeout` or `deadline`.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(When::At(deadline));
+        self
+    }
+
+    /// The cause the scope reports when its own deadline passes (Go's `WithDeadlineCause`),
+    /// instead of a plain [`DeadlineExceeded`](CauseKind::DeadlineExceeded). Its kind becomes
+    /// `DeadlineExceeded`, so a timeout is never mistaken for a harmless cancel; its code,
+    /// detail and source are kept. Without a deadline it has no effect.
+    pub fn deadline_cause(mut self, cause: Cause) -> Self {
+        self.deadline_cause = Some(cause);
+        self
+    }
+
+    /// Makes the child detached: see [`Scope::detached_child`]. No effect on a root.
+    pub fn detached(mut self) -> Self {
+        self.detached = true;
+        self
+    }
+
+    /// Builds the scope.
+    #[track_caller]
+    pub fn build(self) -> Scope {
+        let parent_node = self.parent.map(|parent| &parent.node);
+        let parent_path = parent_node.and_then(|node| node.path());
+        let path = match (&self.name, parent_path) {
+            (None, inherited) => inherited.cloned(),
+            (Some(name), Some(prefix)) if !prefix.is_empty() => {
+                Some(Arc::from(format!("{prefix}/{name}")))
+            }
+            (Some(name), _) => Some(Arc::from(name.as_str())),
+        };
+        let now = Instant::now();
+        let at = match self.deadline {
+            None => None,
+            Some(When::At(at)) => Some(at),
+            Some(When::After(timeout)) => now.checked_add(timeout),
+        };
+        let deadline = at.map(|at| {
+            let cause = self
+                .deadline_cause
+                .unwrap_or_else(|| Cause::of_kind(CauseKind::DeadlineExceeded))
+                .into_deadline();
+            Arc::new(Deadline {
+                at,
+                cause: cause.stamped(path.as_ref(), system_time_of(at, now), Location::caller()),
+            })
+        });
+        let parent = match parent_node {
+            None => Parent::None,
+            Some(node) if self.detached => Parent::Detached(node),
+            Some(node) => Parent::Attached(node),
+        };
+        Scope {
+            node: Node::new(parent, path, deadline),
+        }
+    }
+}
+
+/// The wall-clock time of a tokio instant, for causes' `at`.
+fn system_time_of(at: Instant, now: Instant) -> SystemTime {
+    let wall = SystemTime::now();
+    if at >= now {
+        wall.checked_add(at - now).unwrap_or(wall)
+    } else {
+        wall.checked_sub(now - at).unwrap_or(wall)
+    }
+}
