@@ -1,0 +1,117 @@
+//! Tree shape: names and paths, memory held for children, deep trees.
+
+use taskscope::{Cause, Scope};
+
+#[test]
+fn paths_join_names_and_skip_unnamed_scopes() {
+    let orders = Scope::builder().name("orders").build();
+    let unnamed = orders.child();
+    let reserve = unnamed.child_builder().name("reserve").build();
+    assert_eq!(orders.path(), "orders");
+    assert_eq!(unnamed.path(), "orders");
+    assert_eq!(reserve.path(), "orders/reserve");
+    assert_eq!(Scope::new().path(), "");
+    assert_eq!(Scope::new().child_builder().name("x").build().path(), "x");
+}
+
+#[test]
+fn a_million_short_lived_children_leave_nothing_behind() {
+    let parent = Scope::new();
+    let keep = parent.child();
+    for _ in 0..1_000_000 {
+        let child = parent.child();
+        drop(child);
+    }
+    assert_eq!(parent.live_children(), 1);
+    drop(keep);
+    assert_eq!(parent.live_children(), 0);
+}
+
+#[test]
+fn dropping_many_live_children_empties_the_parent() {
+    let parent = Scope::new();
+    let children: Vec<_> = (0..10_000).map(|_| parent.child()).collect();
+    assert_eq!(parent.live_children(), 10_000);
+    drop(children);
+    assert_eq!(parent.live_children(), 0);
+}
+
+#[test]
+fn a_cancelled_scope_holds_no_children() {
+    let parent = Scope::new();
+    let children: Vec<_> = (0..100).map(|_| parent.child()).collect();
+    parent.cancel(Cause::plain());
+    assert_eq!(parent.live_children(), 0);
+    assert!(children.iter().all(Scope::is_cancelled));
+}
+
+#[test]
+fn an_inner_node_lives_while_a_descendant_needs_it() {
+    let root = Scope::new();
+    let leaf = root.child().child().child();
+    assert_eq!(root.live_children(), 1, "the dropped middle handles are still linked");
+    root.cancel(Cause::new("X"));
+    assert_eq!(leaf.cause().unwrap().code(), "X");
+    drop(leaf);
+    assert_eq!(root.live_children(), 0);
+}
+
+const DEPTH: usize = 100_000;
+
+/// Runs `f` on a thread with a 64 KiB stack.
+fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn a_deep_chain_cancels_and_drops_on_a_small_stack() {
+    on_small_stack(|| {
+        let root = Scope::new();
+        let mut leaf = root.clone();
+        for _ in 0..DEPTH {
+            leaf = leaf.child();
+        }
+        assert!(root.cancel(Cause::new("DEEP")));
+        assert_eq!(leaf.cause().unwrap().code(), "DEEP");
+        drop(leaf);
+        assert_eq!(root.live_children(), 0);
+    });
+}
+
+#[test]
+fn a_deep_chain_drops_uncancelled_on_a_small_stack() {
+    on_small_stack(|| {
+        let root = Scope::new();
+        let mut leaf = root.clone();
+        for _ in 0..DEPTH {
+            leaf = leaf.child();
+        }
+        assert_eq!(root.live_children(), 1);
+        drop(leaf);
+        assert_eq!(root.live_children(), 0);
+    });
+}
+
+#[test]
+fn a_deep_chain_cancelled_from_the_leaf_up_stays_consistent() {
+    on_small_stack(|| {
+        let root = Scope::new();
+        let mut chain = vec![root.clone()];
+        for _ in 0..DEPTH {
+            let next = chain.last().unwrap().child();
+            chain.push(next);
+        }
+        assert!(chain[DEPTH].cancel(Cause::new("LEAF")));
+        assert!(chain[DEPTH / 2].cancel(Cause::new("MIDDLE")));
+        assert!(root.cancel(Cause::new("ROOT")));
+        assert_eq!(chain[DEPTH].cause().unwrap().code(), "LEAF");
+        assert_eq!(chain[DEPTH - 1].cause().unwrap().code(), "MIDDLE");
+        assert_eq!(chain[1].cause().unwrap().code(), "ROOT");
+        drop(chain);
+    });
+}
