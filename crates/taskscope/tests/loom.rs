@@ -1,0 +1,171 @@
+//! loom models of the races in the scope tree. Run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p taskscope --release --test loom`.
+#![cfg(loom)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use loom::thread;
+use taskscope::{Cause, Scope};
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(5);
+    }
+    builder.check(f);
+}
+
+/// Concurrent cancels with different causes agree on one winner everywhere, and the loser
+/// returns only once the whole subtree is cancelled.
+#[test]
+fn concurrent_cancels_agree_on_one_winner() {
+    model(|| {
+        let root = Scope::new();
+        let child = root.child();
+        let grandchild = child.child();
+        let racer = thread::spawn({
+            let root = root.clone();
+            let grandchild = grandchild.clone();
+            move || {
+                let won = root.cancel(Cause::new("Y"));
+                assert!(grandchild.is_cancelled(), "cancel returned before the subtree was");
+                won
+            }
+        });
+        let won_x = root.cancel(Cause::new("X"));
+        assert!(grandchild.is_cancelled(), "cancel returned before the subtree was");
+        let won_y = racer.join().unwrap();
+        assert!(won_x ^ won_y);
+        let winner = if won_x { "X" } else { "Y" };
+        for scope in [&root, &child, &grandchild] {
+            assert_eq!(scope.cause().unwrap().code(), winner);
+        }
+    });
+}
+
+/// A parent and its child cancelled at once: each scope's cause is the first to reach it, and
+/// the outcome is one that some order of the two calls would give.
+#[test]
+fn parent_and_child_cancelled_at_once_are_consistent() {
+    model(|| {
+        let root = Scope::new();
+        let child = root.child();
+        let grandchild = child.child();
+        let racer = thread::spawn({
+            let child = child.clone();
+            move || child.cancel(Cause::new("Y"))
+        });
+        assert!(root.cancel(Cause::new("X")));
+        let child_won = racer.join().unwrap();
+        let expected = if child_won { "Y" } else { "X" };
+        assert_eq!(child.cause().unwrap().code(), expected);
+        assert_eq!(grandchild.cause().unwrap().code(), expected);
+        assert_eq!(root.cause().unwrap().code(), "X");
+    });
+}
+
+/// A child created while its parent is being cancelled ends up cancelled with the parent's
+/// cause, whichever comes first.
+#[test]
+fn child_creation_races_parent_cancel() {
+    model(|| {
+        let parent = Scope::new();
+        let maker = thread::spawn({
+            let parent = parent.clone();
+            move || parent.child()
+        });
+        parent.cancel(Cause::new("X"));
+        let child = maker.join().unwrap();
+        assert_eq!(child.cause().unwrap().code(), "X");
+        assert_eq!(parent.live_children(), 0);
+    });
+}
+
+/// `cause()` read while another thread cancels sees none or the final cause, never another.
+#[test]
+fn cause_read_races_cancel() {
+    model(|| {
+        let parent = Scope::new();
+        let child = parent.child();
+        let reader = thread::spawn({
+            let child = child.clone();
+            move || child.cause().map(|cause| cause.code().to_owned())
+        });
+        let racer = thread::spawn({
+            let child = child.clone();
+            move || child.cancel(Cause::new("Y"))
+        });
+        parent.cancel(Cause::new("X"));
+        let seen = reader.join().unwrap();
+        racer.join().unwrap();
+        let last = child.cause().unwrap().code().to_owned();
+        if let Some(seen) = seen {
+            assert_eq!(seen, last);
+        }
+    });
+}
+
+/// An `on_cancel` callback registered and stopped while another thread cancels runs exactly
+/// once or never, and `stop` says which.
+#[test]
+fn on_cancel_races_cancel_and_stop() {
+    model(|| {
+        let scope = Scope::new();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let registrar = thread::spawn({
+            let scope = scope.clone();
+            let runs = runs.clone();
+            move || {
+                let handle = scope.on_cancel(move |_| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                });
+                handle.stop()
+            }
+        });
+        scope.cancel(Cause::new("X"));
+        let stopped = registrar.join().unwrap();
+        let ran = runs.load(Ordering::SeqCst);
+        assert_eq!(ran, if stopped { 0 } else { 1 });
+    });
+}
+
+/// A waiter that registers while the scope is cancelled is woken or sees the cause: no lost
+/// wake-up.
+#[test]
+fn cancelled_future_races_cancel() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    model(|| {
+        let scope = Scope::new();
+        let canceller = thread::spawn({
+            let scope = scope.clone();
+            move || scope.cancel(Cause::new("X"))
+        });
+        let woken = Arc::new(AtomicUsize::new(0));
+        let waker = waker_counting(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut waiting = pin!(scope.cancelled());
+        let first = waiting.as_mut().poll(&mut cx);
+        canceller.join().unwrap();
+        match first {
+            Poll::Ready(cause) => assert_eq!(cause.code(), "X"),
+            Poll::Pending => {
+                assert_eq!(woken.load(Ordering::SeqCst), 1, "a pending waiter must be woken");
+                assert!(waiting.as_mut().poll(&mut cx).is_ready());
+            }
+        }
+    });
+}
+
+fn waker_counting(count: Arc<AtomicUsize>) -> std::task::Waker {
+    struct Count(Arc<AtomicUsize>);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    std::task::Waker::from(Arc::new(Count(count)))
+}
