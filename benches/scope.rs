@@ -9,6 +9,8 @@
 //! cargo bench -p taskscope-benches --bench scope
 //! TASKSCOPE_BENCH_QUICK=1 cargo bench -p taskscope-benches --bench scope   # smoke run
 //! ```
+//!
+//! Run without `--bench` (as `cargo test --benches` does), it also does only the smoke run.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -110,7 +112,11 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        let quick = std::env::var("TASKSCOPE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        // `cargo bench` passes `--bench`; `cargo test --benches` (or `--all-targets`) does not,
+        // and gets the smoke run.
+        let under_cargo_bench = std::env::args().any(|arg| arg == "--bench");
+        let quick = !under_cargo_bench
+            || std::env::var("TASKSCOPE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
         if quick {
             Config {
                 quick,
@@ -128,7 +134,7 @@ impl Config {
             Config {
                 quick,
                 rounds: 21,
-                fanout_rounds: 11,
+                fanout_rounds: 21,
                 child_iters: 500_000,
                 fanout_tasks: 100_000,
                 chain_depth: 10_000,
@@ -219,24 +225,36 @@ fn child_token(parent: &CancellationToken, iters: usize) -> Duration {
 static PARKED: AtomicUsize = AtomicUsize::new(0);
 
 /// Yields until every spawned task has been polled once and is parked in its `cancelled()`
-/// future, then times the cancel of the root and the join of every task.
+/// future, then times the cancel of the root and the join of every task. Returns the time the
+/// cancel call took and the total time until every task was joined.
 async fn park_then_time(
     tasks: usize,
     handles: Vec<JoinHandle<()>>,
     cancel: impl FnOnce(),
-) -> Duration {
+) -> FanOut {
     while PARKED.load(Ordering::Acquire) < tasks {
         tokio::task::yield_now().await;
     }
     let start = Instant::now();
     cancel();
+    let cancel_call = start.elapsed();
     for handle in handles {
         handle.await.expect("fan-out task panicked");
     }
-    start.elapsed()
+    FanOut {
+        cancel_call,
+        total: start.elapsed(),
+    }
 }
 
-fn fanout_scope(rt: &Runtime, tasks: usize) -> Duration {
+struct FanOut {
+    /// The root's cancel call alone.
+    cancel_call: Duration,
+    /// From the cancel call until every task was joined.
+    total: Duration,
+}
+
+fn fanout_scope(rt: &Runtime, tasks: usize) -> FanOut {
     rt.block_on(async {
         PARKED.store(0, Ordering::Release);
         let root = Scope::new();
@@ -256,7 +274,7 @@ fn fanout_scope(rt: &Runtime, tasks: usize) -> Duration {
     })
 }
 
-fn fanout_token(rt: &Runtime, tasks: usize) -> Duration {
+fn fanout_token(rt: &Runtime, tasks: usize) -> FanOut {
     rt.block_on(async {
         PARKED.store(0, Ordering::Release);
         let root = CancellationToken::new();
@@ -329,7 +347,10 @@ fn cancelled_at_depth(depth: usize) -> (Scope, Vec<Scope>) {
     }
     levels[0].cancel(Cause::new("BENCH"));
     let leaf = levels[depth].clone();
-    assert_eq!(leaf.cause().map(|c| c.code().to_owned()).as_deref(), Some("BENCH"));
+    assert_eq!(
+        leaf.cause().map(|c| c.code().to_owned()).as_deref(),
+        Some("BENCH")
+    );
     (leaf, levels)
 }
 
@@ -446,6 +467,9 @@ fn print_table(rows: &[Row]) {
             r.verdict()
         );
     }
+    println!(
+        "(taskscope = left side of \"vs\", baseline = right side; ratio = taskscope / baseline)"
+    );
     println!();
     println!("spread over rounds (min..max of each side):");
     for r in rows {
@@ -488,7 +512,10 @@ fn main() {
             &pair,
             Target::AtMost(1.5),
         ));
-        eprintln!("[{:>5.1}s] child create+drop done", started.elapsed().as_secs_f64());
+        eprintln!(
+            "[{:>5.1}s] child create+drop done",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     // 2.
@@ -498,19 +525,43 @@ fn main() {
             .build()
             .expect("current-thread runtime");
         let n = config.fanout_tasks;
+        // The cancel call alone, recorded alongside each sample; the first entry is the warm-up.
+        let (mut cancel_a, mut cancel_b) = (Vec::new(), Vec::new());
         let pair = interleaved(
             config.fanout_rounds,
             n,
-            || fanout_scope(&rt, n),
-            || fanout_token(&rt, n),
+            || {
+                let sample = fanout_scope(&rt, n);
+                cancel_a.push(sample.cancel_call);
+                sample.total
+            },
+            || {
+                let sample = fanout_token(&rt, n);
+                cancel_b.push(sample.cancel_call);
+                sample.total
+            },
         );
+        let per_task = |d: &Duration| d.as_nanos() as f64 / n as f64;
+        let cancel_only = Pair {
+            a: Stats::of(cancel_a[1..].iter().map(per_task).collect()),
+            b: Stats::of(cancel_b[1..].iter().map(per_task).collect()),
+        };
         rows.push(row(
             format!("2. cancel fan-out, {n} parked tasks"),
             "ns/task",
             &pair,
             Target::AtMost(1.3),
         ));
-        eprintln!("[{:>5.1}s] cancel fan-out done", started.elapsed().as_secs_f64());
+        rows.push(row(
+            "2b. of which the root's cancel() call",
+            "ns/task",
+            &cancel_only,
+            Target::None,
+        ));
+        eprintln!(
+            "[{:>5.1}s] cancel fan-out done",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     // 3.
@@ -528,7 +579,10 @@ fn main() {
             &pair,
             Target::AtMost(2.0),
         ));
-        eprintln!("[{:>5.1}s] deep-chain cancel done", started.elapsed().as_secs_f64());
+        eprintln!(
+            "[{:>5.1}s] deep-chain cancel done",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     // 4.

@@ -54,3 +54,12 @@ pub use cancelled::{Cancelled, CancelledOwned};
 pub use cause::{CallSite, Cause, CauseKind};
 pub use on_cancel::OnCancel;
 pub use scope::{Scope, ScopeBuilder};
+
+// The code blocks of the README and the guides are tested as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/concepts.md")]
+struct ConceptsDoctests;

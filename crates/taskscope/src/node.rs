@@ -98,7 +98,9 @@ impl Node {
             Parent::Detached(parent) => (Some(parent), true),
         };
         // Invariant 5.
-        let inherited = parent.filter(|_| !detached).and_then(|p| p.deadline.as_ref());
+        let inherited = parent
+            .filter(|_| !detached)
+            .and_then(|p| p.deadline.as_ref());
         let deadline = match (inherited, own_deadline) {
             (Some(inherited), Some(own)) if own.at < inherited.at => Some(own),
             (Some(inherited), _) => Some(inherited.clone()),

@@ -70,7 +70,11 @@ impl Scope {
     /// If this scope is already cancelled, the child is born cancelled with the same cause.
     pub fn child(&self) -> Scope {
         Scope {
-            node: Node::new(Parent::Attached(&self.node), self.node.path().cloned(), None),
+            node: Node::new(
+                Parent::Attached(&self.node),
+                self.node.path().cloned(),
+                None,
+            ),
         }
     }
 

@@ -19,5 +19,7 @@ pub(crate) use std::sync::{
 /// poisoned lock can only come from a panic inside this crate's own short critical sections,
 /// which leave the state consistent.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

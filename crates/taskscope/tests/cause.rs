@@ -44,13 +44,19 @@ fn display_shows_kind_code_and_detail_but_not_the_source() {
         .with_detail("2 left")
         .with_source(Shortage { sku: "sku-42" });
     assert_eq!(cause.to_string(), "cancelled (INVENTORY_SHORTAGE): 2 left");
-    assert_eq!(cause.source().unwrap().to_string(), "sku-42 is out of stock");
+    assert_eq!(
+        cause.source().unwrap().to_string(),
+        "sku-42 is out of stock"
+    );
 }
 
 #[test]
 fn wraps_and_downcasts_a_user_error() {
     let cause = Cause::new("INVENTORY_SHORTAGE").with_source(Shortage { sku: "sku-42" });
-    assert_eq!(cause.downcast_ref::<Shortage>(), Some(&Shortage { sku: "sku-42" }));
+    assert_eq!(
+        cause.downcast_ref::<Shortage>(),
+        Some(&Shortage { sku: "sku-42" })
+    );
     assert!(cause.downcast_ref::<std::io::Error>().is_none());
     assert!(Cause::plain().downcast_ref::<Shortage>().is_none());
 }
@@ -58,17 +64,26 @@ fn wraps_and_downcasts_a_user_error() {
 #[test]
 fn an_empty_code_means_the_default() {
     assert_eq!(Cause::new("").code(), "cancelled");
-    assert_eq!(Cause::of_kind(CauseKind::Shutdown).with_code("").code(), "shutdown");
+    assert_eq!(
+        Cause::of_kind(CauseKind::Shutdown).with_code("").code(),
+        "shutdown"
+    );
 }
 
 #[test]
 fn cancel_stamps_origin_time_and_caller() {
-    let scope = Scope::builder().name("orders").build().child_builder().name("reserve").build();
+    let scope = Scope::builder()
+        .name("orders")
+        .build()
+        .child_builder()
+        .name("reserve")
+        .build();
     let unstamped = Cause::new("X");
     assert!(unstamped.origin().is_none() && unstamped.at().is_none());
     assert!(unstamped.location().is_none());
     let before = std::time::SystemTime::now();
-    scope.cancel(unstamped); let line = line!();
+    let line = line!() + 1;
+    scope.cancel(unstamped);
     let cause = scope.cause().unwrap();
     assert_eq!(cause.origin(), Some("orders/reserve"));
     assert!(cause.at().unwrap() >= before);
@@ -92,7 +107,14 @@ fn debug_shows_every_field() {
     let scope = Scope::builder().name("orders").build();
     scope.cancel(Cause::new("X").with_detail("why"));
     let debug = format!("{:?}", scope.cause().unwrap());
-    for field in ["kind: Explicit", "code: \"X\"", "detail: \"why\"", "origin: \"orders\"", "at:", "location:"] {
+    for field in [
+        "kind: Explicit",
+        "code: \"X\"",
+        "detail: \"why\"",
+        "origin: \"orders\"",
+        "at:",
+        "location:",
+    ] {
         assert!(debug.contains(field), "{field} missing from {debug}");
     }
 }
@@ -135,16 +157,27 @@ mod record {
         assert_eq!(back.origin(), Some("orders"));
         assert_eq!(back.location(), cause.location());
         assert_eq!(back.source().unwrap().to_string(), "sku-1 is out of stock");
-        let micros = |c: &Cause| c.at().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+        let micros = |c: &Cause| {
+            c.at()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros()
+        };
         assert_eq!(micros(&back), micros(&cause));
-        assert_eq!(serde_json::to_value(&back).unwrap(), json, "stable when re-encoded");
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            json,
+            "stable when re-encoded"
+        );
     }
 
     #[test]
     fn minimal_record_decodes_and_unknown_fields_are_ignored() {
-        let cause: Cause =
-            serde_json::from_value(json!({"v": 1, "kind": "deadline_exceeded", "code": "deadline", "new_field": [1, 2]}))
-                .unwrap();
+        let cause: Cause = serde_json::from_value(
+            json!({"v": 1, "kind": "deadline_exceeded", "code": "deadline", "new_field": [1, 2]}),
+        )
+        .unwrap();
         assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
         assert!(cause.origin().is_none() && cause.at().is_none() && cause.source().is_none());
     }
@@ -152,19 +185,45 @@ mod record {
     #[test]
     fn malformed_records_are_clear_errors() {
         let cases = [
-            (json!({"v": 2, "kind": "explicit", "code": "X"}), "unsupported cause record version 2"),
-            (json!({"v": 1, "kind": "explicit", "code": ""}), "empty `code`"),
-            (json!({"v": 1, "kind": "exploded", "code": "X"}), "unknown variant `exploded`"),
+            (
+                json!({"v": 2, "kind": "explicit", "code": "X"}),
+                "unsupported cause record version 2",
+            ),
+            (
+                json!({"v": 1, "kind": "explicit", "code": ""}),
+                "empty `code`",
+            ),
+            (
+                json!({"v": 1, "kind": "exploded", "code": "X"}),
+                "unknown variant `exploded`",
+            ),
             (json!({"v": 1, "kind": "explicit"}), "missing field `code`"),
-            (json!({"kind": "explicit", "code": "X"}), "missing field `v`"),
-            (json!({"v": 1, "kind": "explicit", "code": 7}), "invalid type"),
-            (json!({"v": 1, "kind": "explicit", "code": "X", "at_unix_us": -1}), "invalid value"),
-            (json!({"v": 1, "kind": "explicit", "code": "X", "location": {"file": "a.rs"}}), "missing field `line`"),
+            (
+                json!({"kind": "explicit", "code": "X"}),
+                "missing field `v`",
+            ),
+            (
+                json!({"v": 1, "kind": "explicit", "code": 7}),
+                "invalid type",
+            ),
+            (
+                json!({"v": 1, "kind": "explicit", "code": "X", "at_unix_us": -1}),
+                "invalid value",
+            ),
+            (
+                json!({"v": 1, "kind": "explicit", "code": "X", "location": {"file": "a.rs"}}),
+                "missing field `line`",
+            ),
             (json!("explicit"), "invalid type"),
         ];
         for (value, expected) in cases {
-            let error = serde_json::from_value::<Cause>(value.clone()).unwrap_err().to_string();
-            assert!(error.contains(expected), "{value}: got {error:?}, want {expected:?}");
+            let error = serde_json::from_value::<Cause>(value.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected),
+                "{value}: got {error:?}, want {expected:?}"
+            );
         }
     }
 
@@ -172,7 +231,10 @@ mod record {
     fn every_truncation_of_a_record_is_an_error() {
         let bytes = serde_json::to_vec(&stamped()).unwrap();
         for end in 0..bytes.len() {
-            assert!(serde_json::from_slice::<Cause>(&bytes[..end]).is_err(), "prefix of {end} bytes");
+            assert!(
+                serde_json::from_slice::<Cause>(&bytes[..end]).is_err(),
+                "prefix of {end} bytes"
+            );
         }
     }
 

@@ -17,7 +17,11 @@ fn parent_cancelled_then_child_made_is_born_cancelled() {
     let cause = c.cause().unwrap();
     assert_eq!(cause.code(), "X");
     assert!(cause.ptr_eq(&p.cause().unwrap()));
-    assert_eq!(p.live_children(), 0, "a born-cancelled child is never linked");
+    assert_eq!(
+        p.live_children(),
+        0,
+        "a born-cancelled child is never linked"
+    );
 }
 
 #[test]
@@ -160,7 +164,10 @@ fn cause_read_while_another_thread_cancels_is_none_or_final() {
         assert!(won_x ^ won_y, "round {round}: exactly one cancel wins");
         let last = c.cause().unwrap();
         for cause in reader.join().unwrap().into_iter().flatten() {
-            assert!(cause.ptr_eq(&last), "round {round}: saw {cause}, final {last}");
+            assert!(
+                cause.ptr_eq(&last),
+                "round {round}: saw {cause}, final {last}"
+            );
         }
     }
 }

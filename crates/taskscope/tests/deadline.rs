@@ -9,9 +9,21 @@ use tokio_test::{assert_pending, assert_ready, task};
 #[tokio::test(start_paused = true)]
 async fn effective_deadline_is_the_earliest_ancestors() {
     let root = Scope::builder().name("root").build();
-    let order = root.child_builder().name("order").timeout(Duration::from_secs(5)).build();
-    let late = order.child_builder().name("late").timeout(Duration::from_secs(60)).build();
-    let early = order.child_builder().name("early").timeout(Duration::from_secs(1)).build();
+    let order = root
+        .child_builder()
+        .name("order")
+        .timeout(Duration::from_secs(5))
+        .build();
+    let late = order
+        .child_builder()
+        .name("late")
+        .timeout(Duration::from_secs(60))
+        .build();
+    let early = order
+        .child_builder()
+        .name("early")
+        .timeout(Duration::from_secs(1))
+        .build();
     let start = Instant::now();
 
     assert_eq!(root.deadline(), None);
@@ -25,7 +37,11 @@ async fn effective_deadline_is_the_earliest_ancestors() {
     advance(Duration::from_secs(4)).await;
     let cause = late.cause().unwrap();
     assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
-    assert_eq!(cause.origin(), Some("root/order"), "the inherited deadline is the order's");
+    assert_eq!(
+        cause.origin(),
+        Some("root/order"),
+        "the inherited deadline is the order's"
+    );
     assert!(cause.ptr_eq(&order.cause().unwrap()));
     assert!(!root.is_cancelled());
 }
@@ -66,7 +82,10 @@ async fn a_waiting_child_observes_an_inherited_deadline() {
     assert!(waiting.is_woken());
     let cause = assert_ready!(waiting.poll());
     assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
-    assert!(order.is_cancelled(), "observing the deadline cancels its owner");
+    assert!(
+        order.is_cancelled(),
+        "observing the deadline cancels its owner"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -119,7 +138,10 @@ async fn a_dropped_waiter_takes_its_timer_along() {
     assert_pending!(second.poll());
     advance(Duration::from_secs(3600)).await;
     assert!(second.is_woken());
-    assert_eq!(assert_ready!(second.poll()).kind(), CauseKind::DeadlineExceeded);
+    assert_eq!(
+        assert_ready!(second.poll()).kind(),
+        CauseKind::DeadlineExceeded
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -130,7 +152,10 @@ async fn an_absurd_timeout_means_no_deadline() {
     let inherited = Scope::new()
         .child_with_timeout(Duration::from_secs(1))
         .child_with_timeout(Duration::MAX);
-    assert!(inherited.deadline().is_some(), "an ancestor's deadline still applies");
+    assert!(
+        inherited.deadline().is_some(),
+        "an ancestor's deadline still applies"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,12 +181,18 @@ async fn detached_child_does_not_inherit_the_deadline() {
         None,
         "the budget's parent is the compensation scope, which is not cancelled"
     );
-    assert_eq!(compensation.parent_cause().unwrap().kind(), CauseKind::DeadlineExceeded);
+    assert_eq!(
+        compensation.parent_cause().unwrap().kind(),
+        CauseKind::DeadlineExceeded
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn deadline_cause_is_stamped_at_the_deadline() {
-    let scope = Scope::builder().name("slow").timeout(Duration::from_secs(60)).build();
+    let scope = Scope::builder()
+        .name("slow")
+        .timeout(Duration::from_secs(60))
+        .build();
     let expected = std::time::SystemTime::now() + Duration::from_secs(60);
     advance(Duration::from_secs(600)).await;
     let at = scope.cause().unwrap().at().unwrap();
@@ -169,5 +200,8 @@ async fn deadline_cause_is_stamped_at_the_deadline() {
         Ok(d) => d,
         Err(e) => e.duration(),
     };
-    assert!(skew < Duration::from_secs(5), "at() is the deadline, not the observation");
+    assert!(
+        skew < Duration::from_secs(5),
+        "at() is the deadline, not the observation"
+    );
 }

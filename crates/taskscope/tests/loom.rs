@@ -29,12 +29,18 @@ fn concurrent_cancels_agree_on_one_winner() {
             let grandchild = grandchild.clone();
             move || {
                 let won = root.cancel(Cause::new("Y"));
-                assert!(grandchild.is_cancelled(), "cancel returned before the subtree was");
+                assert!(
+                    grandchild.is_cancelled(),
+                    "cancel returned before the subtree was"
+                );
                 won
             }
         });
         let won_x = root.cancel(Cause::new("X"));
-        assert!(grandchild.is_cancelled(), "cancel returned before the subtree was");
+        assert!(
+            grandchild.is_cancelled(),
+            "cancel returned before the subtree was"
+        );
         let won_y = racer.join().unwrap();
         assert!(won_x ^ won_y);
         let winner = if won_x { "X" } else { "Y" };
@@ -153,7 +159,11 @@ fn cancelled_future_races_cancel() {
         match first {
             Poll::Ready(cause) => assert_eq!(cause.code(), "X"),
             Poll::Pending => {
-                assert_eq!(woken.load(Ordering::SeqCst), 1, "a pending waiter must be woken");
+                assert_eq!(
+                    woken.load(Ordering::SeqCst),
+                    1,
+                    "a pending waiter must be woken"
+                );
                 assert!(waiting.as_mut().poll(&mut cx).is_ready());
             }
         }

@@ -11,13 +11,24 @@ use tokio::time::Instant;
 #[derive(Clone, Debug)]
 enum Op {
     /// A child of node `parent % len`.
-    Child { parent: usize, kind: ChildKind },
-    Cancel { node: usize },
-    Advance { ms: u64 },
+    Child {
+        parent: usize,
+        kind: ChildKind,
+    },
+    Cancel {
+        node: usize,
+    },
+    Advance {
+        ms: u64,
+    },
     /// Looking must not change what anyone reports.
-    Observe { node: usize },
+    Observe {
+        node: usize,
+    },
     /// Drop the handle; descendants keep the node alive.
-    DropHandle { node: usize },
+    DropHandle {
+        node: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -70,7 +81,9 @@ impl Model {
         while let Some(index) = at {
             let n = &self.nodes[index];
             for event in [&n.cancel, &n.deadline].into_iter().flatten() {
-                let earlier = best.as_ref().is_none_or(|b| (event.at_ms, event.seq) < (b.at_ms, b.seq));
+                let earlier = best
+                    .as_ref()
+                    .is_none_or(|b| (event.at_ms, event.seq) < (b.at_ms, b.seq));
                 if event.at_ms <= now_ms && earlier {
                     best = Some(event.clone());
                 }
@@ -91,7 +104,13 @@ fn check(scope: &Scope, expected: Option<&Event>, context: &str) -> Result<(), T
             prop_assert_eq!(cause.code(), code.as_str(), "{}", context);
             prop_assert_eq!(cause.detail(), detail.as_deref(), "{}", context);
         }
-        (expected, actual) => prop_assert!(false, "{}: expected {:?}, got {:?}", context, expected, actual),
+        (expected, actual) => prop_assert!(
+            false,
+            "{}: expected {:?}, got {:?}",
+            context,
+            expected,
+            actual
+        ),
     }
     prop_assert_eq!(scope.is_cancelled(), expected.is_some(), "{}", context);
     Ok(())
@@ -108,14 +127,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let now_ms = || (Instant::now() - start).as_millis() as u64;
         let mut handles: Vec<Option<Scope>> = vec![Some(Scope::builder().name("n0").build())];
         let mut model = Model {
-            nodes: vec![ModelNode { parent: None, detached: false, deadline: None, cancel: None }],
+            nodes: vec![ModelNode {
+                parent: None,
+                detached: false,
+                deadline: None,
+                cancel: None,
+            }],
         };
         for (seq, op) in ops.into_iter().enumerate() {
             let context = format!("op {seq}: {op:?}");
             match op {
                 Op::Child { parent, kind } => {
                     let parent = parent % handles.len();
-                    let Some(parent_scope) = &handles[parent] else { continue };
+                    let Some(parent_scope) = &handles[parent] else {
+                        continue;
+                    };
                     let index = handles.len();
                     let name = format!("n{index}");
                     let builder = parent_scope.child_builder().name(name.clone());
@@ -135,15 +161,26 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 seq,
                                 expect: (CauseKind::DeadlineExceeded, code.to_owned(), detail),
                             };
-                            (builder.timeout(Duration::from_millis(ms)).build(), false, Some(event))
+                            (
+                                builder.timeout(Duration::from_millis(ms)).build(),
+                                false,
+                                Some(event),
+                            )
                         }
                     };
                     handles.push(Some(scope));
-                    model.nodes.push(ModelNode { parent: Some(parent), detached, deadline, cancel: None });
+                    model.nodes.push(ModelNode {
+                        parent: Some(parent),
+                        detached,
+                        deadline,
+                        cancel: None,
+                    });
                 }
                 Op::Cancel { node } => {
                     let node = node % handles.len();
-                    let Some(scope) = &handles[node] else { continue };
+                    let Some(scope) = &handles[node] else {
+                        continue;
+                    };
                     let detail = format!("op {seq}");
                     let before = model.cause(node, now_ms());
                     let won = scope.cancel(Cause::new("X").with_detail(detail.clone()));

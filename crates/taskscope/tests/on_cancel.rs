@@ -85,7 +85,11 @@ fn callbacks_run_after_the_whole_subtree_is_cancelled() {
         });
     }
     root.cancel(Cause::plain());
-    assert_eq!(checked.load(Ordering::SeqCst), 2, "every callback had run when cancel returned");
+    assert_eq!(
+        checked.load(Ordering::SeqCst),
+        2,
+        "every callback had run when cancel returned"
+    );
 }
 
 #[test]
@@ -132,7 +136,10 @@ async fn a_deadline_fires_callbacks_when_observed() {
         move |cause| kinds.lock().unwrap().push(cause.kind())
     });
     tokio::time::advance(Duration::from_secs(1)).await;
-    assert!(kinds.lock().unwrap().is_empty(), "nothing runs in the background");
+    assert!(
+        kinds.lock().unwrap().is_empty(),
+        "nothing runs in the background"
+    );
     assert!(scope.is_cancelled());
     assert_eq!(*kinds.lock().unwrap(), [CauseKind::DeadlineExceeded]);
 }

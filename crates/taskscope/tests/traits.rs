@@ -2,7 +2,9 @@
 
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
-use taskscope::{CallSite, Cancelled, CancelledOwned, Cause, CauseKind, OnCancel, Scope, ScopeBuilder};
+use taskscope::{
+    CallSite, Cancelled, CancelledOwned, Cause, CauseKind, OnCancel, Scope, ScopeBuilder,
+};
 
 fn send_sync_unpin_unwind_safe<T: Send + Sync + Unpin + UnwindSafe + RefUnwindSafe>() {}
 

@@ -49,7 +49,11 @@ fn a_cancelled_scope_holds_no_children() {
 fn an_inner_node_lives_while_a_descendant_needs_it() {
     let root = Scope::new();
     let leaf = root.child().child().child();
-    assert_eq!(root.live_children(), 1, "the dropped middle handles are still linked");
+    assert_eq!(
+        root.live_children(),
+        1,
+        "the dropped middle handles are still linked"
+    );
     root.cancel(Cause::new("X"));
     assert_eq!(leaf.cause().unwrap().code(), "X");
     drop(leaf);

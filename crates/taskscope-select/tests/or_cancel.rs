@@ -1,0 +1,80 @@
+//! `or_cancel`: its fairness rule and cancel safety, on paused time.
+
+use std::future::{pending, ready};
+use std::time::Duration;
+
+use taskscope::{Cause, CauseKind, Scope};
+use taskscope_select::FutureExt;
+use tokio_test::{assert_pending, assert_ready, task};
+
+#[tokio::test(start_paused = true)]
+async fn completes_with_the_output_when_not_cancelled() {
+    let scope = Scope::new();
+    let output = async { 7 }.or_cancel(&scope).await;
+    assert_eq!(output.unwrap(), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ends_with_the_cause_when_cancelled_while_pending() {
+    let scope = Scope::new();
+    let mut waiting = task::spawn(pending::<()>().or_cancel(&scope));
+    assert_pending!(waiting.poll());
+    scope.cancel(Cause::new("CLIENT_GONE"));
+    assert!(waiting.is_woken());
+    assert_eq!(
+        assert_ready!(waiting.poll()).unwrap_err().code(),
+        "CLIENT_GONE"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fairness_a_ready_output_beats_a_cancelled_scope() {
+    let scope = Scope::new();
+    scope.cancel(Cause::plain());
+    assert_eq!(ready(1).or_cancel(&scope).await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scope_deadline_ends_it_as_a_timeout() {
+    let scope = Scope::new().child_with_timeout(Duration::from_secs(2));
+    let result = tokio::time::sleep(Duration::from_secs(10))
+        .or_cancel(&scope)
+        .await;
+    assert_eq!(result.unwrap_err().kind(), CauseKind::DeadlineExceeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_it_drops_the_inner_future_and_loses_nothing() {
+    let scope = Scope::new();
+    let guard = std::sync::Arc::new(());
+    let inner = {
+        let guard = guard.clone();
+        async move {
+            let _guard = guard;
+            pending::<()>().await
+        }
+    };
+    let mut waiting = task::spawn(inner.or_cancel(&scope));
+    assert_pending!(waiting.poll());
+    drop(waiting);
+    assert_eq!(std::sync::Arc::strong_count(&guard), 1);
+    scope.cancel(Cause::new("LATER"));
+    // Level-triggered: a new adapter made after the cancel sees it at once.
+    assert_eq!(
+        pending::<()>().or_cancel(&scope).await.unwrap_err().code(),
+        "LATER"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn works_inside_select() {
+    let scope = Scope::new();
+    let child = scope.child();
+    scope.cancel(Cause::new("STOP"));
+    let outcome = tokio::select! {
+        biased;
+        result = pending::<()>().or_cancel(&child) => result.unwrap_err().code().to_owned(),
+        _ = tokio::time::sleep(Duration::from_secs(1)) => "timer".to_owned(),
+    };
+    assert_eq!(outcome, "STOP");
+}
