@@ -18,8 +18,12 @@
 //!    cancellations of one tree are totally ordered, a cancellation that loses a race returns
 //!    only once the winner has marked the whole subtree, and every scope of the tree agrees on
 //!    one winner.
-//! 4. Lock order is tree lock, then one node lock at a time. No user code (callbacks, wakers,
-//!    drops of user values) runs while any of these locks is held.
+//! 4. Lock order is tree lock, then one node lock at a time. No callback or waker runs while
+//!    any of these locks is held, and a cancellation drops the last handle of a node only after
+//!    releasing them. (One race remains: a user dropping their last handle of a node while a
+//!    cancellation holds a reference makes the cancellation's release run `Node::drop` under the
+//!    tree lock. By then the node's callbacks are drained, and `Node::drop` takes no tree lock,
+//!    so it only releases causes.)
 //! 5. A node's effective deadline is fixed at creation: the earliest of its own and its
 //!    parent's (the parent's on a tie), with that deadline's cause. So a node's deadline is never
 //!    later than any ancestor's, up to the nearest detached scope.
@@ -46,6 +50,9 @@ pub(crate) type Callback = Box<dyn FnOnce(&Cause) + Send + 'static>;
 /// `Node::slot` of a node that is not linked into its parent's children.
 pub(crate) const UNLINKED: usize = usize::MAX;
 
+/// The listener key of `State::waker`.
+const INLINE_WAKER: usize = usize::MAX;
+
 pub(crate) struct Node {
     /// Mirrors `state.cause.is_some()` for lock-free reads (invariant 1).
     cancelled: AtomicBool,
@@ -65,7 +72,10 @@ pub(crate) struct Node {
 pub(crate) struct State {
     cause: Option<Cause>,
     children: Slab<Weak<Node>>,
-    /// Boxed because most scopes never have a waiter or callback.
+    /// The first waiting task, inline: the common case of one waiter per scope costs no
+    /// allocation, and cancelling it touches no other memory.
+    waker: Option<Waker>,
+    /// Further waiters and callbacks. Boxed because most scopes never have any.
     listeners: Option<Box<Slab<Listener>>>,
 }
 
@@ -111,6 +121,7 @@ impl Node {
             state: Mutex::new(State {
                 cause: None,
                 children: Slab::new(),
+                waker: None,
                 listeners: None,
             }),
             tree_lock: Mutex::new(()),
@@ -199,10 +210,20 @@ impl Node {
                 Some(marked) => marked.ptr_eq(&cause),
                 None => false,
             };
-            // Descendants, iteratively: trees may be 100 000 deep.
-            while let Some(node) = fired.pending.pop() {
-                node.mark(&cause, now, &mut fired);
-                fired.visited.push(node);
+            // Descendants, iteratively (trees may be 100 000 deep), each visited once: upgraded,
+            // marked and released while its memory is hot.
+            while let Some(child) = fired.pending.pop() {
+                let Some(child) = child.upgrade() else {
+                    continue;
+                };
+                child.mark(&cause, now, &mut fired);
+                if Arc::strong_count(&child) == 1 {
+                    // Ours is the last handle: drop it once the locks are released (invariant 4).
+                    fired.last_handles.push(child);
+                }
+                // Otherwise this is not the last reference and dropping it runs no `Drop`. (If a
+                // user drops theirs concurrently, `Node::drop` runs here; it takes no tree lock,
+                // and the node's callbacks were just drained, so it only releases causes.)
             }
             won
         };
@@ -223,9 +244,12 @@ impl Node {
         };
         state.cause = Some(cause.clone());
         self.cancelled.store(true, Ordering::Release);
-        fired
-            .pending
-            .extend(state.children.drain().filter_map(|child| child.upgrade()));
+        if state.children.len() > 0 {
+            fired.pending.extend(state.children.drain());
+        }
+        if let Some(waker) = state.waker.take() {
+            fired.wakers.push(waker);
+        }
         if let Some(mut listeners) = state.listeners.take() {
             for listener in listeners.drain() {
                 match listener {
@@ -251,6 +275,13 @@ impl Node {
         if let Some(cause) = &state.cause {
             return Err((listener, cause.clone()));
         }
+        let listener = match listener {
+            Listener::Waker(waker) if state.waker.is_none() => {
+                state.waker = Some(waker);
+                return Ok(INLINE_WAKER);
+            }
+            listener => listener,
+        };
         Ok(state
             .listeners
             .get_or_insert_with(|| Box::new(Slab::new()))
@@ -261,15 +292,22 @@ impl Node {
     /// is cancelled (the waker was drained and woken).
     pub(crate) fn update_waker(&self, key: usize, waker: &Waker) -> bool {
         let mut state = lock(&self.state);
-        let slot = state.listeners.as_mut().and_then(|l| l.get_mut(key));
+        let slot = if key == INLINE_WAKER {
+            state.waker.as_mut()
+        } else {
+            match state.listeners.as_mut().and_then(|l| l.get_mut(key)) {
+                Some(Listener::Waker(old)) => Some(old),
+                _ => None,
+            }
+        };
         match slot {
-            Some(Listener::Waker(old)) => {
+            Some(old) => {
                 if !old.will_wake(waker) {
                     old.clone_from(waker);
                 }
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -277,6 +315,9 @@ impl Node {
     /// The caller drops what it gets back, outside the lock.
     pub(crate) fn unlisten(&self, key: usize) -> Option<Listener> {
         let mut state = lock(&self.state);
+        if key == INLINE_WAKER {
+            return state.waker.take().map(Listener::Waker);
+        }
         let listeners = state.listeners.as_mut()?;
         let listener = listeners.remove(key);
         if listeners.len() == 0 {
@@ -318,16 +359,16 @@ impl Drop for Node {
 /// What a cancellation must do once its locks are released (invariant 4).
 #[derive(Default)]
 struct Fired {
-    pending: Vec<Arc<Node>>,
-    /// Dropped only after the tree lock is released: the last handle of a node may be ours.
-    visited: Vec<Arc<Node>>,
+    pending: Vec<Weak<Node>>,
+    /// Nodes whose last handle is ours, dropped once the tree lock is released.
+    last_handles: Vec<Arc<Node>>,
     wakers: Vec<Waker>,
     callbacks: Vec<(Callback, Cause)>,
 }
 
 impl Fired {
     fn run(self) {
-        drop(self.visited);
+        drop(self.last_handles);
         for waker in self.wakers {
             waker.wake();
         }

@@ -170,6 +170,47 @@ fn cancelled_future_races_cancel() {
     });
 }
 
+/// Two waiters (one stored inline, one in the listener slab) registering while the scope is
+/// cancelled: each is woken or sees the cause.
+#[test]
+fn two_waiters_race_cancel() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    model(|| {
+        let scope = Scope::new();
+        let canceller = thread::spawn({
+            let scope = scope.clone();
+            move || scope.cancel(Cause::new("X"))
+        });
+        let woken = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+        let wakers = woken.clone().map(waker_counting);
+        let mut first = pin!(scope.cancelled());
+        let mut second = pin!(scope.cancelled());
+        let polls = [
+            first.as_mut().poll(&mut Context::from_waker(&wakers[0])),
+            second.as_mut().poll(&mut Context::from_waker(&wakers[1])),
+        ];
+        canceller.join().unwrap();
+        for (poll, woken) in polls.iter().zip(&woken) {
+            if poll.is_pending() {
+                assert_eq!(
+                    woken.load(Ordering::SeqCst),
+                    1,
+                    "a pending waiter must be woken"
+                );
+            }
+        }
+        for (future, waker) in [(first, &wakers[0]), (second, &wakers[1])] {
+            match future.poll(&mut Context::from_waker(waker)) {
+                Poll::Ready(cause) => assert_eq!(cause.code(), "X"),
+                Poll::Pending => panic!("a cancelled scope's waiter is ready"),
+            }
+        }
+    });
+}
+
 fn waker_counting(count: Arc<AtomicUsize>) -> std::task::Waker {
     struct Count(Arc<AtomicUsize>);
     impl std::task::Wake for Count {
