@@ -22,7 +22,13 @@ use crate::{Cause, Scope};
 /// # Deadlines
 ///
 /// While it waits on a scope with a deadline, this future is what notices the deadline: it holds
-/// a timer that is dropped with it. It needs a tokio runtime with the time driver enabled.
+/// a timer that is dropped with it, or as soon as it resolves.
+///
+/// # Panics
+///
+/// Polling it while its scope has a deadline and is not yet cancelled panics outside a tokio
+/// runtime with the time driver enabled, as `tokio::time::sleep` does. Without a deadline it
+/// works on any executor.
 #[must_use = "futures do nothing unless polled"]
 pub struct Cancelled<'a> {
     node: &'a Node,
@@ -35,6 +41,10 @@ pub struct Cancelled<'a> {
 /// # Cancel safety
 ///
 /// Cancel-safe, as [`Cancelled`].
+///
+/// # Panics
+///
+/// As [`Cancelled`]: with a deadline, it must be polled inside a tokio runtime with time enabled.
 #[must_use = "futures do nothing unless polled"]
 pub struct CancelledOwned {
     node: Arc<Node>,
