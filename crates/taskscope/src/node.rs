@@ -87,36 +87,24 @@ pub(crate) enum Listener {
 pub(crate) struct Deadline {
     pub(crate) at: Instant,
     pub(crate) cause: Cause,
-}
-
-/// Where a new node hangs.
-pub(crate) enum Parent<'a> {
-    None,
-    Attached(&'a Arc<Node>),
-    Detached(&'a Arc<Node>),
+    /// The scope whose deadline this is. Observing the deadline from any scope that inherited
+    /// it cancels the owner, so the owner's whole subtree and callbacks see it at once. Alive
+    /// whenever a scope that inherited the deadline is, since children hold their parents.
+    owner: Weak<Node>,
 }
 
 impl Node {
     pub(crate) fn new(
-        parent: Parent<'_>,
+        parent: Option<&Arc<Node>>,
+        detached: bool,
         path: Option<Arc<str>>,
-        own_deadline: Option<Arc<Deadline>>,
+        own_deadline: Option<(Instant, Cause)>,
     ) -> Arc<Node> {
-        let (parent, detached) = match parent {
-            Parent::None => (None, false),
-            Parent::Attached(parent) => (Some(parent), false),
-            Parent::Detached(parent) => (Some(parent), true),
-        };
+        let attached_parent = parent.filter(|_| !detached);
         // Invariant 5.
-        let inherited = parent
-            .filter(|_| !detached)
-            .and_then(|p| p.deadline.as_ref());
-        let deadline = match (inherited, own_deadline) {
-            (Some(inherited), Some(own)) if own.at < inherited.at => Some(own),
-            (Some(inherited), _) => Some(inherited.clone()),
-            (None, own) => own,
-        };
-        let node = Arc::new(Node {
+        let inherited = attached_parent.and_then(|p| p.deadline.as_ref());
+        let own_deadline = own_deadline.filter(|(at, _)| inherited.is_none_or(|i| *at < i.at));
+        let node = Arc::new_cyclic(|owner| Node {
             cancelled: AtomicBool::new(false),
             state: Mutex::new(State {
                 cause: None,
@@ -129,9 +117,16 @@ impl Node {
             slot: AtomicUsize::new(UNLINKED),
             detached,
             path,
-            deadline,
+            deadline: match own_deadline {
+                Some((at, cause)) => Some(Arc::new(Deadline {
+                    at,
+                    cause,
+                    owner: owner.clone(),
+                })),
+                None => inherited.cloned(),
+            },
         });
-        let Some(parent) = parent.filter(|_| !detached) else {
+        let Some(parent) = attached_parent else {
             return node;
         };
         let mut parent_state = lock(&parent.state);
@@ -179,26 +174,36 @@ impl Node {
     /// This node's cause, observing a passed deadline (invariant 6).
     pub(crate) fn cause(&self) -> Option<Cause> {
         if self.is_cancelled() {
-            lock(&self.state).cause.clone()
+            self.recorded_cause()
         } else {
             None
         }
     }
 
+    /// The cause as recorded, without observing the deadline.
+    pub(crate) fn recorded_cause(&self) -> Option<Cause> {
+        lock(&self.state).cause.clone()
+    }
+
     /// Cancels this node now if its deadline has passed; returns whether it did or already was.
     pub(crate) fn observe_deadline(&self) -> bool {
-        match &self.deadline {
-            Some(deadline) if Instant::now() >= deadline.at => {
-                self.cancel(deadline.cause.clone(), Location::caller());
-                true
-            }
-            _ => false,
+        let Some(deadline) = &self.deadline else {
+            return false;
+        };
+        if Instant::now() < deadline.at {
+            return false;
         }
+        let owner = deadline.owner.upgrade();
+        let target = owner.as_deref().unwrap_or(self);
+        // A callback that panics here reported its panic through the panic hook; it is not
+        // resumed in whoever happened to look.
+        let _ = target.cancel(deadline.cause.clone(), Location::caller());
+        true
     }
 
     /// Cancels this node and its subtree with `cause`; returns whether `cause` is the one this
-    /// node ended up with.
-    pub(crate) fn cancel(&self, cause: Cause, location: &'static Location<'static>) -> bool {
+    /// node ended up with, and the first panic of a callback or waker, if any.
+    pub(crate) fn cancel(&self, cause: Cause, location: &'static Location<'static>) -> Cancel {
         let mut fired = Fired::default();
         let won = {
             let root = self.tree_root();
@@ -227,8 +232,10 @@ impl Node {
             }
             won
         };
-        fired.run();
-        won
+        Cancel {
+            won,
+            panic: fired.run(),
+        }
     }
 
     /// Sets this node's cause (its passed deadline's, or `cause`) unless it has one; moves its
@@ -367,20 +374,34 @@ struct Fired {
 }
 
 impl Fired {
-    fn run(self) {
+    /// Wakes every waiter and runs every callback, even if one panics; returns the first panic.
+    fn run(self) -> Option<PanicPayload> {
         drop(self.last_handles);
-        for waker in self.wakers {
-            waker.wake();
-        }
-        // Every callback runs even if one panics; the first panic is resumed afterwards.
         let mut panicked = None;
-        for (callback, cause) in self.callbacks {
-            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| callback(&cause))) {
+        let mut catch = |f: &mut dyn FnMut()| {
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
                 panicked.get_or_insert(payload);
             }
+        };
+        for waker in self.wakers {
+            let mut waker = Some(waker);
+            catch(&mut || waker.take().map_or((), Waker::wake));
         }
-        if let Some(payload) = panicked {
-            panic::resume_unwind(payload);
+        for (callback, cause) in self.callbacks {
+            let mut callback = Some(callback);
+            catch(&mut || callback.take().map_or((), |callback| callback(&cause)));
         }
+        panicked
     }
+}
+
+pub(crate) type PanicPayload = Box<dyn std::any::Any + Send + 'static>;
+
+/// The outcome of [`Node::cancel`].
+#[must_use]
+pub(crate) struct Cancel {
+    /// Whether the given cause is the one the node ended up with.
+    pub(crate) won: bool,
+    /// The first panic of a waker or callback; every other one still ran.
+    pub(crate) panic: Option<PanicPayload>,
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::node::{Deadline, Listener, Node, Parent};
+use crate::node::{Listener, Node};
 use crate::{Cancelled, CancelledOwned, Cause, CauseKind, OnCancel};
 
 /// A handle to one node of a cancellation tree. Cloning it gives another handle to the same
@@ -56,7 +56,7 @@ impl Scope {
     /// A new root scope, with no name and no deadline.
     pub fn new() -> Scope {
         Scope {
-            node: Node::new(Parent::None, None, None),
+            node: Node::new(None, false, None, None),
         }
     }
 
@@ -70,11 +70,7 @@ impl Scope {
     /// If this scope is already cancelled, the child is born cancelled with the same cause.
     pub fn child(&self) -> Scope {
         Scope {
-            node: Node::new(
-                Parent::Attached(&self.node),
-                self.node.path().cloned(),
-                None,
-            ),
+            node: Node::new(Some(&self.node), false, self.node.path().cloned(), None),
         }
     }
 
@@ -164,14 +160,20 @@ impl Scope {
     /// has run and the whole subtree is cancelled.
     #[track_caller]
     pub fn cancel(&self, cause: Cause) -> bool {
-        self.node.cancel(cause, Location::caller())
+        let outcome = self.node.cancel(cause, Location::caller());
+        if let Some(payload) = outcome.panic {
+            std::panic::resume_unwind(payload);
+        }
+        outcome.won
     }
 
     /// The cause that cancelled this scope: its own if it was cancelled directly, else the one
     /// that reached it from an ancestor, else its deadline's. `None` while it is not cancelled.
     ///
-    /// A read; it never walks the tree. While another thread cancels the scope it returns
-    /// `None` or the final cause, never another.
+    /// It never walks up the tree. While another thread cancels the scope it returns `None` or
+    /// the final cause, never another. The first look after a deadline passed cancels the scope
+    /// that owns the deadline, with its subtree; a callback panicking then is reported by the
+    /// panic hook, not resumed here.
     pub fn cause(&self) -> Option<Cause> {
         self.node.cause()
     }
@@ -311,7 +313,8 @@ impl fmt::Debug for Scope {
         f.debug_struct("Scope")
             .field("path", &self.path())
             .field("deadline", &self.deadline())
-            .field("cause", &self.cause())
+            // As recorded: formatting a scope must not observe its deadline.
+            .field("cause", &self.node.recorded_cause())
             .finish()
     }
 }
@@ -401,19 +404,12 @@ impl<'a> ScopeBuilder<'a> {
             let cause = self
                 .deadline_cause
                 .unwrap_or_else(|| Cause::of_kind(CauseKind::DeadlineExceeded))
-                .into_deadline();
-            Arc::new(Deadline {
-                at,
-                cause: cause.stamped(path.as_ref(), system_time_of(at, now), Location::caller()),
-            })
+                .into_deadline()
+                .stamped(path.as_ref(), system_time_of(at, now), Location::caller());
+            (at, cause)
         });
-        let parent = match parent_node {
-            None => Parent::None,
-            Some(node) if self.detached => Parent::Detached(node),
-            Some(node) => Parent::Attached(node),
-        };
         Scope {
-            node: Node::new(parent, path, deadline),
+            node: Node::new(parent_node, self.detached, path, deadline),
         }
     }
 }

@@ -73,18 +73,45 @@ async fn cancelled_resolves_at_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_waiting_child_observes_an_inherited_deadline() {
+async fn a_waiting_child_observes_an_inherited_deadline_for_its_owner() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     let order = Scope::new().child_with_timeout(Duration::from_secs(2));
+    let sibling = order.child();
     let step = order.child().child();
+    let order_callbacks = Arc::new(AtomicUsize::new(0));
+    let _ = order.on_cancel({
+        let order_callbacks = order_callbacks.clone();
+        move |_| {
+            order_callbacks.fetch_add(1, Ordering::SeqCst);
+        }
+    });
     let mut waiting = task::spawn(step.cancelled());
     assert_pending!(waiting.poll());
     advance(Duration::from_secs(2)).await;
     assert!(waiting.is_woken());
     let cause = assert_ready!(waiting.poll());
     assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
+    // Observed through `step`, the deadline cancelled its owner and the owner's subtree: read
+    // nothing from `order` or `sibling` that would observe it themselves.
+    assert_eq!(order_callbacks.load(Ordering::SeqCst), 1);
+    assert_eq!(order.live_children(), 0);
+    assert!(format!("{sibling:?}").contains("DeadlineExceeded"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_callback_is_not_resumed_in_an_observer() {
+    let scope = Scope::new().child_with_timeout(Duration::from_secs(1));
+    let _ = scope.on_cancel(|_| panic!("callback bug"));
+    advance(Duration::from_secs(1)).await;
     assert!(
-        order.is_cancelled(),
-        "observing the deadline cancels its owner"
+        format!("{scope:?}").contains("cause: None"),
+        "Debug does not observe"
+    );
+    assert!(
+        scope.is_cancelled(),
+        "the observer is not hit by the callback's panic"
     );
 }
 
