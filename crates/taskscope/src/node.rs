@@ -18,12 +18,9 @@
 //!    cancellations of one tree are totally ordered, a cancellation that loses a race returns
 //!    only once the winner has marked the whole subtree, and every scope of the tree agrees on
 //!    one winner.
-//! 4. Lock order is tree lock, then one node lock at a time. No callback or waker runs while
-//!    any of these locks is held, and a cancellation drops the last handle of a node only after
-//!    releasing them. (One race remains: a user dropping their last handle of a node while a
-//!    cancellation holds a reference makes the cancellation's release run `Node::drop` under the
-//!    tree lock. By then the node's callbacks are drained, and `Node::drop` takes no tree lock,
-//!    so it only releases causes.)
+//! 4. Lock order is tree lock, then one node lock at a time. No user code (callbacks, wakers,
+//!    `Drop` of user values such as a cause's source error) runs while any of these locks is
+//!    held: a cancellation releases the references it took only after releasing its locks.
 //! 5. A node's effective deadline is fixed at creation: the earliest of its own and its
 //!    parent's (the parent's on a tie), with that deadline's cause. So a node's deadline is never
 //!    later than any ancestor's, up to the nearest detached scope.
@@ -222,13 +219,8 @@ impl Node {
                     continue;
                 };
                 child.mark(&cause, now, &mut fired);
-                if Arc::strong_count(&child) == 1 {
-                    // Ours is the last handle: drop it once the locks are released (invariant 4).
-                    fired.last_handles.push(child);
-                }
-                // Otherwise this is not the last reference and dropping it runs no `Drop`. (If a
-                // user drops theirs concurrently, `Node::drop` runs here; it takes no tree lock,
-                // and the node's callbacks were just drained, so it only releases causes.)
+                // Released once the locks are: ours may be the last reference (invariant 4).
+                fired.last_handles.push(child);
             }
             won
         };
