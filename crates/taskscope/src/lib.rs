@@ -53,7 +53,7 @@ mod sync;
 pub use cancelled::{Cancelled, CancelledOwned};
 pub use cause::{CallSite, Cause, CauseKind};
 pub use on_cancel::OnCancel;
-pub use scope::{Scope, ScopeBuilder};
+pub use scope::{Scope, ScopeBuilder, WeakScope};
 
 // The code blocks of the README and the guides are tested as doctests.
 #[cfg(doctest)]

@@ -220,7 +220,7 @@ impl Node {
                 };
                 child.mark(&cause, now, &mut fired);
                 // Released once the locks are: ours may be the last reference (invariant 4).
-                fired.last_handles.push(child);
+                fired.taken.push(child);
             }
             won
         };
@@ -359,8 +359,8 @@ impl Drop for Node {
 #[derive(Default)]
 struct Fired {
     pending: Vec<Weak<Node>>,
-    /// Nodes whose last handle is ours, dropped once the tree lock is released.
-    last_handles: Vec<Arc<Node>>,
+    /// References taken while cancelling, released once the locks are (invariant 4).
+    taken: Vec<Arc<Node>>,
     wakers: Vec<Waker>,
     callbacks: Vec<(Callback, Cause)>,
 }
@@ -368,7 +368,7 @@ struct Fired {
 impl Fired {
     /// Wakes every waiter and runs every callback, even if one panics; returns the first panic.
     fn run(self) -> Option<PanicPayload> {
-        drop(self.last_handles);
+        drop(self.taken);
         let mut panicked = None;
         let mut catch = |f: &mut dyn FnMut()| {
             if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {

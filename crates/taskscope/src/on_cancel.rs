@@ -8,7 +8,9 @@ use crate::node::Node;
 /// A callback registered with [`Scope::on_cancel`](crate::Scope::on_cancel).
 ///
 /// Dropping the handle leaves the callback registered (as Go's `AfterFunc`); call
-/// [`stop`](OnCancel::stop) to deregister it. The handle keeps its scope alive.
+/// [`stop`](OnCancel::stop) to deregister it. The handle keeps its scope alive, and so does a
+/// callback that captures a [`Scope`](crate::Scope) of its own scope: capture a
+/// [`WeakScope`](crate::WeakScope) there.
 pub struct OnCancel {
     node: Arc<Node>,
     /// `None` when the callback ran during registration.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::panic::Location;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -238,7 +238,8 @@ impl Scope {
     /// No task is spawned. The callback runs on the thread that cancels the scope, after the
     /// whole subtree is cancelled and outside every internal lock, so it may use scopes; keep it
     /// short and spawn anything long. A scope that is dropped without being cancelled drops the
-    /// callback unrun. For a deadline, the callback runs when the deadline is observed (see
+    /// callback unrun. A callback that captures a handle of its own scope keeps the scope alive
+    /// until it runs or is stopped; capture a [`WeakScope`] ([`Scope::downgrade`]) instead. For a deadline, the callback runs when the deadline is observed (see
     /// [Deadlines](Scope#deadlines)).
     ///
     /// ```
@@ -275,6 +276,28 @@ impl Scope {
                 }
                 OnCancel::new(self.node.clone(), None)
             }
+        }
+    }
+
+    /// A handle that does not keep this scope alive, for callbacks and caches that must not.
+    ///
+    /// ```
+    /// use taskscope::Scope;
+    ///
+    /// let parent = Scope::new();
+    /// let child = parent.child();
+    /// let weak = child.downgrade();
+    /// let _ = child.on_cancel(move |_| {
+    ///     if let Some(child) = weak.upgrade() {
+    ///         println!("{} cancelled", child.path());
+    ///     }
+    /// });
+    /// drop(child);
+    /// assert_eq!(parent.live_children(), 0, "no cycle keeps the child alive");
+    /// ```
+    pub fn downgrade(&self) -> WeakScope {
+        WeakScope {
+            node: Arc::downgrade(&self.node),
         }
     }
 
@@ -316,6 +339,19 @@ impl fmt::Debug for Scope {
             // As recorded: formatting a scope must not observe its deadline.
             .field("cause", &self.node.recorded_cause())
             .finish()
+    }
+}
+
+/// A handle to a scope that does not keep it alive; made by [`Scope::downgrade`].
+#[derive(Clone, Debug, Default)]
+pub struct WeakScope {
+    node: Weak<Node>,
+}
+
+impl WeakScope {
+    /// A handle to the scope, if it is still alive.
+    pub fn upgrade(&self) -> Option<Scope> {
+        self.node.upgrade().map(|node| Scope { node })
     }
 }
 

@@ -15,6 +15,7 @@ fn public_types_are_send_sync_unpin_and_unwind_safe() {
     send_sync_unpin_unwind_safe::<CauseKind>();
     send_sync_unpin_unwind_safe::<CallSite>();
     send_sync_unpin_unwind_safe::<OnCancel>();
+    send_sync_unpin_unwind_safe::<WeakScope>();
     send_sync_unpin_unwind_safe::<ScopeBuilder<'static>>();
 }
 

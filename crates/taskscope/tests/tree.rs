@@ -60,6 +60,17 @@ fn an_inner_node_lives_while_a_descendant_needs_it() {
     assert_eq!(root.live_children(), 0);
 }
 
+#[test]
+fn a_weak_scope_does_not_keep_its_scope() {
+    let parent = Scope::new();
+    let child = parent.child();
+    let weak = child.downgrade();
+    assert_eq!(weak.upgrade().unwrap().path(), child.path());
+    drop(child);
+    assert!(weak.upgrade().is_none());
+    assert_eq!(parent.live_children(), 0);
+}
+
 const DEPTH: usize = 100_000;
 
 /// Runs `f` on a thread with a 64 KiB stack.
