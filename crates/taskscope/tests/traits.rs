@@ -3,7 +3,7 @@
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use taskscope::{
-    CallSite, Cancelled, CancelledOwned, Cause, CauseKind, OnCancel, Scope, ScopeBuilder,
+    CallSite, Cancelled, CancelledOwned, Cause, CauseKind, OnCancel, Scope, ScopeBuilder, WeakScope,
 };
 
 fn send_sync_unpin_unwind_safe<T: Send + Sync + Unpin + UnwindSafe + RefUnwindSafe>() {}
