@@ -12,7 +12,9 @@
 //!    under the same lock that sets the cause, and nothing is linked or registered afterwards
 //!    (a child made then is born cancelled; a waiter or callback made then fires at once).
 //!    Slab keys are therefore only ever freed by their owner or by that drain, never reused
-//!    behind an owner's back.
+//!    behind an owner's back. The one move, compacting a sparse children slab, happens under
+//!    the parent's lock, only to children it can upgrade (so not to one being dropped), and
+//!    updates the child's `slot` there; a child reads its `slot` only once it is being dropped.
 //! 3. Every cancellation in a tree runs under the tree lock of the tree's root (a root or a
 //!    detached scope), from marking the first node to marking the last descendant. So
 //!    cancellations of one tree are totally ordered, a cancellation that loses a race returns
@@ -325,16 +327,33 @@ impl Node {
         listener
     }
 
-    /// Removes the child at `slot` from this node's children, unless cancelling drained them.
+    /// Removes the child at `slot` from this node's children, unless cancelling drained them,
+    /// and compacts the children once few are left, so memory follows the live count.
     fn unlink_child(&self, slot: usize) {
         if slot == UNLINKED {
             return;
         }
+        let mut relocated = Vec::new();
         let mut state = lock(&self.state);
         // By invariant 2 a cancelled node's children were drained; the slot may not be ours.
         if state.cause.is_none() {
             state.children.remove(slot);
+            if state.children.is_sparse() {
+                // A child that is being dropped cannot be upgraded; it keeps its key and unlinks
+                // itself once we release the lock (invariant 2).
+                state.children.compact(|child, key| match child.upgrade() {
+                    Some(child) => {
+                        child.slot.store(key, Ordering::Relaxed);
+                        relocated.push(child);
+                        true
+                    }
+                    None => false,
+                });
+            }
         }
+        drop(state);
+        // Released after the lock: one of these may be the last reference (invariant 4).
+        drop(relocated);
     }
 }
 

@@ -82,6 +82,48 @@ impl<T> Slab<T> {
         Some(value)
     }
 
+    /// Whether at most a quarter of a large slab is occupied, so that [`compact`](Slab::compact)
+    /// would give memory back.
+    pub(crate) fn is_sparse(&self) -> bool {
+        self.entries.len() > KEEP_CAPACITY && self.len * 4 < self.entries.len()
+    }
+
+    /// Moves values from the end into the lowest vacant keys, then gives back the memory of the
+    /// trailing vacant entries. `relocate(value, new_key)` is asked first, so the owner of the
+    /// value can learn its new key; a value it refuses stays where it is.
+    pub(crate) fn compact(&mut self, mut relocate: impl FnMut(&T, usize) -> bool) {
+        let mut hole = 0;
+        let mut tail = self.entries.len();
+        while hole < tail {
+            if let Some(Entry::Occupied(_)) = self.entries.get(hole) {
+                hole += 1;
+                continue;
+            }
+            tail -= 1;
+            if tail <= hole {
+                break;
+            }
+            if let Entry::Occupied(value) = &self.entries[tail] {
+                if relocate(value, hole) {
+                    self.entries.swap(hole, tail);
+                    hole += 1;
+                }
+            }
+        }
+        while let Some(Entry::Vacant { .. }) = self.entries.last() {
+            self.entries.pop();
+        }
+        // Rechain the free list through the vacant entries that remain.
+        self.next_free = self.entries.len();
+        for key in (0..self.entries.len()).rev() {
+            if let Entry::Vacant { next_free } = &mut self.entries[key] {
+                *next_free = self.next_free;
+                self.next_free = key;
+            }
+        }
+        self.entries.shrink_to(KEEP_CAPACITY);
+    }
+
     /// Takes every value out, leaving the slab empty and without a buffer.
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + use<T> {
         self.len = 0;
@@ -116,6 +158,35 @@ mod tests {
         assert_eq!(all, ['a', 'c', 'd']);
         assert_eq!(slab.len(), 0);
         assert_eq!(slab.remove(a), None);
+    }
+
+    #[test]
+    fn compaction_moves_values_down_and_releases_memory() {
+        let mut slab = Slab::new();
+        let keys: Vec<_> = (0..1000).map(|i| slab.insert(i)).collect();
+        for &key in &keys[..990] {
+            slab.remove(key);
+        }
+        assert!(slab.is_sparse());
+        let mut moved = Vec::new();
+        // Refuse to move 995, as a dying child would.
+        slab.compact(|&value, to| {
+            moved.push((value, to));
+            value != 995
+        });
+        assert!(slab.entries.capacity() < 1000);
+        let mut left: Vec<_> = (0..slab.entries.len())
+            .filter_map(|k| slab.get_mut(k).copied())
+            .collect();
+        left.sort();
+        assert_eq!(left, (990..1000).collect::<Vec<_>>());
+        for (value, to) in moved.into_iter().filter(|&(v, _)| v != 995) {
+            assert_eq!(slab.get_mut(to), Some(&mut { value }));
+        }
+        // Freed keys are reused, and every value can still be removed by its key.
+        let new = slab.insert(7);
+        assert_eq!(slab.get_mut(new), Some(&mut 7));
+        assert_eq!(slab.len(), 11);
     }
 
     #[test]

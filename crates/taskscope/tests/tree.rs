@@ -37,6 +37,38 @@ fn dropping_many_live_children_empties_the_parent() {
 }
 
 #[test]
+fn children_of_a_crowd_that_left_stay_reachable_and_unlinkable() {
+    // One long-lived child among many dropped ones: the parent compacts its table and the
+    // survivors (moved to new keys) are still cancelled with it and still unlink correctly.
+    let parent = Scope::new();
+    let early = parent.child();
+    let crowd: Vec<_> = (0..10_000).map(|_| parent.child()).collect();
+    let late = parent.child();
+    let survivors: Vec<_> = crowd.iter().step_by(1000).cloned().collect();
+    drop(crowd);
+    assert_eq!(parent.live_children(), 2 + survivors.len());
+    drop(early);
+    assert_eq!(parent.live_children(), 1 + survivors.len());
+    parent.cancel(Cause::new("X"));
+    assert!(survivors.iter().all(|s| s.cause().unwrap().code() == "X"));
+    assert_eq!(late.cause().unwrap().code(), "X");
+}
+
+#[test]
+fn survivors_of_a_compaction_unlink_themselves() {
+    let parent = Scope::new();
+    let crowd: Vec<_> = (0..10_000).map(|_| parent.child()).collect();
+    let late = parent.child();
+    drop(crowd);
+    assert_eq!(parent.live_children(), 1);
+    let another = parent.child();
+    drop(late);
+    assert_eq!(parent.live_children(), 1);
+    drop(another);
+    assert_eq!(parent.live_children(), 0);
+}
+
+#[test]
 fn a_cancelled_scope_holds_no_children() {
     let parent = Scope::new();
     let children: Vec<_> = (0..100).map(|_| parent.child()).collect();
