@@ -103,11 +103,11 @@ impl<T> Slab<T> {
             if tail <= hole {
                 break;
             }
-            if let Entry::Occupied(value) = &self.entries[tail] {
-                if relocate(value, hole) {
-                    self.entries.swap(hole, tail);
-                    hole += 1;
-                }
+            if let Entry::Occupied(value) = &self.entries[tail]
+                && relocate(value, hole)
+            {
+                self.entries.swap(hole, tail);
+                hole += 1;
             }
         }
         while let Some(Entry::Vacant { .. }) = self.entries.last() {
