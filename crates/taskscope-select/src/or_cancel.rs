@@ -14,8 +14,10 @@ pub trait FutureExt: Future + Sized {
     ///
     /// # Fairness
     ///
-    /// The inner future is polled first: if it is ready in the same poll in which the scope is
-    /// found cancelled, its output wins. Work that completed is never thrown away.
+    /// The scope is checked first: once it is cancelled the inner future is not polled again,
+    /// so work does not start on a cancelled scope and a source that is always ready (a busy
+    /// channel) still stops. Nothing is lost by this: an output the inner future has not
+    /// returned was never produced.
     ///
     /// # Cancel safety
     ///
@@ -97,7 +99,7 @@ impl<F: Future> Future for OrCancelOwned<F> {
     }
 }
 
-/// The one rule both futures follow (see `# Fairness`): the inner future first.
+/// The one rule both futures follow (see `# Fairness`): the scope first.
 fn poll_or_cancel<F, C>(
     future: Pin<&mut F>,
     cancelled: &mut C,
@@ -107,8 +109,8 @@ where
     F: Future,
     C: Future<Output = Cause> + Unpin,
 {
-    if let Poll::Ready(output) = future.poll(cx) {
-        return Poll::Ready(Ok(output));
+    if let Poll::Ready(cause) = Pin::new(cancelled).poll(cx) {
+        return Poll::Ready(Err(cause));
     }
-    Pin::new(cancelled).poll(cx).map(Err)
+    future.poll(cx).map(Ok)
 }

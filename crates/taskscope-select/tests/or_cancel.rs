@@ -28,10 +28,44 @@ async fn ends_with_the_cause_when_cancelled_while_pending() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fairness_a_ready_output_beats_a_cancelled_scope() {
+async fn fairness_a_cancelled_scope_beats_a_ready_output() {
     let scope = Scope::new();
     scope.cancel(Cause::plain());
-    assert_eq!(ready(1).or_cancel(&scope).await.unwrap(), 1);
+    let started = std::sync::atomic::AtomicBool::new(false);
+    let work = async {
+        started.store(true, std::sync::atomic::Ordering::SeqCst);
+        1
+    };
+    assert_eq!(
+        work.or_cancel(&scope).await.unwrap_err().code(),
+        "cancelled"
+    );
+    assert!(
+        !started.load(std::sync::atomic::Ordering::SeqCst),
+        "no work starts on a cancelled scope"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_source_stops_at_cancel_and_keeps_its_items() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..1000 {
+        tx.send(i).unwrap();
+    }
+    let scope = Scope::new();
+    let mut received = Vec::new();
+    while let Ok(Some(item)) = rx.recv().or_cancel(&scope).await {
+        received.push(item);
+        if item == 9 {
+            scope.cancel(Cause::new("STOP"));
+        }
+    }
+    assert_eq!(received, (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        rx.recv().await,
+        Some(10),
+        "the next item is still in the channel"
+    );
 }
 
 #[tokio::test(start_paused = true)]
