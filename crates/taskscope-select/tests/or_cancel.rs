@@ -1,6 +1,6 @@
 //! `or_cancel`: its fairness rule and cancel safety, on paused time.
 
-use std::future::{pending, ready};
+use std::future::pending;
 use std::time::Duration;
 
 use taskscope::{Cause, CauseKind, Scope};

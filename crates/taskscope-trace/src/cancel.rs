@@ -6,19 +6,6 @@ use tracing::Level;
 /// The `target` of every cancellation event.
 pub const CANCEL_TARGET: &str = "taskscope::cancel";
 
-/// The stable name of a cause kind in events and records: `explicit`, `deadline_exceeded`,
-/// `task_failed`, `task_panicked`, `shutdown` or `dropped`.
-pub fn kind_name(kind: CauseKind) -> &'static str {
-    match kind {
-        CauseKind::Explicit => "explicit",
-        CauseKind::DeadlineExceeded => "deadline_exceeded",
-        CauseKind::TaskFailed => "task_failed",
-        CauseKind::TaskPanicked => "task_panicked",
-        CauseKind::Shutdown => "shutdown",
-        CauseKind::Dropped => "dropped",
-    }
-}
-
 /// Emits the `taskscope::cancel` event for a scope at `scope_path` cancelled with `cause`
 /// (schema in the [crate docs](crate#event-schema)).
 pub fn record_cancel(scope_path: &str, cause: &Cause) {
@@ -26,10 +13,10 @@ pub fn record_cancel(scope_path: &str, cause: &Cause) {
     macro_rules! cancel_event {
         ($level:expr) => {
             tracing::event!(
-                target: "taskscope::cancel",
+                target: CANCEL_TARGET,
                 $level,
                 scope = scope_path,
-                cause.kind = kind_name(cause.kind()),
+                cause.kind = cause.kind().as_str(),
                 cause.code = cause.code(),
                 cause.detail = cause.detail(),
                 cause.origin = cause.origin(),

@@ -108,6 +108,36 @@ impl CauseKind {
         }
     }
 
+    /// The stable name of this kind in records and events: `"explicit"`,
+    /// `"deadline_exceeded"`, `"task_failed"`, `"task_panicked"`, `"shutdown"` or `"dropped"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CauseKind::Explicit => "explicit",
+            CauseKind::DeadlineExceeded => "deadline_exceeded",
+            CauseKind::TaskFailed => "task_failed",
+            CauseKind::TaskPanicked => "task_panicked",
+            CauseKind::Shutdown => "shutdown",
+            CauseKind::Dropped => "dropped",
+        }
+    }
+
+    /// The kind whose [`as_str`](CauseKind::as_str) name is `name`.
+    pub fn from_name(name: &str) -> Option<CauseKind> {
+        CauseKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+
+    /// Every kind, in declaration order.
+    pub const ALL: [CauseKind; 6] = [
+        CauseKind::Explicit,
+        CauseKind::DeadlineExceeded,
+        CauseKind::TaskFailed,
+        CauseKind::TaskPanicked,
+        CauseKind::Shutdown,
+        CauseKind::Dropped,
+    ];
+
     /// A short lowercase phrase for messages: `"cancelled"`, `"deadline exceeded"`, ...
     pub const fn describe(self) -> &'static str {
         match self {

@@ -208,6 +208,11 @@ impl Scope {
     /// # Cancel safety
     ///
     /// Cancel-safe: see [`Cancelled`].
+    ///
+    /// # Panics
+    ///
+    /// With a deadline, the future must be polled inside a tokio runtime with time enabled (it
+    /// holds a `tokio::time::Sleep`); see [`Cancelled`].
     pub fn cancelled(&self) -> Cancelled<'_> {
         Cancelled::new(self)
     }
@@ -217,6 +222,10 @@ impl Scope {
     /// # Cancel safety
     ///
     /// Cancel-safe: see [`CancelledOwned`].
+    ///
+    /// # Panics
+    ///
+    /// As [`cancelled`](Scope::cancelled).
     pub fn cancelled_owned(self) -> CancelledOwned {
         CancelledOwned::new(self)
     }

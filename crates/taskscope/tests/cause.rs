@@ -29,6 +29,7 @@ fn kinds_have_default_codes_and_descriptions() {
         (CauseKind::Dropped, "dropped", "dropped"),
     ];
     for (kind, code, text) in all {
+        assert_eq!(CauseKind::from_name(kind.as_str()), Some(kind));
         let cause = Cause::of_kind(kind);
         assert_eq!(cause.kind(), kind);
         assert_eq!(cause.code(), code);
@@ -195,7 +196,7 @@ mod record {
             ),
             (
                 json!({"v": 1, "kind": "exploded", "code": "X"}),
-                "unknown variant `exploded`",
+                "unknown cause kind `exploded`",
             ),
             (json!({"v": 1, "kind": "explicit"}), "missing field `code`"),
             (

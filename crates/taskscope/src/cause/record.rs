@@ -28,7 +28,7 @@ const VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 struct Record {
     v: u32,
-    kind: KindRecord,
+    kind: String,
     code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
@@ -43,47 +43,10 @@ struct Record {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum KindRecord {
-    Explicit,
-    DeadlineExceeded,
-    TaskFailed,
-    TaskPanicked,
-    Shutdown,
-    Dropped,
-}
-
-#[derive(Serialize, Deserialize)]
 struct LocationRecord {
     file: String,
     line: u32,
     column: u32,
-}
-
-impl From<CauseKind> for KindRecord {
-    fn from(kind: CauseKind) -> Self {
-        match kind {
-            CauseKind::Explicit => KindRecord::Explicit,
-            CauseKind::DeadlineExceeded => KindRecord::DeadlineExceeded,
-            CauseKind::TaskFailed => KindRecord::TaskFailed,
-            CauseKind::TaskPanicked => KindRecord::TaskPanicked,
-            CauseKind::Shutdown => KindRecord::Shutdown,
-            CauseKind::Dropped => KindRecord::Dropped,
-        }
-    }
-}
-
-impl From<KindRecord> for CauseKind {
-    fn from(kind: KindRecord) -> Self {
-        match kind {
-            KindRecord::Explicit => CauseKind::Explicit,
-            KindRecord::DeadlineExceeded => CauseKind::DeadlineExceeded,
-            KindRecord::TaskFailed => CauseKind::TaskFailed,
-            KindRecord::TaskPanicked => CauseKind::TaskPanicked,
-            KindRecord::Shutdown => CauseKind::Shutdown,
-            KindRecord::Dropped => CauseKind::Dropped,
-        }
-    }
 }
 
 impl Record {
@@ -91,7 +54,7 @@ impl Record {
         let inner = &cause.inner;
         Record {
             v: VERSION,
-            kind: inner.kind.into(),
+            kind: inner.kind.as_str().to_owned(),
             code: inner.code.to_string(),
             detail: inner.detail.as_deref().map(str::to_owned),
             origin: inner.origin.as_deref().map(str::to_owned),
@@ -117,6 +80,8 @@ impl Record {
                 self.v
             ));
         }
+        let kind = CauseKind::from_name(&self.kind)
+            .ok_or_else(|| format!("unknown cause kind `{}`", self.kind))?;
         if self.code.is_empty() {
             return Err("cause record has an empty `code`".to_owned());
         }
@@ -130,7 +95,7 @@ impl Record {
         };
         Ok(Cause {
             inner: Arc::new(Inner {
-                kind: self.kind.into(),
+                kind,
                 code: Cow::Owned(self.code),
                 detail: self.detail.map(Cow::Owned),
                 source: self
