@@ -28,9 +28,9 @@
 //!    later than any ancestor's, up to the nearest detached scope.
 //! 6. Deadlines are observed lazily and ordered by time, not by observation: whenever a
 //!    cancellation reaches a node at time `t` (including a deadline being observed), the node
-//!    takes its deadline's cause instead if that deadline is `<= t`. Nothing runs in the
-//!    background; a waiting `Cancelled` future is the only timer, and it is dropped with the
-//!    future.
+//!    takes its deadline's cause instead if that deadline is `<= t`. Observing a passed deadline
+//!    from any node that has it cancels the deadline's owner. Nothing runs in the background; a
+//!    waiting `Cancelled` future holds the only timer, released when it resolves or is dropped.
 
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::sync::{Arc, Weak};
