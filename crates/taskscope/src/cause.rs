@@ -1,5 +1,6 @@
 //! [`Cause`]: why a scope was cancelled.
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::error::Error;
 use std::fmt;
@@ -64,7 +65,7 @@ struct Inner {
     kind: CauseKind,
     code: Cow<'static, str>,
     detail: Option<Cow<'static, str>>,
-    source: Option<Arc<dyn Error + Send + Sync + 'static>>,
+    source: Option<Arc<dyn Payload>>,
     origin: Option<Arc<str>>,
     at: Option<SystemTime>,
     location: Option<CallSite>,
@@ -257,12 +258,11 @@ impl Cause {
 
     /// Wraps a user error or domain reason. It becomes this cause's [`Error::source`] and can be
     /// read back with [`downcast_ref`](Cause::downcast_ref).
-    pub fn with_source<E>(mut self, source: E) -> Cause
+    pub fn with_source<E>(self, source: E) -> Cause
     where
         E: Error + Send + Sync + 'static,
     {
-        self.inner_mut().source = Some(Arc::new(source));
-        self
+        self.with_payload(Arc::new(ErrorPayload(source)))
     }
 
     /// What happened.
@@ -298,18 +298,42 @@ impl Cause {
         self.inner.location.as_ref()
     }
 
-    /// The wrapped user error, if it is an `E`.
+    /// The wrapped user error, if it is an `E`: the error given to
+    /// [`with_source`](Cause::with_source), or the error a task of a
+    /// [`TaskGroup`](crate::TaskGroup) failed with (also when that error is a boxed `E`).
     pub fn downcast_ref<E>(&self) -> Option<&E>
     where
         E: Error + 'static,
     {
-        let source: &(dyn Error + 'static) = self.inner.source.as_deref()?;
-        source.downcast_ref::<E>()
+        let payload = self.inner.source.as_deref()?;
+        match payload.as_any().downcast_ref::<E>() {
+            Some(error) => Some(error),
+            None => payload.as_error()?.downcast_ref::<E>(),
+        }
     }
 
     /// Whether two causes are the very same cancellation (not merely equal-looking).
     pub fn ptr_eq(&self, other: &Cause) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    pub(crate) fn with_payload(mut self, payload: Arc<dyn Payload>) -> Cause {
+        self.inner_mut().source = Some(payload);
+        self
+    }
+
+    /// Takes `other`'s code.
+    pub(crate) fn with_code_of(mut self, other: &Cause) -> Cause {
+        self.inner_mut().code = other.inner.code.clone();
+        self
+    }
+
+    /// Sets the origin, unless the cause already has one.
+    pub(crate) fn with_origin(mut self, origin: Option<&Arc<str>>) -> Cause {
+        if self.inner.origin.is_none() && origin.is_some() {
+            self.inner_mut().origin = origin.cloned();
+        }
+        self
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -398,8 +422,35 @@ impl fmt::Debug for Cause {
 
 impl Error for Cause {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        let source: &(dyn Error + 'static) = self.inner.source.as_deref()?;
-        Some(source)
+        self.inner.source.as_deref()?.as_error()
+    }
+}
+
+/// What a cause wraps: a user error ([`Cause::with_source`]) or the error a task failed with.
+pub(crate) trait Payload: fmt::Debug + fmt::Display + Send + Sync + 'static {
+    /// The wrapped value itself, for [`Cause::downcast_ref`].
+    fn as_any(&self) -> &dyn Any;
+    /// The wrapped value as an error, if it is one: the cause's [`Error::source`].
+    fn as_error(&self) -> Option<&(dyn Error + 'static)>;
+}
+
+/// A [`Payload`] that is a plain error.
+#[derive(Debug)]
+struct ErrorPayload<E>(E);
+
+impl<E: fmt::Display> fmt::Display for ErrorPayload<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: Error + Send + Sync + 'static> Payload for ErrorPayload<E> {
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+
+    fn as_error(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -415,3 +466,10 @@ impl fmt::Display for RecordedSource {
 }
 
 impl Error for RecordedSource {}
+
+#[cfg(feature = "serde")]
+impl RecordedSource {
+    fn payload(message: String) -> Arc<dyn Payload> {
+        Arc::new(ErrorPayload(RecordedSource(message)))
+    }
+}

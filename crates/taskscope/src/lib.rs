@@ -44,6 +44,7 @@
 
 mod cancelled;
 mod cause;
+mod group;
 mod node;
 mod on_cancel;
 mod scope;
@@ -52,6 +53,11 @@ mod sync;
 
 pub use cancelled::{Cancelled, CancelledOwned};
 pub use cause::{CallSite, Cause, CauseKind};
+pub use group::{
+    BoxError, DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Join, JoinNext, Outcome, TaskExit,
+    TaskFailure, TaskGroup, TaskGroupBuilder, TaskId, TaskInfo, TaskSnapshot, TaskState,
+    TrySpawnError,
+};
 pub use on_cancel::OnCancel;
 pub use scope::{Scope, ScopeBuilder, WeakScope};
 

@@ -165,6 +165,11 @@ impl Node {
         lock(&self.state).children.len()
     }
 
+    /// Whether this node's cause is set, without observing its deadline.
+    pub(crate) fn is_marked(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
     /// Whether this node is cancelled, observing a passed deadline (invariant 6).
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire) || self.observe_deadline()

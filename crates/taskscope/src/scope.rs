@@ -74,6 +74,14 @@ impl Scope {
         }
     }
 
+    /// A child named `name`, with no deadline of its own: a task's scope in a group.
+    pub(crate) fn named_child(&self, name: &str) -> Scope {
+        let path = child_path(self.node.path(), name);
+        Scope {
+            node: Node::new(Some(&self.node), false, Some(path), None),
+        }
+    }
+
     /// A child scope that is also cancelled `timeout` from now, with a
     /// [`DeadlineExceeded`](CauseKind::DeadlineExceeded) cause.
     ///
@@ -432,12 +440,9 @@ impl<'a> ScopeBuilder<'a> {
     pub fn build(self) -> Scope {
         let parent_node = self.parent.map(|parent| &parent.node);
         let parent_path = parent_node.and_then(|node| node.path());
-        let path = match (&self.name, parent_path) {
-            (None, inherited) => inherited.cloned(),
-            (Some(name), Some(prefix)) if !prefix.is_empty() => {
-                Some(Arc::from(format!("{prefix}/{name}")))
-            }
-            (Some(name), _) => Some(Arc::from(name.as_str())),
+        let path = match &self.name {
+            None => parent_path.cloned(),
+            Some(name) => Some(child_path(parent_path, name)),
         };
         let now = Instant::now();
         let at = match self.deadline {
@@ -456,6 +461,14 @@ impl<'a> ScopeBuilder<'a> {
         Scope {
             node: Node::new(parent_node, self.detached, path, deadline),
         }
+    }
+}
+
+/// The path of a child named `name`.
+fn child_path(parent: Option<&Arc<str>>, name: &str) -> Arc<str> {
+    match parent {
+        Some(prefix) if !prefix.is_empty() => Arc::from(format!("{prefix}/{name}")),
+        _ => Arc::from(name),
     }
 }
 

@@ -50,6 +50,13 @@ impl<T> Slab<T> {
         key
     }
 
+    pub(crate) fn get(&self, key: usize) -> Option<&T> {
+        match self.entries.get(key)? {
+            Entry::Occupied(value) => Some(value),
+            Entry::Vacant { .. } => None,
+        }
+    }
+
     pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut T> {
         match self.entries.get_mut(key) {
             Some(Entry::Occupied(value)) => Some(value),
@@ -122,6 +129,22 @@ impl<T> Slab<T> {
             }
         }
         self.entries.shrink_to(KEEP_CAPACITY);
+    }
+
+    /// Every value, in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().filter_map(|entry| match entry {
+            Entry::Occupied(value) => Some(value),
+            Entry::Vacant { .. } => None,
+        })
+    }
+
+    /// Every value, mutably, in key order.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut().filter_map(|entry| match entry {
+            Entry::Occupied(value) => Some(value),
+            Entry::Vacant { .. } => None,
+        })
     }
 
     /// Takes every value out, leaving the slab empty and without a buffer.

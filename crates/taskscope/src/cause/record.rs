@@ -98,9 +98,7 @@ impl Record {
                 kind,
                 code: Cow::Owned(self.code),
                 detail: self.detail.map(Cow::Owned),
-                source: self
-                    .source
-                    .map(|message| Arc::new(RecordedSource(message)) as Arc<_>),
+                source: self.source.map(RecordedSource::payload),
                 origin: self.origin.map(Arc::from),
                 at,
                 location: self.location.map(|location| CallSite {

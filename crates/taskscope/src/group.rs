@@ -1,0 +1,563 @@
+//! [`TaskGroup`]: errgroup-style groups of tasks bound to a scope.
+
+mod report;
+mod shared;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::panic::{self, Location};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use crate::{CancelledOwned, Cause, CauseKind, Scope};
+use shared::{Admitted, Config, Shared};
+
+pub use report::{
+    Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo,
+    TaskSnapshot, TaskState, TrySpawnError,
+};
+
+/// The default error type of a task: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The default shutdown grace: how long tasks get to return once their group is cancelled.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// A group of tasks bound to a scope, errgroup-style: the first failure cancels the rest, and
+/// [`join`](TaskGroup::join) returns every value or *why the group stopped*.
+///
+/// The group owns a child scope of the scope it is made from; each task gets a named child scope
+/// of that. A task returns `Result<T, E>`; `E` is any error type, [`BoxError`] by default.
+///
+/// ```
+/// use taskscope::{BoxError, Cause, CauseKind, Scope, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let orders = Scope::builder().name("orders").build();
+/// let group: TaskGroup<&str> = TaskGroup::builder(&orders).name("order-17").build();
+///
+/// group.spawn("inventory", |_scope| async {
+///     Err::<&str, BoxError>(Cause::new("INVENTORY_SHORTAGE").with_detail("sku-42: 2 left").into())
+/// });
+/// group.spawn("payment", |scope| async move {
+///     // Stops when the group is cancelled, and says why.
+///     let cause = scope.cancelled().await;
+///     Err(cause.into())
+/// });
+///
+/// let error = group.join().await.unwrap_err();
+/// let cause = error.cause().unwrap();
+/// assert_eq!(cause.kind(), CauseKind::TaskFailed);
+/// assert_eq!(cause.code(), "INVENTORY_SHORTAGE");
+/// assert_eq!(cause.origin(), Some("orders/order-17/inventory"));
+/// assert_eq!(error.first_failure().unwrap().task.name(), "inventory");
+/// // The payment task only echoed the cancellation: it is not a failure.
+/// assert_eq!(error.failures().len(), 1);
+/// assert_eq!(error.cancelled()[0].name(), "payment");
+/// assert_eq!(error.to_string(), "task 'inventory' failed: cancelled (INVENTORY_SHORTAGE): sku-42: 2 left");
+/// # }
+/// ```
+///
+/// # Failures
+///
+/// A task *fails* when it returns an error that is not an echo of its scope's cancellation, or
+/// panics. Under the default policy the first failure cancels the group's scope with a
+/// [`TaskFailed`](CauseKind::TaskFailed) (or [`TaskPanicked`](CauseKind::TaskPanicked)) cause:
+/// its origin is the failing task's scope path, its detail names the task, it carries the error
+/// (see [`Cause::downcast_ref`]), and if the error is itself a [`Cause`] (or boxes one) the
+/// group's cause takes its code. Later failures are kept, not dropped. With
+/// [`collect_all`](TaskGroupBuilder::collect_all) failures do not cancel anything.
+///
+/// A panic is caught and becomes a failure with the panic's message; it never unwinds into the
+/// caller unless [`resume_panics`](TaskGroupBuilder::resume_panics) asks `join` to re-raise it.
+///
+/// # Echoes of a cancellation
+///
+/// A task that stops because its scope was cancelled usually returns an error saying so. Such an
+/// error is not a failure, and is reported as [`Outcome::Cancelled`], when the task's scope is
+/// cancelled and the error is that very cause: a [`Cause`] returned as the error, boxed in a
+/// [`BoxError`], or found in the source chain of a boxed error (such as a nested group's
+/// [`GroupError`]). A typed error that wraps a cause is opaque to the group; return the cause
+/// itself, or box the error, for it to be seen.
+///
+/// # Concurrency limit and pending tasks
+///
+/// With a [`limit`](TaskGroupBuilder::limit), tasks over it wait as *pending*: their closure is
+/// kept, not called, and they hold no tokio task. Each one starts as soon as a running task ends.
+/// Pending tasks of a cancelled group never start; they are reported as cancelled with the
+/// group's cause. Tasks spawned into an already cancelled group do not start either.
+///
+/// # Shutdown grace and aborts
+///
+/// Once the group's scope is cancelled (by a failure, its parent, a deadline), tasks get the
+/// [`grace`](TaskGroupBuilder::grace) period, counted from the moment of the cancellation, to
+/// return; `join` and `join_next` then abort the rest and report them by name and spawn
+/// location. The grace is enforced while the group is being joined.
+///
+/// # Dropping
+///
+/// Dropping a group that still has pending or running tasks (directly, or by dropping its
+/// [`join`](TaskGroup::join) future) cancels its scope with a [`Dropped`](CauseKind::Dropped)
+/// cause and aborts the running tasks: no task outlives its group unseen. Work that must outlive
+/// it belongs in its own task under a [detached scope](Scope::detached_child).
+///
+/// # Panics
+///
+/// Spawning outside a tokio runtime panics, as [`tokio::spawn`] does. A non-zero grace needs
+/// the runtime's time driver.
+pub struct TaskGroup<T, E = BoxError>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    shared: Arc<Shared<T, E>>,
+    /// Notices the group's cancellation (and observes its deadline) while it is joined.
+    cancelled: CancelledOwned,
+    /// When to abort the tasks still running: `Some(None)` once cancelled with a grace that
+    /// never ends.
+    abort_at: Option<Option<Instant>>,
+    grace_timer: Option<Pin<Box<Sleep>>>,
+    aborted: bool,
+    created_at: &'static Location<'static>,
+}
+
+impl<T, E> TaskGroup<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    /// A group with the default settings, in an unnamed child scope of `scope`.
+    #[track_caller]
+    pub fn new(scope: &Scope) -> Self {
+        TaskGroupBuilder::new(scope).build()
+    }
+
+    /// Spawns a task named `name`: `task` is called with the task's own scope (a child of the
+    /// group's) and its future runs on the tokio runtime.
+    ///
+    /// Over the concurrency limit the task waits as pending, without calling `task`. In a
+    /// cancelled group it never starts and is reported as cancelled. The call site is recorded
+    /// as the task's spawn location.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as [`tokio::spawn`]. A panic of `task` itself is caught and
+    /// reported as the task's failure.
+    #[track_caller]
+    pub fn spawn<F, Fut>(&self, name: impl Into<Cow<'static, str>>, task: F) -> TaskId
+    where
+        F: FnOnce(Scope) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        match self.admit(name.into(), Location::caller(), task, true) {
+            Ok(id) => id,
+            Err(_) => unreachable!("a queueing spawn is never refused"),
+        }
+    }
+
+    /// Spawns a task like [`spawn`](TaskGroup::spawn), unless the group is at its concurrency
+    /// limit or cancelled: then hands the closure back (Go's `TryGo`).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as [`tokio::spawn`].
+    #[track_caller]
+    pub fn try_spawn<F, Fut>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        task: F,
+    ) -> Result<TaskId, TrySpawnError<F>>
+    where
+        F: FnOnce(Scope) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.admit(name.into(), Location::caller(), task, false)
+    }
+
+    fn admit<F, Fut>(
+        &self,
+        name: Cow<'static, str>,
+        spawned_at: &'static Location<'static>,
+        task: F,
+        queue: bool,
+    ) -> Result<TaskId, TrySpawnError<F>>
+    where
+        F: FnOnce(Scope) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let (id, admitted) = self.shared.admit(
+            name,
+            spawned_at,
+            task,
+            queue,
+            Shared::pending_start::<F, Fut>,
+        );
+        match admitted {
+            Admitted::Run(key, task_id, scope, task) => {
+                let next = self.shared.run(key, task_id, scope, task);
+                self.shared.run_next(next);
+            }
+            Admitted::Tracked => {}
+            Admitted::Refused(task, cause) => return Err(TrySpawnError { task, cause }),
+        }
+        Ok(id.expect("an admitted task has an id"))
+    }
+
+    /// Waits for every task and returns their values in spawn order, or the [`GroupError`]:
+    /// the first failure, the cause, later failures, and the tasks cancelled or aborted.
+    ///
+    /// It returns `Ok` exactly when every task returned `Ok`, even if the group was cancelled
+    /// late. Values already returned by [`join_next`](TaskGroup::join_next) are not repeated.
+    /// While it waits it enforces the shutdown grace. With
+    /// [`resume_panics`](TaskGroupBuilder::resume_panics), it re-raises the first task panic
+    /// once every task has ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future drops the group: its scope is cancelled with a
+    /// [`Dropped`](CauseKind::Dropped) cause and its tasks are aborted. Use
+    /// [`join_next`](TaskGroup::join_next) in a `select!` loop instead.
+    pub fn join(self) -> Join<T, E> {
+        Join { group: Some(self) }
+    }
+
+    /// Waits for the next task to end and returns its exit, in the order tasks end; `None` once
+    /// no task is left. Tasks over the limit start as others end, whether or not this is
+    /// called.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: an exit is only taken when the future returns it, so dropping the future
+    /// (another `select!` branch won) loses nothing.
+    ///
+    /// ```
+    /// use taskscope::{Outcome, Scope, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut group: TaskGroup<u32> = TaskGroup::new(&Scope::new());
+    /// for n in 0..3 {
+    ///     group.spawn(format!("square-{n}"), move |_| async move { Ok(n * n) });
+    /// }
+    /// let mut sum = 0;
+    /// while let Some(exit) = group.join_next().await {
+    ///     if let Outcome::Completed(value) = exit.outcome {
+    ///         sum += value;
+    ///     }
+    /// }
+    /// assert_eq!(sum, 5);
+    /// # }
+    /// ```
+    pub fn join_next(&mut self) -> JoinNext<'_, T, E> {
+        JoinNext { group: self }
+    }
+
+    /// Polls for the next task exit: the poll function behind
+    /// [`join_next`](TaskGroup::join_next), for manual `Future` implementations.
+    pub fn poll_join_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<TaskExit<T, E>>> {
+        ready!(self.poll_ended(cx, true));
+        let Some((exit, panic)) = self.shared.take_next() else {
+            return Poll::Ready(None);
+        };
+        if let Some(payload) = panic {
+            panic::resume_unwind(payload);
+        }
+        Poll::Ready(Some(exit))
+    }
+
+    /// Ready once a task has ended (`each`) or every task has; meanwhile enforces the grace.
+    fn poll_ended(&mut self, cx: &mut Context<'_>, each: bool) -> Poll<()> {
+        loop {
+            if self.shared.ready_or_register(each, cx.waker()) {
+                return Poll::Ready(());
+            }
+            if self.abort_at.is_none() {
+                ready!(Pin::new(&mut self.cancelled).poll(cx));
+                let cancelled_at = self.shared.cancelled_at().unwrap_or_else(Instant::now);
+                self.abort_at = Some(cancelled_at.checked_add(self.shared.config.grace));
+            }
+            let Some(Some(abort_at)) = self.abort_at else {
+                return Poll::Pending;
+            };
+            if self.aborted {
+                return Poll::Pending;
+            }
+            if abort_at > Instant::now() {
+                let timer = self
+                    .grace_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(abort_at)));
+                ready!(timer.as_mut().poll(cx));
+            }
+            self.grace_timer = None;
+            self.aborted = true;
+            self.shared.abort_running();
+        }
+    }
+
+    /// The group's scope: cancel it to cancel every task, or make children of it.
+    pub fn scope(&self) -> &Scope {
+        &self.shared.scope
+    }
+
+    /// How many tasks the group tracks: pending, running, or ended but not yet returned by
+    /// [`join_next`](TaskGroup::join_next).
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Whether the group tracks no task.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The state of the group and of every task it tracks, in spawn order.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskscope::{Scope, TaskGroup, TaskState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
+    ///     .name("pollers")
+    ///     .limit(1.try_into().unwrap())
+    ///     .build();
+    /// group.spawn("first", |scope| async move { scope.cancelled().await; Ok(()) });
+    /// group.spawn("second", |_| async { Ok(()) });
+    ///
+    /// let snapshot = group.snapshot();
+    /// assert!(matches!(snapshot.tasks[0].state, TaskState::Running));
+    /// assert!(matches!(snapshot.tasks[1].state, TaskState::Pending));
+    /// println!("{snapshot}");
+    /// # }
+    /// ```
+    pub fn snapshot(&self) -> GroupSnapshot {
+        self.shared.snapshot()
+    }
+}
+
+impl TaskGroup<()> {
+    /// A builder for a group with a name, a concurrency limit, a grace period or another policy.
+    /// The builder's [`build`](TaskGroupBuilder::build) picks the group's value and error types.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskscope::{Scope, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group: TaskGroup<u64, std::io::Error> = TaskGroup::builder(&Scope::new())
+    ///     .name("crawler")
+    ///     .limit(8.try_into().unwrap())
+    ///     .grace(Duration::from_secs(2))
+    ///     .build();
+    /// # }
+    /// ```
+    pub fn builder(scope: &Scope) -> TaskGroupBuilder<'_> {
+        TaskGroupBuilder::new(scope)
+    }
+}
+
+impl<T, E> Drop for TaskGroup<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if self.shared.unfinished() == 0 {
+            return;
+        }
+        // A callback panicking here was reported by the panic hook; a drop must not unwind.
+        let _ = self
+            .shared
+            .scope
+            .node
+            .cancel(Cause::of_kind(CauseKind::Dropped), self.created_at);
+        self.shared.abort_running();
+    }
+}
+
+impl<T, E> fmt::Debug for TaskGroup<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskGroup")
+            .field("scope", &self.shared.scope)
+            .field("config", &self.shared.config)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`TaskGroup`]; made by [`TaskGroup::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct TaskGroupBuilder<'a> {
+    scope: &'a Scope,
+    name: Option<String>,
+    config: Config,
+}
+
+impl<'a> TaskGroupBuilder<'a> {
+    fn new(scope: &'a Scope) -> Self {
+        TaskGroupBuilder {
+            scope,
+            name: None,
+            config: Config {
+                limit: usize::MAX,
+                grace: DEFAULT_GRACE,
+                cancel_on_error: true,
+                resume_panics: false,
+            },
+        }
+    }
+
+    /// Names the group's scope; task scopes are named under it (`orders/order-17/payment`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Runs at most `limit` tasks at once (Go's `SetLimit`); the rest wait as pending. No limit
+    /// by default.
+    pub fn limit(mut self, limit: NonZeroUsize) -> Self {
+        self.config.limit = limit.get();
+        self
+    }
+
+    /// How long tasks get to return once the group is cancelled before they are aborted;
+    /// [`DEFAULT_GRACE`] (5 s) by default. Zero aborts at once; a grace too long to represent
+    /// as an instant never aborts.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.config.grace = grace;
+        self
+    }
+
+    /// Failures do not cancel the group: every task runs to its end, and `join` reports all
+    /// failures (the default is to cancel on the first).
+    pub fn collect_all(mut self) -> Self {
+        self.config.cancel_on_error = false;
+        self
+    }
+
+    /// Makes `join` re-raise the first task panic once every task has ended, and `join_next`
+    /// re-raise it when it returns that task's exit (the default reports it as a failure).
+    pub fn resume_panics(mut self) -> Self {
+        self.config.resume_panics = true;
+        self
+    }
+
+    /// Builds the group, in a new child scope of the builder's scope.
+    #[track_caller]
+    pub fn build<T, E>(self) -> TaskGroup<T, E>
+    where
+        T: Send + 'static,
+        E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    {
+        let scope = match self.name {
+            Some(name) => self.scope.named_child(&name),
+            None => self.scope.child(),
+        };
+        let cancelled = scope.clone().cancelled_owned();
+        TaskGroup {
+            shared: Shared::new(scope, self.config),
+            cancelled,
+            abort_at: None,
+            grace_timer: None,
+            aborted: false,
+            created_at: Location::caller(),
+        }
+    }
+}
+
+/// Waits for every task of a group; returned by [`TaskGroup::join`].
+///
+/// # Cancel safety
+///
+/// Dropping it drops the group, cancelling it with a [`Dropped`](CauseKind::Dropped) cause.
+#[must_use = "futures do nothing unless polled"]
+pub struct Join<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    group: Option<TaskGroup<T, E>>,
+}
+
+impl<T, E> Future for Join<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    type Output = Result<Vec<T>, GroupError<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let group = self
+            .group
+            .as_mut()
+            .expect("`Join` polled after it completed");
+        ready!(group.poll_ended(cx, false));
+        let group = self.group.take().expect("checked above");
+        let (result, panic) = group.shared.take_all();
+        drop(group);
+        if let Some(payload) = panic {
+            panic::resume_unwind(payload);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<T, E> fmt::Debug for Join<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Join").field("group", &self.group).finish()
+    }
+}
+
+/// Waits for the next task of a group to end; returned by [`TaskGroup::join_next`].
+///
+/// # Cancel safety
+///
+/// Cancel-safe: see [`TaskGroup::join_next`].
+#[must_use = "futures do nothing unless polled"]
+pub struct JoinNext<'a, T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    group: &'a mut TaskGroup<T, E>,
+}
+
+impl<T, E> Future for JoinNext<'_, T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    type Output = Option<TaskExit<T, E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.group.poll_join_next(cx)
+    }
+}
+
+impl<T, E> fmt::Debug for JoinNext<'_, T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinNext").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,837 @@
+//! The state a [`TaskGroup`](crate::TaskGroup) shares with its tasks.
+//!
+//! Each task has one [`Record`] in `State::tasks`, from `spawn` until its exit is taken by
+//! `join_next` or `join`. A running task's future is wrapped in a [`TaskFuture`] whose [`Guard`]
+//! reports how it ended.
+//!
+//! Invariants:
+//!
+//! 1. A record's stage only moves forward: `Pending -> Running -> Done`, or straight to `Done`
+//!    (cancelled before it started). It becomes `Done` exactly once, and its key is pushed onto
+//!    `finished` at that moment, so `finished` holds every `Done` record not yet taken, in the
+//!    order the tasks ended. Only `Done` records are removed, so a key a task holds while not
+//!    `Done` always names its own record; a key held after that may be reused, so late
+//!    accesses check the record's id.
+//! 2. A running task reports exactly once: its guard reports when the future is dropped, which
+//!    tokio does right after it completes, when it is aborted, or when the runtime shuts down;
+//!    a panic while polling is caught and reported as a failure. So `running` counts the
+//!    records in stage `Running`, and `join` ends exactly when every task has ended.
+//! 3. `State::cause` is set once, under the state lock, by the group scope's `on_cancel`
+//!    callback, which in the same critical section turns every pending task into a cancelled
+//!    one. `spawn` checks it under the same lock before queueing, so no task is queued after the
+//!    drain, and a queued task never starts once it is set.
+//! 4. No user code runs under the state lock: task closures, futures and their drops, panic
+//!    payloads, wakers, user errors' `Display`, and tokio calls that may drop a task
+//!    (`spawn`, `JoinHandle::abort`, dropping a `JoinHandle`) all happen after it is released.
+//!    The lock order is the state lock, then scope node locks (a task scope is made under it).
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::panic::{self, AssertUnwindSafe, Location};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo};
+use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
+use crate::cause::Payload;
+use crate::slab::Slab;
+use crate::sync::{Mutex, lock};
+use crate::{BoxError, Cause, CauseKind, Scope};
+
+pub(crate) struct Shared<T, E> {
+    /// The group's scope; every task's scope is a child of it.
+    pub(crate) scope: Scope,
+    pub(crate) config: Config,
+    /// The runtime tasks are spawned on: the one `spawn` was first called in.
+    handle: OnceLock<Handle>,
+    state: Mutex<State<T, E>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    /// At most this many tasks run at once; the rest wait as pending.
+    pub(crate) limit: usize,
+    /// How long tasks get to return once the group is cancelled.
+    pub(crate) grace: Duration,
+    /// Whether a failure cancels the group (the default) or only gets recorded.
+    pub(crate) cancel_on_error: bool,
+    /// Whether `join` resumes the first panic of a task.
+    pub(crate) resume_panics: bool,
+}
+
+struct State<T, E> {
+    tasks: Slab<Record<T, E>>,
+    next_id: u64,
+    /// Records in stage `Running` (invariant 2).
+    running: usize,
+    /// Records in stage `Pending`, oldest first, with what starts them.
+    pending: VecDeque<Start<T, E>>,
+    /// Keys of `Done` records not yet taken, in the order the tasks ended (invariant 1).
+    finished: VecDeque<usize>,
+    joiner: Option<Waker>,
+    /// Whether the joiner wants to hear of every exit (`join_next`) or only of the last
+    /// (`join`).
+    wake_on_each: bool,
+    /// The group's cause, once its `on_cancel` callback ran (invariant 3).
+    cause: Option<Cause>,
+    /// When the group was cancelled, on tokio's clock: the start of the shutdown grace.
+    cancelled_at: Option<Instant>,
+    /// The task whose failure cancelled the group.
+    winner: Option<TaskId>,
+    /// The first panic, kept for `resume_panics`.
+    panic: Option<(TaskId, PanicPayload)>,
+}
+
+type PanicPayload = Box<dyn Any + Send + 'static>;
+
+struct Record<T, E> {
+    info: TaskInfo,
+    stage: Stage<T, E>,
+}
+
+enum Stage<T, E> {
+    Pending,
+    Running {
+        /// `None` until `spawn` returns it, or once taken to abort the task.
+        handle: Option<JoinHandle<()>>,
+        /// Abort the task as soon as its handle arrives.
+        abort: bool,
+    },
+    Done(Outcome<T, E>),
+}
+
+/// Starts a pending task: makes its future from its closure and spawns it.
+pub(crate) struct Start<T, E> {
+    key: usize,
+    id: TaskId,
+    run: Box<dyn FnOnce(&Arc<Shared<T, E>>, usize, TaskId, Scope) -> Option<Next<T, E>> + Send>,
+}
+
+/// A pending task to start now (its slot was just freed), with its scope.
+pub(crate) struct Next<T, E> {
+    start: Start<T, E>,
+    scope: Scope,
+}
+
+/// How a running task ended, before it is reported.
+struct Exit<T, E> {
+    outcome: Outcome<T, E>,
+    /// Its failure's cause is the one that cancelled the group.
+    won: bool,
+    panic: Option<PanicPayload>,
+}
+
+impl<T, E> Exit<T, E> {
+    fn of(outcome: Outcome<T, E>) -> Self {
+        Exit {
+            outcome,
+            won: false,
+            panic: None,
+        }
+    }
+}
+
+/// What `admit` decided for a new task.
+pub(crate) enum Admitted<F> {
+    /// Start it now, in this scope.
+    Run(usize, TaskId, Scope, F),
+    /// Queued as pending, or recorded as cancelled.
+    Tracked,
+    /// Refused by `try_spawn`: the group is full (no cause) or cancelled.
+    Refused(F, Option<Cause>),
+}
+
+impl<T, E> Shared<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    pub(crate) fn new(scope: Scope, config: Config) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            scope,
+            config,
+            handle: OnceLock::new(),
+            state: Mutex::new(State {
+                tasks: Slab::new(),
+                next_id: 0,
+                running: 0,
+                pending: VecDeque::new(),
+                finished: VecDeque::new(),
+                joiner: None,
+                wake_on_each: true,
+                cause: None,
+                cancelled_at: None,
+                winner: None,
+                panic: None,
+            }),
+        });
+        // Weak: the scope must not keep the group alive through its own callback. The
+        // registration lives as long as the scope; the callback then does nothing.
+        let weak = Arc::downgrade(&shared);
+        let _registration = shared.scope.on_cancel(move |cause| {
+            if let Some(shared) = weak.upgrade() {
+                shared.cancelled(cause);
+            }
+        });
+        shared
+    }
+
+    /// Records a new task and decides whether it starts now, waits, or is refused.
+    pub(crate) fn admit<F>(
+        &self,
+        name: Cow<'static, str>,
+        spawned_at: &'static Location<'static>,
+        task: F,
+        queue: bool,
+        start: impl FnOnce(F) -> Start<T, E>,
+    ) -> (Option<TaskId>, Admitted<F>) {
+        let mut state = lock(&self.state);
+        if let Some(cause) = state.cause.clone() {
+            if !queue {
+                return (None, Admitted::Refused(task, Some(cause)));
+            }
+            let (id, key) = state.insert(name, spawned_at, Stage::Done(Outcome::Cancelled(cause)));
+            state.finished.push_back(key);
+            let joiner = state.joiner.take();
+            drop(state);
+            drop(task);
+            if let Some(joiner) = joiner {
+                joiner.wake();
+            }
+            return (Some(id), Admitted::Tracked);
+        }
+        if state.running < self.config.limit {
+            let scope = self.scope.named_child(&name);
+            let running = Stage::Running {
+                handle: None,
+                abort: false,
+            };
+            let (id, key) = state.insert(name, spawned_at, running);
+            state.running += 1;
+            return (Some(id), Admitted::Run(key, id, scope, task));
+        }
+        if !queue {
+            return (None, Admitted::Refused(task, None));
+        }
+        let (id, key) = state.insert(name, spawned_at, Stage::Pending);
+        let mut start = start(task);
+        start.key = key;
+        start.id = id;
+        state.pending.push_back(start);
+        (Some(id), Admitted::Tracked)
+    }
+
+    /// A pending start for `task`; `admit` fills in the key.
+    pub(crate) fn pending_start<F, Fut>(task: F) -> Start<T, E>
+    where
+        F: FnOnce(Scope) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        Start {
+            key: usize::MAX,
+            id: TaskId(u64::MAX),
+            run: Box::new(move |shared, key, id, scope| shared.run(key, id, scope, task)),
+        }
+    }
+
+    /// Starts the task recorded at `key` in `scope`; returns a pending task to start next if
+    /// it ended at once and freed its slot.
+    pub(crate) fn run<F, Fut>(
+        self: &Arc<Self>,
+        key: usize,
+        id: TaskId,
+        scope: Scope,
+        task: F,
+    ) -> Option<Next<T, E>>
+    where
+        F: FnOnce(Scope) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        // A task of a cancelled group never starts (invariant 3): its closure is not called.
+        if let Some(cause) = scope.cause() {
+            drop(task);
+            drop(scope);
+            return self.report(key, Exit::of(Outcome::Cancelled(cause)));
+        }
+        let future = match panic::catch_unwind(AssertUnwindSafe(|| task(scope.clone()))) {
+            Ok(future) => future,
+            Err(payload) => {
+                let exit = self.conclude(key, &scope, Err(payload));
+                drop(scope);
+                return self.report(key, exit);
+            }
+        };
+        let guard = Guard {
+            shared: self.clone(),
+            key,
+            scope: Some(scope),
+            exit: None,
+        };
+        let handle = self
+            .handle
+            .get_or_init(Handle::current)
+            .spawn(TaskFuture { future, guard });
+        self.set_handle(key, id, handle);
+        None
+    }
+
+    /// Starts `next` and whatever its ending frees, iteratively.
+    pub(crate) fn run_next(self: &Arc<Self>, mut next: Option<Next<T, E>>) {
+        while let Some(Next { start, scope }) = next {
+            next = (start.run)(self, start.key, start.id, scope);
+        }
+    }
+
+    fn set_handle(&self, key: usize, id: TaskId, handle: JoinHandle<()>) {
+        let mut state = lock(&self.state);
+        let stage = match state.tasks.get_mut(key) {
+            Some(record) if record.info.id == id => Some(&mut record.stage),
+            // Already ended and taken (invariant 1).
+            _ => None,
+        };
+        let abort = match stage {
+            Some(Stage::Running {
+                handle: slot,
+                abort: false,
+            }) => {
+                *slot = Some(handle);
+                return;
+            }
+            Some(Stage::Running { abort: true, .. }) => true,
+            _ => false,
+        };
+        drop(state);
+        if abort {
+            handle.abort();
+        }
+        // Otherwise the task has ended: its handle is dropped here, outside the lock.
+    }
+
+    /// Classifies how a task ended and, for a failure under cancel-on-error, cancels the group.
+    fn conclude(
+        &self,
+        key: usize,
+        scope: &Scope,
+        result: Result<Result<T, E>, PanicPayload>,
+    ) -> Exit<T, E> {
+        let (failure, panic) = match result {
+            Ok(Ok(value)) => return Exit::of(Outcome::Completed(value)),
+            Ok(Err(error)) => {
+                if let Some(cause) = scope.cause() {
+                    if echoes(&error, &cause) {
+                        return Exit::of(Outcome::Cancelled(cause));
+                    }
+                }
+                (Failure::Error(Arc::new(error)), None)
+            }
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                let keep = self.config.resume_panics.then_some(payload);
+                (Failure::Panic(message), keep)
+            }
+        };
+        let won = self.config.cancel_on_error && {
+            let (name, spawned_at) = {
+                let state = lock(&self.state);
+                let record = state.tasks.get(key).expect("a running task has a record");
+                (record.info.name.clone(), record.info.spawned_at)
+            };
+            let cause = failure_cause(&name, &failure).with_origin(scope.node.path());
+            // A callback panicking here was reported by the panic hook; the task's own
+            // failure is what gets reported.
+            self.scope.node.cancel(cause, spawned_at).won
+        };
+        Exit {
+            outcome: Outcome::Failed(failure),
+            won,
+            panic,
+        }
+    }
+
+    /// Records how the task at `key` ended and frees its slot. Returns the pending task that
+    /// takes the slot, for the caller to start outside the lock.
+    fn report(&self, key: usize, exit: Exit<T, E>) -> Option<Next<T, E>> {
+        let Exit {
+            outcome,
+            won,
+            panic,
+        } = exit;
+        // An aborted task frees its slot for nobody: aborts only happen to a cancelled group
+        // or on a runtime that is shutting down.
+        let may_start = !matches!(outcome, Outcome::Aborted);
+        let mut state = lock(&self.state);
+        let record = state
+            .tasks
+            .get_mut(key)
+            .expect("a running task has a record");
+        let id = record.info.id;
+        let handle = match mem::replace(&mut record.stage, Stage::Done(outcome)) {
+            Stage::Running { handle, .. } => handle,
+            Stage::Pending | Stage::Done(_) => unreachable!("only a running task reports"),
+        };
+        if won {
+            state.winner = Some(id);
+        }
+        let panic = match panic {
+            Some(payload) if state.panic.is_none() => {
+                state.panic = Some((id, payload));
+                None
+            }
+            other => other,
+        };
+        state.running -= 1;
+        state.finished.push_back(key);
+        let next = if may_start {
+            self.next_pending(&mut state)
+        } else {
+            None
+        };
+        let joiner = if state.wake_on_each || state.unfinished() == 0 {
+            state.joiner.take()
+        } else {
+            None
+        };
+        drop(state);
+        drop(handle);
+        drop(panic);
+        if let Some(joiner) = joiner {
+            joiner.wake();
+        }
+        next
+    }
+
+    /// Takes the oldest pending task into the slot just freed, unless the group is cancelled.
+    fn next_pending(&self, state: &mut State<T, E>) -> Option<Next<T, E>> {
+        if state.cause.is_some()
+            || self.scope.node.is_marked()
+            || state.running >= self.config.limit
+        {
+            return None;
+        }
+        let start = state.pending.pop_front()?;
+        let record = state
+            .tasks
+            .get_mut(start.key)
+            .expect("a pending task has a record");
+        record.stage = Stage::Running {
+            handle: None,
+            abort: false,
+        };
+        let scope = self.scope.named_child(&record.info.name);
+        state.running += 1;
+        Some(Next { start, scope })
+    }
+
+    /// The group scope's `on_cancel` callback (invariant 3).
+    fn cancelled(&self, cause: &Cause) {
+        let now = Instant::now();
+        // A deadline counts from when it passed, not from when someone noticed.
+        let at = match self.scope.deadline() {
+            Some(deadline) if deadline <= now && cause.kind() == CauseKind::DeadlineExceeded => {
+                deadline
+            }
+            _ => now,
+        };
+        let mut state = lock(&self.state);
+        if state.cause.is_some() {
+            return;
+        }
+        state.cause = Some(cause.clone());
+        state.cancelled_at = Some(at);
+        let drained = mem::take(&mut state.pending);
+        for start in &drained {
+            if let Some(record) = state.tasks.get_mut(start.key) {
+                record.stage = Stage::Done(Outcome::Cancelled(cause.clone()));
+            }
+            state.finished.push_back(start.key);
+        }
+        let joiner = state.joiner.take();
+        drop(state);
+        drop(drained);
+        if let Some(joiner) = joiner {
+            joiner.wake();
+        }
+    }
+
+    /// Whether the joiner can go on: an exit is ready (`each`) or every task has ended.
+    /// Otherwise registers its waker.
+    pub(crate) fn ready_or_register(&self, each: bool, waker: &Waker) -> bool {
+        let mut state = lock(&self.state);
+        if state.unfinished() == 0 || (each && !state.finished.is_empty()) {
+            return true;
+        }
+        state.wake_on_each = each;
+        match &state.joiner {
+            Some(old) if old.will_wake(waker) => {}
+            _ => state.joiner = Some(waker.clone()),
+        }
+        false
+    }
+
+    /// When the shutdown grace started, if the group is cancelled.
+    pub(crate) fn cancelled_at(&self) -> Option<Instant> {
+        lock(&self.state).cancelled_at
+    }
+
+    /// Aborts every running task. They report as aborted once tokio has dropped them.
+    pub(crate) fn abort_running(&self) {
+        let mut handles = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            for record in state.tasks.iter_mut() {
+                if let Stage::Running { handle, abort } = &mut record.stage {
+                    *abort = true;
+                    handles.extend(handle.take());
+                }
+            }
+        }
+        for handle in handles {
+            handle.abort();
+        }
+    }
+
+    /// How many tasks are pending or running.
+    pub(crate) fn unfinished(&self) -> usize {
+        lock(&self.state).unfinished()
+    }
+
+    /// How many tasks the group tracks: every task not yet returned by `join_next`.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).tasks.len()
+    }
+
+    /// The next exit, in the order tasks ended, with the panic to resume if it is that task's.
+    pub(crate) fn take_next(&self) -> Option<(TaskExit<T, E>, Option<PanicPayload>)> {
+        let mut state = lock(&self.state);
+        let key = state.finished.pop_front()?;
+        let record = state
+            .tasks
+            .remove(key)
+            .expect("a finished task has a record");
+        let Stage::Done(outcome) = record.stage else {
+            unreachable!("only ended tasks are in `finished`");
+        };
+        let panic = match &state.panic {
+            Some((id, _)) if *id == record.info.id && self.config.resume_panics => {
+                state.panic.take().map(|(_, payload)| payload)
+            }
+            _ => None,
+        };
+        let exit = TaskExit {
+            task: record.info,
+            outcome,
+        };
+        Some((exit, panic))
+    }
+
+    /// Every remaining exit, once no task is pending or running: the values in spawn order, or
+    /// the group error. Also the panic to resume.
+    pub(crate) fn take_all(&self) -> (Result<Vec<T>, GroupError<E>>, Option<PanicPayload>) {
+        // Looked at before locking: it may observe a deadline and run our callback.
+        let scope_cause = self.scope.cause();
+        let (records, cause, winner, panic) = {
+            let mut state = lock(&self.state);
+            debug_assert_eq!(state.unfinished(), 0);
+            let finished = mem::take(&mut state.finished);
+            let records: Vec<_> = finished
+                .into_iter()
+                .filter_map(|key| state.tasks.remove(key))
+                .collect();
+            let panic = state.panic.take().map(|(_, payload)| payload);
+            (records, state.cause.clone(), state.winner, panic)
+        };
+        let panic = panic.filter(|_| self.config.resume_panics);
+        let mut values = Vec::with_capacity(records.len());
+        let mut failures = Vec::new();
+        let mut cancelled = Vec::new();
+        let mut aborted = Vec::new();
+        for record in records {
+            match record.stage {
+                Stage::Done(Outcome::Completed(value)) => values.push((record.info.id, value)),
+                Stage::Done(Outcome::Failed(failure)) => failures.push(TaskFailure {
+                    task: record.info,
+                    failure,
+                }),
+                Stage::Done(Outcome::Cancelled(_)) => cancelled.push(record.info),
+                Stage::Done(Outcome::Aborted) => aborted.push(record.info),
+                Stage::Pending | Stage::Running { .. } => unreachable!("every task has ended"),
+            }
+        }
+        if failures.is_empty() && cancelled.is_empty() && aborted.is_empty() {
+            // Tasks end roughly in spawn order, which a stable sort handles in linear time.
+            values.sort_by_key(|(id, _)| *id);
+            let values = values.into_iter().map(|(_, value)| value).collect();
+            return (Ok(values), panic);
+        }
+        if let Some(position) = failures.iter().position(|f| Some(f.task.id) == winner) {
+            let first = failures.remove(position);
+            failures.insert(0, first);
+        }
+        cancelled.sort_by_key(|task| task.id);
+        aborted.sort_by_key(|task| task.id);
+        let error = GroupError {
+            cause: cause.or(scope_cause),
+            failures,
+            cancelled,
+            aborted,
+        };
+        (Err(error), panic)
+    }
+
+    /// A snapshot of the group and every task it tracks.
+    pub(crate) fn snapshot(&self) -> GroupSnapshot {
+        let cause = self.scope.cause();
+        enum View<E> {
+            State(TaskState),
+            Failed(Arc<E>),
+        }
+        let views: Vec<(TaskInfo, View<E>)> = {
+            let state = lock(&self.state);
+            state
+                .tasks
+                .iter()
+                .map(|record| {
+                    let view = match &record.stage {
+                        Stage::Pending => View::State(TaskState::Pending),
+                        Stage::Running { .. } => View::State(TaskState::Running),
+                        Stage::Done(Outcome::Completed(_)) => View::State(TaskState::Completed),
+                        Stage::Done(Outcome::Failed(Failure::Error(error))) => {
+                            View::Failed(error.clone())
+                        }
+                        Stage::Done(Outcome::Failed(Failure::Panic(message))) => {
+                            View::State(TaskState::Panicked(message.clone()))
+                        }
+                        Stage::Done(Outcome::Cancelled(cause)) => {
+                            View::State(TaskState::Cancelled(cause.clone()))
+                        }
+                        Stage::Done(Outcome::Aborted) => View::State(TaskState::Aborted),
+                    };
+                    (record.info.clone(), view)
+                })
+                .collect()
+        };
+        let mut tasks: Vec<TaskSnapshot> = views
+            .into_iter()
+            .map(|(task, view)| TaskSnapshot {
+                task,
+                state: match view {
+                    View::State(state) => state,
+                    // Formatted here, outside the lock (invariant 4).
+                    View::Failed(error) => TaskState::Failed(error.to_string()),
+                },
+            })
+            .collect();
+        tasks.sort_by_key(|task| task.task.id);
+        GroupSnapshot {
+            path: self.scope.path().to_owned(),
+            cause,
+            tasks,
+        }
+    }
+}
+
+impl<T, E> State<T, E> {
+    fn insert(
+        &mut self,
+        name: Cow<'static, str>,
+        spawned_at: &'static Location<'static>,
+        stage: Stage<T, E>,
+    ) -> (TaskId, usize) {
+        let id = TaskId(self.next_id);
+        self.next_id += 1;
+        let info = TaskInfo {
+            id,
+            name,
+            spawned_at,
+        };
+        (id, self.tasks.insert(Record { info, stage }))
+    }
+
+    fn unfinished(&self) -> usize {
+        self.running + self.pending.len()
+    }
+}
+
+pin_project! {
+    /// A task's future as spawned: the user's future, and the guard that reports its end.
+    struct TaskFuture<F, T, E>
+    where
+        T: Send,
+        T: 'static,
+        E: fmt::Debug,
+        E: fmt::Display,
+        E: Send,
+        E: Sync,
+        E: 'static,
+    {
+        #[pin]
+        future: F,
+        // Declared after `future`, so it is dropped after it: the task's exit is reported only
+        // once the user's future, and everything it held, is gone.
+        guard: Guard<T, E>,
+    }
+}
+
+impl<F, T, E> Future for TaskFuture<F, T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.guard.exit.is_some() {
+            return Poll::Ready(());
+        }
+        let result = match panic::catch_unwind(AssertUnwindSafe(|| this.future.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => Ok(result),
+            Err(payload) => Err(payload),
+        };
+        let guard = this.guard;
+        let scope = guard
+            .scope
+            .as_ref()
+            .expect("the scope lives until the guard drops");
+        guard.exit = Some(guard.shared.conclude(guard.key, scope, result));
+        Poll::Ready(())
+    }
+}
+
+/// Reports a running task's end when its future is dropped (invariant 2).
+struct Guard<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    shared: Arc<Shared<T, E>>,
+    key: usize,
+    scope: Option<Scope>,
+    /// Set when the future completed; still `None` when it is dropped unfinished (aborted).
+    exit: Option<Exit<T, E>>,
+}
+
+impl<T, E> Drop for Guard<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        // The task's scope goes first, so that it is unlinked from the group's when the
+        // exit becomes visible.
+        drop(self.scope.take());
+        let exit = self.exit.take().unwrap_or(Exit::of(Outcome::Aborted));
+        let next = self.shared.report(self.key, exit);
+        self.shared.run_next(next);
+    }
+}
+
+/// The cause a failing task cancels its group with.
+fn failure_cause<E>(name: &str, failure: &Failure<E>) -> Cause
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    match failure {
+        Failure::Error(error) => {
+            let mut cause = Cause::of_kind(CauseKind::TaskFailed);
+            let detail = match as_cause(&**error) {
+                // A task that fails with a cause of its own (`Err(Cause::new("SHORTAGE"))`)
+                // lends the group its code.
+                Some(own) => {
+                    cause = cause.with_code_of(own);
+                    own.detail().unwrap_or(own.code()).to_owned()
+                }
+                None => error.to_string(),
+            };
+            cause
+                .with_detail(format!("task '{name}' failed: {detail}"))
+                .with_payload(Arc::new(TaskError(error.clone())))
+        }
+        Failure::Panic(message) => Cause::of_kind(CauseKind::TaskPanicked)
+            .with_detail(format!("task '{name}' panicked: {message}")),
+    }
+}
+
+/// A task's error inside the cause it cancelled its group with.
+struct TaskError<E>(Arc<E>);
+
+impl<E: fmt::Debug> fmt::Debug for TaskError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for TaskError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E> Payload for TaskError<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn as_any(&self) -> &dyn Any {
+        &*self.0
+    }
+
+    fn as_error(&self) -> Option<&(dyn Error + 'static)> {
+        error_view(&*self.0)
+    }
+}
+
+/// `error` as an error object, when its type allows: a [`BoxError`] or a [`Cause`].
+fn error_view<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+    let any: &dyn Any = error;
+    if let Some(boxed) = any.downcast_ref::<BoxError>() {
+        return Some(&**boxed);
+    }
+    any.downcast_ref::<Cause>()
+        .map(|cause| cause as &(dyn Error + 'static))
+}
+
+/// `error` as a cause, if it is one or boxes one.
+fn as_cause<E: 'static>(error: &E) -> Option<&Cause> {
+    error_view(error)?.downcast_ref::<Cause>()
+}
+
+/// Whether `error` only echoes `cause`: it is, boxes, or has in its source chain that very
+/// cancellation.
+fn echoes<E: 'static>(error: &E, cause: &Cause) -> bool {
+    let mut next = error_view(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<Cause>()
+            .is_some_and(|own| own.ptr_eq(cause))
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// The message of a panic payload, as the standard panic hook prints it.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
