@@ -116,8 +116,11 @@ enum Stage<T, E> {
 pub(crate) struct Start<T, E> {
     key: usize,
     id: TaskId,
-    run: Box<dyn FnOnce(&Arc<Shared<T, E>>, usize, TaskId, Scope) -> Option<Next<T, E>> + Send>,
+    run: StartFn<T, E>,
 }
+
+type StartFn<T, E> =
+    Box<dyn FnOnce(&Arc<Shared<T, E>>, usize, TaskId, Scope) -> Option<Next<T, E>> + Send>;
 
 /// A pending task to start now (its slot was just freed), with its scope.
 pub(crate) struct Next<T, E> {
@@ -329,10 +332,8 @@ where
         let (failure, panic) = match result {
             Ok(Ok(value)) => return Exit::of(Outcome::Completed(value)),
             Ok(Err(error)) => {
-                if let Some(cause) = scope.cause() {
-                    if echoes(&error, &cause) {
-                        return Exit::of(Outcome::Cancelled(cause));
-                    }
+                if let Some(cause) = scope.cause().filter(|cause| echoes(&error, cause)) {
+                    return Exit::of(Outcome::Cancelled(cause));
                 }
                 (Failure::Error(Arc::new(error)), None)
             }
