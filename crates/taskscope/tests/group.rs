@@ -1,0 +1,767 @@
+//! `TaskGroup`: values in spawn order, the first failure or the cause, echoes, panics, limits,
+//! grace and aborts, drops, snapshots, nesting.
+
+use std::future::pending;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use taskscope::{BoxError, Cause, CauseKind, Failure, Outcome, Scope, TaskGroup, TaskState};
+use tokio::time::{Instant, sleep};
+use tokio_test::{assert_pending, assert_ready, task};
+
+#[derive(Debug)]
+struct Shortage {
+    sku: &'static str,
+}
+
+impl std::fmt::Display for Shortage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is out of stock", self.sku)
+    }
+}
+
+impl std::error::Error for Shortage {}
+
+fn limit(n: usize) -> std::num::NonZeroUsize {
+    n.try_into().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn join_returns_values_in_spawn_order() {
+    let group: TaskGroup<u64> = TaskGroup::new(&Scope::new());
+    for n in 0..5u64 {
+        // Later tasks end first.
+        group.spawn(format!("task-{n}"), move |_| async move {
+            sleep(Duration::from_millis(100 - n * 10)).await;
+            Ok(n)
+        });
+    }
+    assert_eq!(group.join().await.unwrap(), [0, 1, 2, 3, 4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_error_cancels_siblings_with_a_task_failed_cause() {
+    let orders = Scope::builder().name("orders").build();
+    let group: TaskGroup<()> = TaskGroup::builder(&orders).name("order-17").build();
+    let spawned_on = line!() + 1;
+    group.spawn("inventory", |_| async {
+        Err(Shortage { sku: "sku-42" }.into())
+    });
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    group.spawn("payment", {
+        let seen = seen.clone();
+        move |scope| async move {
+            let cause = scope.cancelled().await;
+            *seen.lock().unwrap() = Some(cause.clone());
+            Err(cause.into())
+        }
+    });
+
+    let error = group.join().await.unwrap_err();
+    let cause = error.cause().unwrap();
+    assert_eq!(cause.kind(), CauseKind::TaskFailed);
+    assert_eq!(cause.code(), "task_failed");
+    assert_eq!(
+        cause.detail(),
+        Some("task 'inventory' failed: sku-42 is out of stock")
+    );
+    assert_eq!(cause.origin(), Some("orders/order-17/inventory"));
+    assert_eq!(
+        cause.location().unwrap().line(),
+        spawned_on,
+        "set at the spawn site"
+    );
+    assert_eq!(cause.downcast_ref::<Shortage>().unwrap().sku, "sku-42");
+    assert!(
+        seen.lock().unwrap().as_ref().unwrap().ptr_eq(cause),
+        "the sibling saw it"
+    );
+    assert!(!orders.is_cancelled(), "the failure stays inside the group");
+
+    let first = error.first_failure().unwrap();
+    assert_eq!(first.task.name(), "inventory");
+    assert_eq!(first.task.spawned_at().line(), spawned_on);
+    let boxed = first.failure.error().unwrap();
+    assert_eq!(boxed.downcast_ref::<Shortage>().unwrap().sku, "sku-42");
+    assert_eq!(error.failures().len(), 1, "the echo is not a failure");
+    assert_eq!(error.cancelled().len(), 1);
+    assert_eq!(error.cancelled()[0].name(), "payment");
+    assert!(error.aborted().is_empty());
+    assert_eq!(
+        error.to_string(),
+        "task 'inventory' failed: sku-42 is out of stock"
+    );
+    // The group error's source is the cause, whose source is the task's error.
+    let source = std::error::Error::source(&error).unwrap();
+    let shortage = std::error::Error::source(source).unwrap();
+    assert_eq!(shortage.to_string(), "sku-42 is out of stock");
+}
+
+/// The seed case: the shortage is what `join` returns, although payment also said "cancelled".
+#[tokio::test(start_paused = true)]
+async fn an_inventory_shortage_wins_over_the_echoes_it_causes() {
+    let group: TaskGroup<&str> = TaskGroup::builder(&Scope::new()).name("order-17").build();
+    group.spawn("payment", |scope| async move {
+        tokio::select! {
+            cause = scope.cancelled() => Err(cause.into()),
+            () = sleep(Duration::from_secs(10)) => Ok("charged"),
+        }
+    });
+    group.spawn("inventory", |_| async {
+        sleep(Duration::from_millis(5)).await;
+        Err(Cause::new("INVENTORY_SHORTAGE")
+            .with_detail("sku-42: 2 left, 5 wanted")
+            .into())
+    });
+    group.spawn("validate", |_| async { Ok("valid") });
+
+    let error = group.join().await.unwrap_err();
+    let cause = error.cause().unwrap();
+    assert_eq!(cause.kind(), CauseKind::TaskFailed);
+    assert_eq!(
+        cause.code(),
+        "INVENTORY_SHORTAGE",
+        "the task's own cause lends its code"
+    );
+    assert_eq!(
+        cause.detail(),
+        Some("task 'inventory' failed: sku-42: 2 left, 5 wanted")
+    );
+    assert_eq!(
+        cause.downcast_ref::<Cause>().unwrap().code(),
+        "INVENTORY_SHORTAGE"
+    );
+    assert_eq!(error.first_failure().unwrap().task.name(), "inventory");
+    assert_eq!(error.failures().len(), 1);
+    let cancelled: Vec<_> = error.cancelled().iter().map(|t| t.name()).collect();
+    assert_eq!(cancelled, ["payment"]);
+}
+
+/// The seed case: an order step timing out cancels the inventory worker before it commits.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_in_one_worker_cancels_the_others_before_they_commit() {
+    let committed = Arc::new(AtomicBool::new(false));
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).name("order-17").build();
+    group.spawn("payment", |scope| async move {
+        let call = scope
+            .child_builder()
+            .name("gateway")
+            .timeout(Duration::from_millis(200))
+            .deadline_cause(Cause::new("PAYMENT_TIMEOUT"))
+            .build();
+        // The gateway never answers.
+        let cause = call.cancelled().await;
+        Err(cause.into())
+    });
+    group.spawn("inventory", {
+        let committed = committed.clone();
+        move |scope| async move {
+            tokio::select! {
+                cause = scope.cancelled() => return Err(cause.into()),
+                () = sleep(Duration::from_secs(1)) => {}
+            }
+            committed.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+
+    let start = Instant::now();
+    let error = group.join().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert!(!committed.load(Ordering::SeqCst));
+    let cause = error.cause().unwrap();
+    // Payment's own timeout is a real failure of payment, not an echo of the group's cancel.
+    assert_eq!(cause.kind(), CauseKind::TaskFailed);
+    assert_eq!(cause.code(), "PAYMENT_TIMEOUT");
+    assert_eq!(error.first_failure().unwrap().task.name(), "payment");
+    assert_eq!(error.cancelled()[0].name(), "inventory");
+    assert!(!error.is_timeout(), "the group itself did not time out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parent_cancel_is_reported_as_the_cause() {
+    let orders = Scope::builder().name("orders").build();
+    let group: TaskGroup<()> = TaskGroup::new(&orders);
+    group.spawn("worker", |scope| async move {
+        Err(scope.cancelled().await.into())
+    });
+    tokio::task::yield_now().await;
+    orders.cancel(Cause::new("SHUTTING_DOWN"));
+
+    let error = group.join().await.unwrap_err();
+    assert_eq!(error.cause().unwrap().code(), "SHUTTING_DOWN");
+    assert!(error.failures().is_empty());
+    assert_eq!(error.cancelled().len(), 1);
+    assert_eq!(
+        error.to_string(),
+        "task group stopped: cancelled (SHUTTING_DOWN)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passed_deadline_is_reported_as_a_timeout() {
+    let order = Scope::new().child_with_timeout(Duration::from_secs(2));
+    let group: TaskGroup<()> = TaskGroup::new(&order);
+    group.spawn("slow", |scope| async move {
+        tokio::select! {
+            cause = scope.cancelled() => Err(cause.into()),
+            () = sleep(Duration::from_secs(10)) => Ok(()),
+        }
+    });
+    let start = Instant::now();
+    let error = group.join().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert!(error.is_timeout());
+    assert_eq!(error.cause().unwrap().kind(), CauseKind::DeadlineExceeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_whose_tasks_all_finish_is_ok_even_if_cancelled_late() {
+    let scope = Scope::new();
+    let group: TaskGroup<u8> = TaskGroup::new(&scope);
+    group.spawn("quick", |_| async { Ok(1) });
+    tokio::task::yield_now().await;
+    scope.cancel(Cause::plain());
+    assert_eq!(group.join().await.unwrap(), [1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn panics_are_failures_with_their_message() {
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).name("g").build();
+    group.spawn("boom", |_| async { panic!("ledger corrupted") });
+    group.spawn("bystander", |scope| async move {
+        Err(scope.cancelled().await.into())
+    });
+
+    let error = group.join().await.unwrap_err();
+    let cause = error.cause().unwrap();
+    assert_eq!(cause.kind(), CauseKind::TaskPanicked);
+    assert_eq!(
+        cause.detail(),
+        Some("task 'boom' panicked: ledger corrupted")
+    );
+    assert_eq!(cause.origin(), Some("g/boom"));
+    let first = error.first_failure().unwrap();
+    assert!(first.failure.is_panic());
+    assert!(matches!(&first.failure, Failure::Panic(m) if m == "ledger corrupted"));
+    assert_eq!(error.to_string(), "task 'boom' panicked: ledger corrupted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_spawn_closure_is_a_failure_too() {
+    let group: TaskGroup<()> = TaskGroup::new(&Scope::new());
+    group.spawn("eager", |_| -> std::future::Ready<Result<(), BoxError>> {
+        panic!("bad config")
+    });
+    let error = group.join().await.unwrap_err();
+    assert_eq!(error.cause().unwrap().kind(), CauseKind::TaskPanicked);
+    assert_eq!(error.first_failure().unwrap().task.name(), "eager");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_panics_re_raises_in_the_joiner_after_every_task_ended() {
+    let other_done = Arc::new(AtomicBool::new(false));
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).resume_panics().build();
+    group.spawn("boom", |_| async { panic!("ledger corrupted") });
+    group.spawn("other", {
+        let other_done = other_done.clone();
+        move |scope| async move {
+            let _ = scope.cancelled().await;
+            other_done.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let joined = tokio::spawn(group.join()).await.unwrap_err();
+    assert!(joined.is_panic());
+    let payload = joined.into_panic();
+    assert_eq!(*payload.downcast_ref::<&str>().unwrap(), "ledger corrupted");
+    assert!(other_done.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn later_real_failures_are_kept() {
+    let group: TaskGroup<(), std::io::Error> = TaskGroup::new(&Scope::new());
+    group.spawn("first", |_| async {
+        Err(std::io::Error::other("disk full"))
+    });
+    group.spawn("second", |scope| async move {
+        let _ = scope.cancelled().await;
+        // Cleanup after the cancel fails for a reason of its own: a real failure.
+        Err(std::io::Error::other("rollback failed"))
+    });
+    let error = group.join().await.unwrap_err();
+    let names: Vec<_> = error.failures().iter().map(|f| f.task.name()).collect();
+    assert_eq!(names, ["first", "second"]);
+    assert_eq!(
+        error.to_string(),
+        "task 'first' failed: disk full (and 1 later failures)"
+    );
+    // A typed error is reachable through the cause too.
+    let io = error
+        .cause()
+        .unwrap()
+        .downcast_ref::<std::io::Error>()
+        .unwrap();
+    assert_eq!(io.to_string(), "disk full");
+}
+
+#[tokio::test(start_paused = true)]
+async fn collect_all_runs_every_task_and_reports_every_failure() {
+    let group: TaskGroup<u32> = TaskGroup::builder(&Scope::new()).collect_all().build();
+    for n in 0..6u32 {
+        group.spawn(format!("fetch-{n}"), move |_| async move {
+            sleep(Duration::from_millis(u64::from(n))).await;
+            if n % 2 == 0 {
+                Err(format!("fetch {n} failed").into())
+            } else {
+                Ok(n)
+            }
+        });
+    }
+    let scope = group.scope().clone();
+    let error = group.join().await.unwrap_err();
+    assert!(error.cause().is_none());
+    assert!(!scope.is_cancelled());
+    let names: Vec<_> = error.failures().iter().map(|f| f.task.name()).collect();
+    assert_eq!(names, ["fetch-0", "fetch-2", "fetch-4"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn join_next_streams_exits_in_the_order_tasks_end() {
+    let mut group: TaskGroup<u64> = TaskGroup::builder(&Scope::new()).collect_all().build();
+    for (name, ms) in [("slow", 30), ("fast", 10), ("bad", 20)] {
+        group.spawn(name, move |_| async move {
+            sleep(Duration::from_millis(ms)).await;
+            if name == "bad" {
+                Err("bad input".into())
+            } else {
+                Ok(ms)
+            }
+        });
+    }
+    let mut order = Vec::new();
+    while let Some(exit) = group.join_next().await {
+        let label = match exit.outcome {
+            Outcome::Completed(ms) => format!("{}={ms}", exit.task.name()),
+            Outcome::Failed(failure) => format!("{} {failure}", exit.task.name()),
+            other => panic!("unexpected {other:?}"),
+        };
+        order.push(label);
+    }
+    assert_eq!(order, ["fast=10", "bad failed: bad input", "slow=30"]);
+    assert!(group.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn join_next_is_cancel_safe() {
+    let mut group: TaskGroup<u8> = TaskGroup::new(&Scope::new());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    group.spawn("waits", |_| async move {
+        rx.await.unwrap();
+        Ok(7)
+    });
+    {
+        let mut next = task::spawn(group.join_next());
+        assert_pending!(next.poll());
+    } // dropped while waiting, as a losing select! branch is
+    tx.send(()).unwrap();
+    let mut next = task::spawn(group.join_next());
+    let exit = loop {
+        tokio::task::yield_now().await;
+        if let std::task::Poll::Ready(exit) = next.poll() {
+            break exit.unwrap();
+        }
+    };
+    assert!(matches!(exit.outcome, Outcome::Completed(7)));
+    drop(next);
+    assert!(group.join_next().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_of_10_with_1025_tasks_never_runs_more_than_10() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let group: TaskGroup<usize> = TaskGroup::builder(&Scope::new()).limit(limit(10)).build();
+    for n in 0..1025 {
+        let (running, peak) = (running.clone(), peak.clone());
+        group.spawn(format!("job-{n}"), move |_| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            async move {
+                sleep(Duration::from_millis(1 + (n % 7) as u64)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(n)
+            }
+        });
+    }
+    let snapshot = group.snapshot();
+    let states =
+        |wanted: fn(&TaskState) -> bool| snapshot.tasks.iter().filter(|t| wanted(&t.state)).count();
+    assert_eq!(states(|s| matches!(s, TaskState::Running)), 10);
+    assert_eq!(states(|s| matches!(s, TaskState::Pending)), 1015);
+
+    let values = group.join().await.unwrap();
+    assert_eq!(values, (0..1025).collect::<Vec<_>>());
+    assert_eq!(peak.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_frees_when_a_task_ends_not_at_join() {
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).limit(limit(1)).build();
+    let second_started = Arc::new(AtomicBool::new(false));
+    group.spawn("first", |_| async { Ok(()) });
+    group.spawn("second", {
+        let second_started = second_started.clone();
+        move |_| {
+            second_started.store(true, Ordering::SeqCst);
+            async { Ok(()) }
+        }
+    });
+    assert!(!second_started.load(Ordering::SeqCst));
+    tokio::task::yield_now().await;
+    assert!(
+        second_started.load(Ordering::SeqCst),
+        "started without anyone joining"
+    );
+    group.join().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_tasks_of_a_cancelled_group_never_start() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).limit(limit(1)).build();
+    group.spawn("fails", |_| async {
+        sleep(Duration::from_millis(10)).await;
+        Err("payment declined".into())
+    });
+    for n in 0..5 {
+        let started = started.clone();
+        group.spawn(format!("queued-{n}"), move |_| {
+            started.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        });
+    }
+    let error = group.join().await.unwrap_err();
+    assert_eq!(started.load(Ordering::SeqCst), 0);
+    assert_eq!(error.cancelled().len(), 5);
+    assert_eq!(error.cancelled()[0].name(), "queued-0");
+    assert_eq!(error.failures().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawning_into_a_cancelled_group_does_not_start_the_task() {
+    let mut group: TaskGroup<()> = TaskGroup::new(&Scope::new());
+    group.scope().cancel(Cause::new("CLOSED"));
+    let called = Arc::new(AtomicBool::new(false));
+    group.spawn("late", {
+        let called = called.clone();
+        move |_| {
+            called.store(true, Ordering::SeqCst);
+            async { Ok(()) }
+        }
+    });
+    let exit = group.join_next().await.unwrap();
+    assert!(matches!(&exit.outcome, Outcome::Cancelled(c) if c.code() == "CLOSED"));
+    assert!(!called.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_spawn_refuses_when_full_or_cancelled() {
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).limit(limit(1)).build();
+    group
+        .try_spawn("one", |_| async { pending().await })
+        .unwrap();
+    let refused = group.try_spawn("two", |_| async { Ok(()) }).unwrap_err();
+    assert!(refused.is_full());
+    assert_eq!(
+        refused.to_string(),
+        "task group is at its concurrency limit"
+    );
+    let _closure = refused.into_task();
+    assert_eq!(group.len(), 1, "a refused task is not tracked");
+
+    group.scope().cancel(Cause::new("CLOSED"));
+    let refused = group.try_spawn("three", |_| async { Ok(()) }).unwrap_err();
+    assert!(!refused.is_full());
+    assert_eq!(refused.cause().unwrap().code(), "CLOSED");
+}
+
+/// The seed case: a worker that ignores cancellation is aborted after the grace and named.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_ignores_cancellation_is_aborted_after_the_grace() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
+        .name("order-17")
+        .grace(Duration::from_secs(3))
+        .build();
+    group.spawn("fails", |_| async {
+        sleep(Duration::from_secs(1)).await;
+        Err("card declined".into())
+    });
+    group.spawn("polite", |scope| async move {
+        Err(scope.cancelled().await.into())
+    });
+    let stubborn_line = line!() + 1;
+    group.spawn("stubborn", {
+        let dropped = dropped.clone();
+        move |_| async move {
+            let _flag = SetOnDrop(dropped);
+            sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        }
+    });
+
+    let start = Instant::now();
+    let error = group.join().await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(4),
+        "1 s to fail, then the 3 s grace"
+    );
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the straggler's future was dropped"
+    );
+    assert_eq!(error.aborted().len(), 1);
+    let straggler = &error.aborted()[0];
+    assert_eq!(straggler.name(), "stubborn");
+    assert_eq!(straggler.spawned_at().line(), stubborn_line);
+    assert_eq!(error.cancelled()[0].name(), "polite");
+    let text = error.to_string();
+    assert!(
+        text.starts_with("task 'fails' failed: card declined; aborted: 'stubborn' ("),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_grace_counts_from_the_cancel_not_from_the_join() {
+    let scope = Scope::new();
+    let group: TaskGroup<()> = TaskGroup::builder(&scope)
+        .grace(Duration::from_secs(3))
+        .build();
+    group.spawn("stubborn", |_| async { pending().await });
+    tokio::task::yield_now().await;
+    scope.cancel(Cause::plain());
+    sleep(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    let error = group.join().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(error.aborted().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_grace_aborts_at_once_and_an_endless_one_never() {
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
+        .grace(Duration::ZERO)
+        .build();
+    group.spawn("stubborn", |_| async { pending().await });
+    group.scope().cancel(Cause::plain());
+    let start = Instant::now();
+    let error = group.join().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(error.aborted().len(), 1);
+
+    let group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
+        .grace(Duration::MAX)
+        .build();
+    group.spawn("slow-but-honest", |_| async {
+        sleep(Duration::from_secs(86_400)).await;
+        Ok(())
+    });
+    group.scope().cancel(Cause::plain());
+    let start = Instant::now();
+    // Never aborted: the task finished its work, so the group has every value.
+    assert_eq!(group.join().await.unwrap(), [()]);
+    assert_eq!(start.elapsed(), Duration::from_secs(86_400));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_group_cancels_it_with_dropped_and_aborts_its_tasks() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let group: TaskGroup<()> = TaskGroup::new(&Scope::new());
+    let scope = group.scope().clone();
+    group.spawn("watcher", {
+        let seen = seen.clone();
+        move |scope| async move {
+            *seen.lock().unwrap() = Some(scope);
+            Ok(pending::<()>().await)
+        }
+    });
+    group.spawn("holder", {
+        let dropped = dropped.clone();
+        move |_| async move {
+            let _flag = SetOnDrop(dropped);
+            pending().await
+        }
+    });
+    tokio::task::yield_now().await;
+    drop(group);
+    assert_eq!(scope.cause().unwrap().kind(), CauseKind::Dropped);
+    tokio::task::yield_now().await;
+    assert!(dropped.load(Ordering::SeqCst), "aborted, not left running");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_join_future_drops_the_group() {
+    let group: TaskGroup<()> = TaskGroup::new(&Scope::new());
+    let scope = group.scope().clone();
+    group.spawn("forever", |_| async { pending().await });
+    let mut join = task::spawn(group.join());
+    assert_pending!(join.poll());
+    drop(join);
+    assert_eq!(scope.cause().unwrap().kind(), CauseKind::Dropped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joined_group_is_not_cancelled_when_dropped() {
+    let mut group: TaskGroup<()> = TaskGroup::new(&Scope::new());
+    group.spawn("quick", |_| async { Ok(()) });
+    assert!(group.join_next().await.is_some());
+    let scope = group.scope().clone();
+    drop(group);
+    assert!(!scope.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshots_follow_each_task_through_its_states() {
+    let mut group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
+        .name("pipeline")
+        .limit(limit(4))
+        .grace(Duration::from_secs(1))
+        .collect_all()
+        .build();
+    group.spawn("completes", |_| async { Ok(()) });
+    group.spawn("fails", |_| async { Err("bad row".into()) });
+    group.spawn("panics", |_| async { panic!("oops") });
+    group.spawn("stubborn", |_| async { pending().await });
+    group.spawn("queued", |_| async { Ok(()) });
+    let snapshot = group.snapshot();
+    let states: Vec<_> = snapshot.tasks.iter().map(|t| t.state.to_string()).collect();
+    assert_eq!(
+        states,
+        ["running", "running", "running", "running", "pending"]
+    );
+
+    sleep(Duration::from_millis(1)).await;
+    let snapshot = group.snapshot();
+    let states: Vec<_> = snapshot.tasks.iter().map(|t| t.state.to_string()).collect();
+    assert_eq!(
+        states,
+        [
+            "completed",
+            "failed: bad row",
+            "panicked: oops",
+            "running",
+            "completed"
+        ]
+    );
+    group.scope().cancel(Cause::new("STOP"));
+    let text = group.snapshot().to_string();
+    assert!(
+        text.starts_with("group pipeline: cancelled: cancelled (STOP)\n"),
+        "{text}"
+    );
+    assert!(text.contains("  #3 stubborn ("), "{text}");
+
+    let mut aborted = None;
+    while let Some(exit) = group.join_next().await {
+        if let Outcome::Aborted = exit.outcome {
+            aborted = Some(exit.task.name().to_owned());
+        }
+    }
+    assert_eq!(aborted.as_deref(), Some("stubborn"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nested_groups_cancel_inwards_and_report_echoes_outwards() {
+    let root = Scope::builder().name("svc").build();
+    let outer: TaskGroup<()> = TaskGroup::builder(&root).name("outer").build();
+    let inner_scope = Arc::new(std::sync::Mutex::new(None));
+    outer.spawn("fans-out", {
+        let inner_scope = inner_scope.clone();
+        move |scope| async move {
+            let inner: TaskGroup<()> = TaskGroup::builder(&scope).name("inner").build();
+            *inner_scope.lock().unwrap() = Some(inner.scope().clone());
+            for n in 0..3 {
+                inner.spawn(format!("leaf-{n}"), |scope| async move {
+                    Err(scope.cancelled().await.into())
+                });
+            }
+            inner.join().await?;
+            Ok(())
+        }
+    });
+    outer.spawn("fails", |_| async {
+        sleep(Duration::from_millis(1)).await;
+        Err("upstream gone".into())
+    });
+    let error = outer.join().await.unwrap_err();
+    assert_eq!(
+        error.failures().len(),
+        1,
+        "the inner group's error is only an echo"
+    );
+    assert_eq!(error.cancelled()[0].name(), "fans-out");
+    let inner = inner_scope.lock().unwrap().clone().unwrap();
+    assert_eq!(inner.path(), "svc/outer/fans-out/inner");
+    assert!(inner.cause().unwrap().ptr_eq(error.cause().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_tasks_join_cleanly() {
+    let group: TaskGroup<u32> = TaskGroup::new(&Scope::new());
+    let scope = group.scope().clone();
+    for n in 0..100_000u32 {
+        group.spawn("n", move |_| async move { Ok(n) });
+    }
+    let values = group.join().await.unwrap();
+    assert_eq!(values.len(), 100_000);
+    assert!(values.iter().enumerate().all(|(i, &v)| i as u32 == v));
+    assert_eq!(scope.live_children(), 0, "every task scope was unlinked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_parked_tasks_are_cancelled_and_joined() {
+    let group: TaskGroup<()> = TaskGroup::new(&Scope::new());
+    for _ in 0..100_000 {
+        group.spawn("parked", |scope| async move {
+            Err(scope.cancelled().await.into())
+        });
+    }
+    group.scope().cancel(Cause::new("DRAIN"));
+    let error = group.join().await.unwrap_err();
+    assert_eq!(error.cancelled().len(), 100_000);
+    assert!(error.failures().is_empty() && error.aborted().is_empty());
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn join_is_pending_until_every_task_ends() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let group: TaskGroup<()> = TaskGroup::new(&Scope::new());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    group.spawn("waits", |_| async move {
+        rx.await.unwrap();
+        Ok(())
+    });
+    let mut join = task::spawn(group.join());
+    assert_pending!(join.poll());
+    tx.send(()).unwrap();
+    rt.block_on(tokio::task::yield_now());
+    assert!(join.is_woken());
+    assert_ready!(join.poll()).unwrap();
+}
