@@ -3,7 +3,8 @@
 //! A custom harness (`harness = false`). Every comparison runs its two sides interleaved in
 //! rounds (A then B, then B then A, ...), after one untimed warm-up of each, and reports the
 //! median of each side over the rounds, so drift on a shared machine hits both sides alike.
-//! Memory is measured with a counting global allocator.
+//! Memory is measured with a counting global allocator. The harness is shared with the other
+//! benchmarks, in `common/mod.rs`.
 //!
 //! ```text
 //! cargo bench -p taskscope-benches --bench scope
@@ -12,86 +13,20 @@
 //!
 //! Run without `--bench` (as `cargo test --benches` does), it also does only the smoke run.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod common;
+
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Pair, Row, Stats, Target, interleaved, live_bytes_added, print_table, row};
 use taskscope::{Cause, Scope};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------------------------
-// Counting allocator
-// ---------------------------------------------------------------------------------------------
-
-/// Wraps the system allocator and, while [`COUNTING`] is set, tracks the change in live heap
-/// bytes. Outside a memory measurement it costs one relaxed load per call.
-struct CountingAlloc;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static LIVE_DELTA: AtomicIsize = AtomicIsize::new(0);
-
-fn track(bytes: isize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        LIVE_DELTA.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to `System`; only counters are updated besides.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            track(layout.size() as isize);
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            track(layout.size() as isize);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) };
-        track(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            track(new_size as isize - layout.size() as isize);
-        }
-        new
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// Live heap bytes added by `build` while its result is alive.
-///
-/// Counting is on only while `build` runs; the delta of allocations minus frees in that window is
-/// exactly the change in live bytes, whatever was allocated before.
-fn live_bytes_added<T>(build: impl FnOnce() -> T) -> (isize, T) {
-    LIVE_DELTA.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
-    let value = black_box(build());
-    COUNTING.store(false, Ordering::SeqCst);
-    (LIVE_DELTA.load(Ordering::SeqCst), value)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Configuration and statistics
+// Configuration
 // ---------------------------------------------------------------------------------------------
 
 struct Config {
@@ -112,11 +47,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        // `cargo bench` passes `--bench`; `cargo test --benches` (or `--all-targets`) does not,
-        // and gets the smoke run.
-        let under_cargo_bench = std::env::args().any(|arg| arg == "--bench");
-        let quick = !under_cargo_bench
-            || std::env::var("TASKSCOPE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = common::quick_mode();
         if quick {
             Config {
                 quick,
@@ -144,56 +75,6 @@ impl Config {
                 memory_children: 100_000,
             }
         }
-    }
-}
-
-/// Medians (and spreads) of two interleaved sides, in ns per op.
-struct Pair {
-    a: Stats,
-    b: Stats,
-}
-
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(mut samples: Vec<f64>) -> Stats {
-        samples.sort_by(f64::total_cmp);
-        Stats {
-            median: samples[samples.len() / 2],
-            min: samples[0],
-            max: samples[samples.len() - 1],
-        }
-    }
-}
-
-/// Runs `a` and `b` once each untimed, then `rounds` times interleaved, alternating which side
-/// goes first. Each closure returns the elapsed time of one sample of `ops` operations.
-fn interleaved(
-    rounds: usize,
-    ops: usize,
-    mut a: impl FnMut() -> Duration,
-    mut b: impl FnMut() -> Duration,
-) -> Pair {
-    black_box(a());
-    black_box(b());
-    let per_op = |d: Duration| d.as_nanos() as f64 / ops as f64;
-    let (mut sa, mut sb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
-    for round in 0..rounds {
-        if round % 2 == 0 {
-            sa.push(per_op(a()));
-            sb.push(per_op(b()));
-        } else {
-            sb.push(per_op(b()));
-            sa.push(per_op(a()));
-        }
-    }
-    Pair {
-        a: Stats::of(sa),
-        b: Stats::of(sb),
     }
 }
 
@@ -389,97 +270,6 @@ fn memory_token(children: usize) -> f64 {
     let (bytes, ()) = live_bytes_added(|| held.extend((0..children).map(|_| parent.child_token())));
     drop(held);
     bytes as f64 / children as f64
-}
-
-// ---------------------------------------------------------------------------------------------
-// Report
-// ---------------------------------------------------------------------------------------------
-
-struct Row {
-    name: String,
-    unit: &'static str,
-    ours: f64,
-    theirs: f64,
-    target: Target,
-    spread: Option<(f64, f64, f64, f64)>,
-}
-
-enum Target {
-    /// ours / theirs must be at most this.
-    AtMost(f64),
-    /// ours / theirs must be within this factor of 1 (equal within noise).
-    Equal(f64),
-    /// Reported for reference only.
-    None,
-}
-
-impl Row {
-    fn ratio(&self) -> f64 {
-        self.ours / self.theirs
-    }
-
-    fn target(&self) -> String {
-        match self.target {
-            Target::AtMost(max) => format!("<= {max:.1}"),
-            Target::Equal(tolerance) => format!("~1 (±{:.0}%)", (tolerance - 1.0) * 100.0),
-            Target::None => "-".to_owned(),
-        }
-    }
-
-    fn verdict(&self) -> &'static str {
-        let ratio = self.ratio();
-        let pass = match self.target {
-            Target::AtMost(max) => ratio <= max,
-            Target::Equal(tolerance) => ratio <= tolerance && ratio >= 1.0 / tolerance,
-            Target::None => return "info",
-        };
-        if pass { "PASS" } else { "MISS" }
-    }
-}
-
-fn row(name: impl Into<String>, unit: &'static str, pair: &Pair, target: Target) -> Row {
-    Row {
-        name: name.into(),
-        unit,
-        ours: pair.a.median,
-        theirs: pair.b.median,
-        target,
-        spread: Some((pair.a.min, pair.a.max, pair.b.min, pair.b.max)),
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    println!();
-    println!(
-        "{:<48} {:>10} {:>12} {:>12} {:>7} {:>12} {:>6}",
-        "benchmark", "unit", "taskscope", "baseline", "ratio", "target", "result"
-    );
-    println!("{}", "-".repeat(48 + 11 + 13 + 13 + 8 + 13 + 7));
-    for r in rows {
-        println!(
-            "{:<48} {:>10} {:>12.1} {:>12.1} {:>7.2} {:>12} {:>6}",
-            r.name,
-            r.unit,
-            r.ours,
-            r.theirs,
-            r.ratio(),
-            r.target(),
-            r.verdict()
-        );
-    }
-    println!(
-        "(taskscope = left side of \"vs\", baseline = right side; ratio = taskscope / baseline)"
-    );
-    println!();
-    println!("spread over rounds (min..max of each side):");
-    for r in rows {
-        if let Some((a_min, a_max, b_min, b_max)) = r.spread {
-            println!(
-                "  {:<46} taskscope {:>9.1}..{:<9.1} baseline {:>9.1}..{:<9.1}",
-                r.name, a_min, a_max, b_min, b_max
-            );
-        }
-    }
 }
 
 fn main() {

@@ -32,3 +32,25 @@ fn cause_is_a_static_error() {
     fn error<T: std::error::Error + Send + Sync + 'static>() {}
     error::<Cause>();
 }
+
+#[test]
+fn group_types_are_send_sync_and_unpin() {
+    use taskscope::{
+        BoxError, GroupError, GroupSnapshot, Join, JoinNext, TaskExit, TaskGroup, TaskGroupBuilder,
+        TaskId, TaskInfo, TrySpawnError,
+    };
+    fn send_sync_unpin<T: Send + Sync + Unpin>() {}
+    // Not unwind-safe: a group joining holds a `tokio::time::Sleep`, which is not.
+    send_sync_unpin::<TaskGroup<u32>>();
+    send_sync_unpin::<Join<u32, BoxError>>();
+    send_sync_unpin::<JoinNext<'static, u32, BoxError>>();
+    send_sync_unpin::<TaskGroupBuilder<'static>>();
+    send_sync_unpin_unwind_safe::<TaskId>();
+    send_sync_unpin_unwind_safe::<TaskInfo>();
+    send_sync_unpin_unwind_safe::<GroupSnapshot>();
+    send_sync_unpin_unwind_safe::<TrySpawnError<fn()>>();
+    send_sync_unpin::<TaskExit<u32, BoxError>>();
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    error::<GroupError<BoxError>>();
+    error::<GroupError<std::io::Error>>();
+}

@@ -1,0 +1,294 @@
+//! Seeded stress test of the races between tasks failing (or panicking, or echoing the
+//! cancellation) on worker threads and the group being joined, streamed or dropped.
+//!
+//! Each seed picks the tasks' behaviours and the joiner's action; the two worker threads pick
+//! the interleaving. Every round checks that every task is accounted for exactly once, that the
+//! reported first failure is the one whose cause cancelled the group, that no task is left
+//! running, and that every task scope is unlinked. A failing round prints its seed;
+//! `TASKSCOPE_STRESS_SEED=<seed>` replays it, `TASKSCOPE_STRESS_ROUNDS=<n>` runs more.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use taskscope::{BoxError, Cause, CauseKind, Outcome, Scope, TaskGroup};
+
+/// xorshift64*: small, seedable, good enough to pick behaviours.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Behaviour {
+    Succeed,
+    Fail,
+    Panic,
+    /// Waits for the cancellation and returns it.
+    Echo,
+    /// Ignores the cancellation: only an abort ends it.
+    Stubborn,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Joiner {
+    Join,
+    JoinNext,
+    /// Drops the group after some yields.
+    Drop,
+}
+
+/// Counts live task futures, so a round can check that none outlives its group.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<AtomicUsize>) -> Live {
+        count.fetch_add(1, Ordering::SeqCst);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn yields(n: u64) {
+    for _ in 0..n {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn round(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let tasks = 1 + rng.below(8) as usize;
+    let behaviours: Vec<Behaviour> = (0..tasks)
+        .map(|_| match rng.below(5) {
+            0 => Behaviour::Succeed,
+            1 => Behaviour::Fail,
+            2 => Behaviour::Panic,
+            3 => Behaviour::Echo,
+            _ => Behaviour::Stubborn,
+        })
+        .collect();
+    let joiner = match rng.below(3) {
+        0 => Joiner::Join,
+        1 => Joiner::JoinNext,
+        _ => Joiner::Drop,
+    };
+    let limit = 1 + rng.below(tasks as u64 + 1) as usize;
+    let waits = behaviours
+        .iter()
+        .any(|b| matches!(b, Behaviour::Stubborn | Behaviour::Echo));
+    let live = Arc::new(AtomicUsize::new(0));
+
+    let root = Scope::builder().name("root").build();
+    let mut group: TaskGroup<usize> = TaskGroup::builder(&root)
+        .name("g")
+        .limit(limit.try_into().unwrap())
+        .grace(Duration::ZERO)
+        .build();
+    let group_scope = group.scope().clone();
+    for (i, behaviour) in behaviours.iter().copied().enumerate() {
+        let delay = rng.below(4);
+        let live = live.clone();
+        group.spawn(format!("t{i}"), move |scope| async move {
+            let _live = Live::new(&live);
+            yields(delay).await;
+            match behaviour {
+                Behaviour::Succeed => Ok(i),
+                Behaviour::Fail => Err(BoxError::from(format!("t{i} failed"))),
+                Behaviour::Panic => panic!("t{i} panicked"),
+                Behaviour::Echo => Err(scope.cancelled().await.into()),
+                Behaviour::Stubborn => std::future::pending().await,
+            }
+        });
+    }
+    // Without anything to cancel them, waiting tasks would run forever.
+    let canceller = waits.then(|| {
+        let scope = group_scope.clone();
+        let delay = rng.below(6);
+        tokio::spawn(async move {
+            yields(delay).await;
+            scope.cancel(Cause::new("STRESS"));
+        })
+    });
+
+    let context = format!("seed {seed}: {behaviours:?}, limit {limit}, {joiner:?}");
+    if std::env::var("TASKSCOPE_STRESS_SEED").is_ok() {
+        eprintln!("{context}");
+    }
+    match joiner {
+        Joiner::Join => {
+            let result = group.join().await;
+            check_join(&behaviours, &group_scope, result, &context);
+        }
+        Joiner::JoinNext => {
+            let mut seen = vec![0; tasks];
+            while let Some(exit) = group.join_next().await {
+                let i: usize = exit.task.name()[1..].parse().unwrap();
+                seen[i] += 1;
+                if let Outcome::Completed(value) = exit.outcome {
+                    assert_eq!(value, i, "{context}");
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{context}: exits {seen:?}");
+        }
+        Joiner::Drop => {
+            yields(rng.below(4)).await;
+            drop(group);
+        }
+    }
+    if let Some(canceller) = canceller {
+        canceller.await.unwrap();
+    }
+    // Aborts of a dropped group complete on the runtime; give them a bounded time.
+    for _ in 0..10_000 {
+        if live.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "{context}: a task outlived its group"
+    );
+    if !matches!(joiner, Joiner::Drop) {
+        assert_eq!(
+            group_scope.live_children(),
+            0,
+            "{context}: a task scope is still linked"
+        );
+    }
+}
+
+fn check_join(
+    behaviours: &[Behaviour],
+    group_scope: &Scope,
+    result: Result<Vec<usize>, taskscope::GroupError<BoxError>>,
+    context: &str,
+) {
+    let error = match result {
+        Ok(values) => {
+            assert_eq!(
+                values,
+                (0..behaviours.len()).collect::<Vec<_>>(),
+                "{context}"
+            );
+            assert!(
+                behaviours.iter().all(|b| matches!(b, Behaviour::Succeed)),
+                "{context}: Ok although some task could not succeed"
+            );
+            return;
+        }
+        Err(error) => error,
+    };
+    let accounted = error.failures().len() + error.cancelled().len() + error.aborted().len();
+    assert!(
+        accounted <= behaviours.len(),
+        "{context}: {accounted} exits"
+    );
+    let cause = error.cause().expect("a failed group was cancelled");
+    assert!(
+        group_scope.cause().unwrap().ptr_eq(cause),
+        "{context}: the error's cause {cause:?} is not the group's {:?}",
+        group_scope.cause()
+    );
+    match cause.kind() {
+        CauseKind::TaskFailed | CauseKind::TaskPanicked => {
+            let first = error
+                .first_failure()
+                .expect("a failure cancelled the group");
+            let origin = format!("root/g/{}", first.task.name());
+            assert_eq!(
+                cause.origin(),
+                Some(origin.as_str()),
+                "{context}: wrong first failure"
+            );
+        }
+        CauseKind::Explicit => assert_eq!(cause.code(), "STRESS", "{context}"),
+        other => panic!("{context}: unexpected cause kind {other:?}"),
+    }
+    for failure in error.failures() {
+        let i: usize = failure.task.name()[1..].parse().unwrap();
+        assert!(
+            matches!(behaviours[i], Behaviour::Fail | Behaviour::Panic),
+            "{context}: {} is not a real failure",
+            failure.task.name()
+        );
+    }
+    // With no grace, any task still running at the cancel may be aborted; but every task
+    // appears at most once, and a stubborn one never ends on its own.
+    let mut named: Vec<&str> = error.failures().iter().map(|f| f.task.name()).collect();
+    named.extend(error.cancelled().iter().map(|t| t.name()));
+    named.extend(error.aborted().iter().map(|t| t.name()));
+    let total = named.len();
+    named.sort_unstable();
+    named.dedup();
+    assert_eq!(named.len(), total, "{context}: a task is reported twice");
+    for (i, behaviour) in behaviours.iter().enumerate() {
+        if matches!(behaviour, Behaviour::Stubborn) {
+            let name = format!("t{i}");
+            assert!(
+                named.contains(&name.as_str()),
+                "{context}: {name} is not reported"
+            );
+        }
+    }
+}
+
+#[test]
+fn failing_tasks_race_join_and_drop() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let seeds: Vec<u64> = match std::env::var("TASKSCOPE_STRESS_SEED") {
+        Ok(seed) => vec![seed.parse().expect("TASKSCOPE_STRESS_SEED is a number")],
+        Err(_) => {
+            let rounds = std::env::var("TASKSCOPE_STRESS_ROUNDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(10_000);
+            (0..rounds).collect()
+        }
+    };
+    // Panicking tasks are expected; keep their messages out of the test output.
+    std::panic::set_hook(Box::new(|_| {}));
+    for seed in seeds {
+        let done = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), tokio::spawn(round(seed))).await
+        });
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => {
+                let _ = std::panic::take_hook();
+                let payload = panic.into_panic();
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panic!("seed {seed}: {message}");
+            }
+            Err(_) => {
+                let _ = std::panic::take_hook();
+                panic!("seed {seed}: the round hung");
+            }
+        }
+    }
+    let _ = std::panic::take_hook();
+}
