@@ -30,6 +30,12 @@
 //! # }
 //! ```
 //!
+//! A [`TaskGroup`] runs tasks under one scope, errgroup-style: each task gets a named child
+//! scope, the first failure cancels the rest with a cause that names the failing task, and
+//! [`join`](TaskGroup::join) returns every value or a [`GroupError`] saying why the group stopped:
+//! the first failure or the cause, later failures, and the tasks cancelled or aborted after the
+//! shutdown grace, by name and spawn location.
+//!
 //! The semantics, including which cause a scope reports in every ordering of events, are in
 //! the concepts guide (`docs/concepts.md` in the repository).
 //!

@@ -1,0 +1,669 @@
+//! `taskscope::TaskGroup` against tokio's `JoinSet` and against `tokio-graceful-shutdown`, in one
+//! process.
+//!
+//! A custom harness (`harness = false`), the same as `scope.rs`'s (shared in `common/mod.rs`):
+//! every comparison runs its sides interleaved in rounds (in order, then in reverse order, ...),
+//! after one untimed warm-up of each, and reports the median of each side over the rounds.
+//! Memory is measured with a counting global allocator. Every runtime is a current-thread tokio
+//! runtime.
+//!
+//! ```text
+//! cargo bench -p taskscope-benches --bench group
+//! TASKSCOPE_BENCH_QUICK=1 cargo bench -p taskscope-benches --bench group   # smoke run
+//! ```
+//!
+//! Run without `--bench` (as `cargo test --benches` does), it also does only the smoke run.
+
+mod common;
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{
+    Pair, Stats, Target, interleaved, interleaved_n, interleaved_samples, pair, print_table, row,
+};
+use taskscope::{BoxError, Cause, Scope, TaskGroup};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_graceful_shutdown::{SubsystemBuilder, SubsystemHandle, Toplevel};
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+struct Config {
+    quick: bool,
+    /// Rounds of the spawn, sibling and nesting benchmarks (odd, so the median is a sample).
+    rounds: usize,
+    /// Rounds of the fan-out benchmark, whose samples are expensive.
+    fanout_rounds: usize,
+    /// Rounds of the memory measurements (after a warm-up of each side).
+    memory_rounds: usize,
+    spawn_tasks: usize,
+    sibling_tasks: usize,
+    /// The nesting depths compared; the first and last are checked for linearity.
+    depths: [usize; 3],
+    /// Levels per nesting sample: `levels / depth` nests of each depth.
+    levels_per_sample: usize,
+    fanout_tasks: usize,
+    memory_tasks: usize,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        let quick = common::quick_mode();
+        if quick {
+            Config {
+                quick,
+                rounds: 3,
+                fanout_rounds: 3,
+                memory_rounds: 1,
+                spawn_tasks: 2_000,
+                sibling_tasks: 1_000,
+                depths: [10, 100, 1_000],
+                levels_per_sample: 1_000,
+                fanout_tasks: 10_000,
+                memory_tasks: 10_000,
+            }
+        } else {
+            Config {
+                quick,
+                rounds: 21,
+                fanout_rounds: 21,
+                memory_rounds: 3,
+                spawn_tasks: 10_000,
+                sibling_tasks: 10_000,
+                depths: [10, 100, 1_000],
+                levels_per_sample: 1_000,
+                fanout_tasks: 100_000,
+                memory_tasks: 100_000,
+            }
+        }
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("current-thread runtime")
+}
+
+/// Yields until no task is left on the runtime, so that a sample leaves nothing behind for the
+/// next one to run.
+async fn drain() {
+    let metrics = Handle::current().metrics();
+    while metrics.num_alive_tasks() > 0 {
+        tokio::task::yield_now().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Spawn + join of trivial tasks
+// ---------------------------------------------------------------------------------------------
+
+fn spawn_join_group(rt: &Runtime, tasks: usize) -> Duration {
+    rt.block_on(async {
+        let root = Scope::new();
+        let start = Instant::now();
+        let group: TaskGroup<()> = TaskGroup::new(&root);
+        for _ in 0..tasks {
+            group.spawn("task", |_| async { Ok(()) });
+        }
+        let values = group.join().await.expect("no task fails");
+        let elapsed = start.elapsed();
+        assert_eq!(values.len(), tasks);
+        drain().await;
+        elapsed
+    })
+}
+
+fn spawn_join_joinset(rt: &Runtime, tasks: usize) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut set = JoinSet::new();
+        for _ in 0..tasks {
+            set.spawn(async { Ok::<(), BoxError>(()) });
+        }
+        let mut joined = 0;
+        while let Some(result) = set.join_next().await {
+            result.expect("no task panics").expect("no task fails");
+            joined += 1;
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(joined, tasks);
+        drain().await;
+        elapsed
+    })
+}
+
+fn spawn_join_handles(rt: &Runtime, tasks: usize) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        let handles: Vec<JoinHandle<Result<(), BoxError>>> = (0..tasks)
+            .map(|_| tokio::spawn(async { Ok(()) }))
+            .collect();
+        for handle in handles {
+            handle.await.expect("no task panics").expect("no task fails");
+        }
+        let elapsed = start.elapsed();
+        drain().await;
+        elapsed
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Sibling and nested subsystems, against tokio-graceful-shutdown
+// ---------------------------------------------------------------------------------------------
+
+/// A root scope, a group in it, `tasks` tasks that return at once, and the join.
+fn siblings_group(rt: &Runtime, tasks: usize) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        let root = Scope::new();
+        let group: TaskGroup<()> = TaskGroup::new(&root);
+        for _ in 0..tasks {
+            group.spawn("child", |_| async { Ok(()) });
+        }
+        group.join().await.expect("no task fails");
+        let elapsed = start.elapsed();
+        drain().await;
+        elapsed
+    })
+}
+
+/// A toplevel whose root subsystem starts `tasks` subsystems that return at once. The toplevel
+/// ends by itself once every subsystem has: no shutdown is requested.
+fn siblings_tgs(rt: &Runtime, tasks: usize) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        Toplevel::new(async move |s: &mut SubsystemHandle| {
+            for _ in 0..tasks {
+                s.start(SubsystemBuilder::new(
+                    "child",
+                    async |_: &mut SubsystemHandle| Ok::<(), BoxError>(()),
+                ));
+            }
+        })
+        .handle_shutdown_requests(Duration::from_secs(5))
+        .await
+        .expect("no subsystem fails");
+        let elapsed = start.elapsed();
+        drain().await;
+        elapsed
+    })
+}
+
+type BoxFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
+
+/// `depth` nested groups: each level's task opens a group with one task, the next level, and
+/// joins it; the last level's task returns at once.
+fn nest_group(scope: Scope, depth: usize) -> BoxFuture<'static> {
+    Box::pin(async move {
+        if depth == 0 {
+            return Ok(());
+        }
+        let group: TaskGroup<()> = TaskGroup::new(&scope);
+        group.spawn("level", move |scope| nest_group(scope, depth - 1));
+        group.join().await?;
+        Ok(())
+    })
+}
+
+type SubsystemFn = Box<dyn for<'a> FnOnce(&'a mut SubsystemHandle) -> BoxFuture<'a> + Send>;
+
+/// A subsystem that starts `below` levels of nested subsystems under it and returns; its
+/// runner waits for them, as tokio-graceful-shutdown does for every subsystem's children.
+fn nest_tgs(below: usize) -> SubsystemFn {
+    Box::new(move |s: &mut SubsystemHandle| -> BoxFuture<'_> {
+        Box::pin(async move {
+            if below > 0 {
+                s.start(SubsystemBuilder::new("level", nest_tgs(below - 1)));
+            }
+            Ok(())
+        })
+    })
+}
+
+fn nested_group(rt: &Runtime, depth: usize, nests: usize) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..nests {
+            nest_group(Scope::new(), depth)
+                .await
+                .expect("no task fails");
+        }
+        let elapsed = start.elapsed();
+        drain().await;
+        elapsed
+    })
+}
+
+fn nested_tgs(rt: &Runtime, depth: usize, nests: usize) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..nests {
+            Toplevel::new(async move |s: &mut SubsystemHandle| {
+                s.start(SubsystemBuilder::new("level", nest_tgs(depth - 1)));
+            })
+            .handle_shutdown_requests(Duration::from_secs(5))
+            .await
+            .expect("no subsystem fails");
+        }
+        let elapsed = start.elapsed();
+        drain().await;
+        elapsed
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Cancel fan-out
+// ---------------------------------------------------------------------------------------------
+
+/// Tasks of the current sample that have started and are about to wait.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Yields until `tasks` tasks have been polled once and are parked.
+async fn wait_parked(tasks: usize) {
+    while PARKED.load(Ordering::Acquire) < tasks {
+        tokio::task::yield_now().await;
+    }
+}
+
+struct FanOut {
+    /// The cancel call alone.
+    cancel_call: Duration,
+    /// From the cancel call until every task was joined.
+    total: Duration,
+}
+
+/// `tasks` tasks parked in a group, each on its own scope; times the group's cancel and its
+/// join. `echo`: each task returns its scope's cause as its error (the idiomatic way to stop),
+/// else `Ok(())`.
+fn fanout_group(rt: &Runtime, tasks: usize, echo: bool) -> FanOut {
+    rt.block_on(async {
+        PARKED.store(0, Ordering::Release);
+        let root = Scope::new();
+        let group: TaskGroup<()> = TaskGroup::new(&root);
+        for _ in 0..tasks {
+            group.spawn("parked", move |scope| async move {
+                PARKED.fetch_add(1, Ordering::Release);
+                let cause = scope.cancelled().await;
+                if echo { Err(cause.into()) } else { Ok(()) }
+            });
+        }
+        wait_parked(tasks).await;
+        let start = Instant::now();
+        group.scope().cancel(Cause::new("BENCH"));
+        let cancel_call = start.elapsed();
+        let result = group.join().await;
+        let cancelled = match &result {
+            Ok(values) => values.len(),
+            Err(error) => error.cancelled().len(),
+        };
+        drop(result);
+        let total = start.elapsed();
+        assert_eq!(cancelled, tasks);
+        drain().await;
+        FanOut { cancel_call, total }
+    })
+}
+
+/// `tasks` tasks in a `JoinSet`, each parked on its own child token of one parent; times the
+/// parent's cancel and joining every task.
+fn fanout_joinset(rt: &Runtime, tasks: usize) -> FanOut {
+    rt.block_on(async {
+        PARKED.store(0, Ordering::Release);
+        let parent = CancellationToken::new();
+        let mut set = JoinSet::new();
+        for _ in 0..tasks {
+            let token = parent.child_token();
+            set.spawn(async move {
+                PARKED.fetch_add(1, Ordering::Release);
+                token.cancelled().await;
+            });
+        }
+        wait_parked(tasks).await;
+        let start = Instant::now();
+        parent.cancel();
+        let cancel_call = start.elapsed();
+        let mut joined = 0;
+        while let Some(result) = set.join_next().await {
+            result.expect("no task panics");
+            joined += 1;
+        }
+        let total = start.elapsed();
+        assert_eq!(joined, tasks);
+        drain().await;
+        FanOut { cancel_call, total }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Memory
+// ---------------------------------------------------------------------------------------------
+
+/// Live heap bytes per task of `tasks` tasks spawned into a group and parked on their scopes.
+fn memory_group_parked(rt: &Runtime, tasks: usize) -> f64 {
+    let root = Scope::new();
+    let (bytes, group) = common::live_bytes_added(|| {
+        rt.block_on(async {
+            PARKED.store(0, Ordering::Release);
+            let group: TaskGroup<()> = TaskGroup::new(&root);
+            for _ in 0..tasks {
+                group.spawn("parked", |scope| async move {
+                    PARKED.fetch_add(1, Ordering::Release);
+                    scope.cancelled().await;
+                    Ok(())
+                });
+            }
+            wait_parked(tasks).await;
+            group
+        })
+    });
+    rt.block_on(async {
+        group.scope().cancel(Cause::new("BENCH"));
+        group.join().await.expect("every task returns Ok");
+        drain().await;
+    });
+    bytes as f64 / tasks as f64
+}
+
+/// Live heap bytes per task of `tasks` tasks spawned into a `JoinSet` and parked on a token:
+/// each on its own child token of one parent (`own_child`), or all on clones of the parent.
+fn memory_joinset_parked(rt: &Runtime, tasks: usize, own_child: bool) -> f64 {
+    let parent = CancellationToken::new();
+    let (bytes, mut set) = common::live_bytes_added(|| {
+        rt.block_on(async {
+            PARKED.store(0, Ordering::Release);
+            let mut set = JoinSet::new();
+            for _ in 0..tasks {
+                let token = if own_child {
+                    parent.child_token()
+                } else {
+                    parent.clone()
+                };
+                set.spawn(async move {
+                    PARKED.fetch_add(1, Ordering::Release);
+                    token.cancelled().await;
+                });
+            }
+            wait_parked(tasks).await;
+            set
+        })
+    });
+    rt.block_on(async {
+        parent.cancel();
+        while let Some(result) = set.join_next().await {
+            result.expect("no task panics");
+        }
+        drain().await;
+    });
+    bytes as f64 / tasks as f64
+}
+
+/// Live heap bytes per pending task: `tasks` tasks spawned into a group with a limit of 1 whose
+/// one slot is taken by a parked task.
+fn memory_group_pending(rt: &Runtime, tasks: usize) -> f64 {
+    let root = Scope::new();
+    rt.block_on(async {
+        PARKED.store(0, Ordering::Release);
+        let group: TaskGroup<()> = TaskGroup::builder(&root).limit(NonZeroUsize::MIN).build();
+        group.spawn("running", |scope| async move {
+            PARKED.fetch_add(1, Ordering::Release);
+            scope.cancelled().await;
+            Ok(())
+        });
+        wait_parked(1).await;
+        let (bytes, ()) = common::live_bytes_added(|| {
+            for _ in 0..tasks {
+                group.spawn("pending", |_| async { Ok(()) });
+            }
+        });
+        assert_eq!(group.len(), tasks + 1);
+        group.scope().cancel(Cause::new("BENCH"));
+        let error = group.join().await.expect_err("the pending tasks never ran");
+        assert_eq!(error.cancelled().len(), tasks);
+        drain().await;
+        bytes as f64 / tasks as f64
+    })
+}
+
+/// Live heap bytes per waiting task: `tasks` tasks spawned into a `JoinSet`, each parked on a
+/// `Semaphore` of one permit, which is held elsewhere: the tokio way to run one at a time.
+fn memory_joinset_semaphore(rt: &Runtime, tasks: usize) -> f64 {
+    let semaphore = Arc::new(Semaphore::new(1));
+    let permit = semaphore.clone().try_acquire_owned().expect("a free permit");
+    let (bytes, mut set) = common::live_bytes_added(|| {
+        rt.block_on(async {
+            PARKED.store(0, Ordering::Release);
+            let mut set = JoinSet::new();
+            for _ in 0..tasks {
+                let semaphore = semaphore.clone();
+                set.spawn(async move {
+                    PARKED.fetch_add(1, Ordering::Release);
+                    let _permit = semaphore.acquire().await.expect("never closed");
+                });
+            }
+            wait_parked(tasks).await;
+            set
+        })
+    });
+    drop(permit);
+    rt.block_on(async {
+        while let Some(result) = set.join_next().await {
+            result.expect("no task panics");
+        }
+        drain().await;
+    });
+    bytes as f64 / tasks as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let config = Config::from_env();
+    let started = Instant::now();
+    println!(
+        "taskscope TaskGroup vs tokio JoinSet and tokio-graceful-shutdown ({} mode; {} rounds, \
+         {} for fan-out; current-thread runtimes; available parallelism {})",
+        if config.quick { "QUICK" } else { "full" },
+        config.rounds,
+        config.fanout_rounds,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    let rt = runtime();
+    let mut rows = Vec::new();
+    let progress = |what: &str| eprintln!("[{:>5.1}s] {what} done", started.elapsed().as_secs_f64());
+
+    // 1.
+    {
+        let n = config.spawn_tasks;
+        let stats = interleaved_n(
+            config.rounds,
+            &[n, n, n],
+            &mut [
+                &mut || spawn_join_group(&rt, n),
+                &mut || spawn_join_joinset(&rt, n),
+                &mut || spawn_join_handles(&rt, n),
+            ],
+        );
+        rows.push(row(
+            format!("1. spawn+join {n} tasks: group vs JoinSet"),
+            "ns/task",
+            &pair(&stats, 0, 1),
+            Target::AtMost(1.25),
+        ));
+        rows.push(row(
+            "1b. group vs tokio::spawn + await JoinHandles",
+            "ns/task",
+            &pair(&stats, 0, 2),
+            Target::None,
+        ));
+        progress("spawn+join");
+    }
+
+    // 2.
+    {
+        let n = config.sibling_tasks;
+        let siblings = interleaved(
+            config.rounds,
+            n,
+            || siblings_group(&rt, n),
+            || siblings_tgs(&rt, n),
+        );
+        rows.push(row(
+            format!("2. {n} sibling tasks: group vs t-g-s subsystems"),
+            "ns/task",
+            &siblings,
+            Target::AtMost(1.0 / 6.0),
+        ));
+        progress("siblings");
+
+        let levels = config.levels_per_sample;
+        let depths = config.depths;
+        let nests = depths.map(|depth| levels.div_ceil(depth));
+        let ops: Vec<usize> = (0..6).map(|i| depths[i / 2] * nests[i / 2]).collect();
+        let stats = interleaved_n(
+            config.rounds,
+            &ops,
+            &mut [
+                &mut || nested_group(&rt, depths[0], nests[0]),
+                &mut || nested_tgs(&rt, depths[0], nests[0]),
+                &mut || nested_group(&rt, depths[1], nests[1]),
+                &mut || nested_tgs(&rt, depths[1], nests[1]),
+                &mut || nested_group(&rt, depths[2], nests[2]),
+                &mut || nested_tgs(&rt, depths[2], nests[2]),
+            ],
+        );
+        for (i, depth) in depths.iter().enumerate() {
+            rows.push(row(
+                format!("2b. nested depth {depth}: group vs t-g-s"),
+                "ns/level",
+                &pair(&stats, 2 * i, 2 * i + 1),
+                Target::None,
+            ));
+        }
+        let (shallow, deep) = (depths[0], depths[2]);
+        rows.push(row(
+            format!("2c. group nested depth {deep} vs depth {shallow}"),
+            "ns/level",
+            &pair(&stats, 4, 0),
+            Target::AtMost(2.0),
+        ));
+        // Both sides of this row are tokio-graceful-shutdown.
+        rows.push(row(
+            format!("2d. (t-g-s) nested depth {deep} vs depth {shallow}"),
+            "ns/level",
+            &pair(&stats, 5, 1),
+            Target::None,
+        ));
+        progress("nesting");
+    }
+
+    // 3.
+    {
+        let n = config.fanout_tasks;
+        // The cancel call alone, recorded alongside each sample; the first entry is the warm-up.
+        let (mut cancel_a, mut cancel_b) = (Vec::new(), Vec::new());
+        let mut totals_ok = Vec::new();
+        let stats = interleaved_n(
+            config.fanout_rounds,
+            &[n, n, n],
+            &mut [
+                &mut || {
+                    let sample = fanout_group(&rt, n, true);
+                    cancel_a.push(sample.cancel_call);
+                    sample.total
+                },
+                &mut || {
+                    let sample = fanout_joinset(&rt, n);
+                    cancel_b.push(sample.cancel_call);
+                    sample.total
+                },
+                &mut || {
+                    let sample = fanout_group(&rt, n, false);
+                    totals_ok.push(sample.total);
+                    sample.total
+                },
+            ],
+        );
+        let per_task = |d: &Duration| d.as_nanos() as f64 / n as f64;
+        let cancel_only = Pair {
+            a: Stats::of(cancel_a[1..].iter().map(per_task).collect()),
+            b: Stats::of(cancel_b[1..].iter().map(per_task).collect()),
+        };
+        rows.push(row(
+            format!("3. cancel fan-out, {n} parked: group vs JoinSet"),
+            "ns/task",
+            &pair(&stats, 0, 1),
+            Target::AtMost(1.3),
+        ));
+        rows.push(row(
+            "3b. of which the cancel() call",
+            "ns/task",
+            &cancel_only,
+            Target::None,
+        ));
+        rows.push(row(
+            "3c. group, tasks return Ok(()), vs JoinSet",
+            "ns/task",
+            &pair(&stats, 2, 1),
+            Target::None,
+        ));
+        progress("cancel fan-out");
+    }
+
+    // 4.
+    {
+        let n = config.memory_tasks;
+        let stats = interleaved_samples(
+            config.memory_rounds,
+            &mut [
+                &mut || memory_group_parked(&rt, n),
+                &mut || memory_joinset_parked(&rt, n, true),
+                &mut || memory_joinset_parked(&rt, n, false),
+                &mut || memory_group_pending(&rt, n),
+                &mut || memory_joinset_semaphore(&rt, n),
+            ],
+        );
+        let memory_row = |name: String, a: usize, b: usize, target: Target| {
+            let mut row = row(name, "B/task", &pair(&stats, a, b), target);
+            if stats[a].min == stats[a].max && stats[b].min == stats[b].max {
+                row.spread = None;
+            }
+            row
+        };
+        rows.push(memory_row(
+            format!("4a. heap per parked task ({n}): group vs JoinSet+child token"),
+            0,
+            1,
+            Target::AtMostPlus(96.0),
+        ));
+        rows.push(memory_row(
+            "4a'. group vs JoinSet+shared token".to_owned(),
+            0,
+            2,
+            Target::None,
+        ));
+        rows.push(memory_row(
+            format!("4b. heap per pending task ({n}, limit 1) vs JoinSet on Semaphore(1)"),
+            3,
+            4,
+            Target::OursAtMost(128.0),
+        ));
+        progress("memory");
+    }
+
+    print_table(&rows);
+    println!();
+    println!("total time {:.1}s", started.elapsed().as_secs_f64());
+}
