@@ -198,7 +198,7 @@ where
         spawned_at: &'static Location<'static>,
         task: F,
         queue: bool,
-        start: impl FnOnce(F) -> Start<T, E>,
+        pending: fn(usize, TaskId, F) -> Start<T, E>,
     ) -> (Option<TaskId>, Admitted<F>) {
         let mut state = lock(&self.state);
         if let Some(cause) = state.cause.clone() {
@@ -229,22 +229,19 @@ where
             return (None, Admitted::Refused(task, None));
         }
         let (id, key) = state.insert(name, spawned_at, Stage::Pending);
-        let mut start = start(task);
-        start.key = key;
-        start.id = id;
-        state.pending.push_back(start);
+        state.pending.push_back(pending(key, id, task));
         (Some(id), Admitted::Tracked)
     }
 
-    /// A pending start for `task`; `admit` fills in the key.
-    pub(crate) fn pending_start<F, Fut>(task: F) -> Start<T, E>
+    /// What starts `task`, recorded at `key`, once it leaves the pending queue.
+    pub(crate) fn pending_start<F, Fut>(key: usize, id: TaskId, task: F) -> Start<T, E>
     where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         Start {
-            key: usize::MAX,
-            id: TaskId(u64::MAX),
+            key,
+            id,
             run: Box::new(move |shared, key, id, scope| shared.run(key, id, scope, task)),
         }
     }
