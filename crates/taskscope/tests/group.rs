@@ -295,7 +295,7 @@ async fn later_real_failures_are_kept() {
     assert_eq!(names, ["first", "second"]);
     assert_eq!(
         error.to_string(),
-        "task 'first' failed: disk full (and 1 later failures)"
+        "task 'first' failed: disk full (and 1 later failure)"
     );
     // A typed error is reachable through the cause too.
     let io = error

@@ -197,8 +197,10 @@ impl<E: fmt::Display> fmt::Display for GroupError<E> {
             (None, Some(cause)) => write!(f, "task group stopped: {cause}")?,
             (None, None) => f.write_str("task group stopped")?,
         }
-        if self.failures.len() > 1 {
-            write!(f, " (and {} later failures)", self.failures.len() - 1)?;
+        match self.failures.len() {
+            0 | 1 => {}
+            2 => f.write_str(" (and 1 later failure)")?,
+            n => write!(f, " (and {} later failures)", n - 1)?,
         }
         for (i, task) in self.aborted.iter().enumerate() {
             let sep = if i == 0 { "; aborted: " } else { ", " };
