@@ -23,9 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    Pair, Stats, Target, interleaved, interleaved_n, interleaved_samples, pair, print_table, row,
-};
+use common::{Pair, Stats, Target, interleaved_n, interleaved_samples, pair, print_table, row};
 use taskscope::{BoxError, Cause, Scope, TaskGroup};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
@@ -45,8 +43,9 @@ struct Config {
     fanout_rounds: usize,
     /// Rounds of the memory measurements (after a warm-up of each side).
     memory_rounds: usize,
-    spawn_tasks: usize,
-    sibling_tasks: usize,
+    /// Task counts of the spawn + join benchmark; the last also gets the reference sides.
+    spawn_tasks: [usize; 2],
+    sibling_tasks: [usize; 2],
     /// The nesting depths compared; the first and last are checked for linearity.
     depths: [usize; 3],
     /// Levels per nesting sample: `levels / depth` nests of each depth.
@@ -64,10 +63,12 @@ impl Config {
                 rounds: 3,
                 fanout_rounds: 3,
                 memory_rounds: 1,
-                spawn_tasks: 2_000,
-                sibling_tasks: 1_000,
-                depths: [10, 100, 1_000],
-                levels_per_sample: 1_000,
+                spawn_tasks: [100, 1_000],
+                sibling_tasks: [100, 1_000],
+                // tokio-graceful-shutdown's nesting is quadratic: depth 1000 would take seconds
+                // in a debug build.
+                depths: [10, 50, 200],
+                levels_per_sample: 200,
                 fanout_tasks: 10_000,
                 memory_tasks: 10_000,
             }
@@ -77,8 +78,8 @@ impl Config {
                 rounds: 21,
                 fanout_rounds: 21,
                 memory_rounds: 3,
-                spawn_tasks: 10_000,
-                sibling_tasks: 10_000,
+                spawn_tasks: [1_000, 10_000],
+                sibling_tasks: [1_000, 10_000],
                 depths: [10, 100, 1_000],
                 levels_per_sample: 1_000,
                 fanout_tasks: 100_000,
@@ -143,14 +144,42 @@ fn spawn_join_joinset(rt: &Runtime, tasks: usize) -> Duration {
     })
 }
 
+/// The `JoinSet` with what a group gives each task besides: a scope of its own, a child of one
+/// root, made before the spawn and dropped when the task ends.
+fn spawn_join_joinset_scoped(rt: &Runtime, tasks: usize) -> Duration {
+    rt.block_on(async {
+        let root = Scope::new();
+        let start = Instant::now();
+        let mut set = JoinSet::new();
+        for _ in 0..tasks {
+            let scope = root.child();
+            set.spawn(async move {
+                drop(scope);
+                Ok::<(), BoxError>(())
+            });
+        }
+        let mut joined = 0;
+        while let Some(result) = set.join_next().await {
+            result.expect("no task panics").expect("no task fails");
+            joined += 1;
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(joined, tasks);
+        drain().await;
+        elapsed
+    })
+}
+
 fn spawn_join_handles(rt: &Runtime, tasks: usize) -> Duration {
     rt.block_on(async {
         let start = Instant::now();
-        let handles: Vec<JoinHandle<Result<(), BoxError>>> = (0..tasks)
-            .map(|_| tokio::spawn(async { Ok(()) }))
-            .collect();
+        let handles: Vec<JoinHandle<Result<(), BoxError>>> =
+            (0..tasks).map(|_| tokio::spawn(async { Ok(()) })).collect();
         for handle in handles {
-            handle.await.expect("no task panics").expect("no task fails");
+            handle
+                .await
+                .expect("no task panics")
+                .expect("no task fails");
         }
         let elapsed = start.elapsed();
         drain().await;
@@ -202,15 +231,15 @@ fn siblings_tgs(rt: &Runtime, tasks: usize) -> Duration {
 
 type BoxFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
 
-/// `depth` nested groups: each level's task opens a group with one task, the next level, and
-/// joins it; the last level's task returns at once.
-fn nest_group(scope: Scope, depth: usize) -> BoxFuture<'static> {
+/// `depth` nested groups: each level's task opens a group with one task, the next level, named
+/// `name`, and joins it; the last level's task returns at once.
+fn nest_group(scope: Scope, depth: usize, name: &'static str) -> BoxFuture<'static> {
     Box::pin(async move {
         if depth == 0 {
             return Ok(());
         }
         let group: TaskGroup<()> = TaskGroup::new(&scope);
-        group.spawn("level", move |scope| nest_group(scope, depth - 1));
+        group.spawn(name, move |scope| nest_group(scope, depth - 1, name));
         group.join().await?;
         Ok(())
     })
@@ -231,11 +260,11 @@ fn nest_tgs(below: usize) -> SubsystemFn {
     })
 }
 
-fn nested_group(rt: &Runtime, depth: usize, nests: usize) -> Duration {
+fn nested_group(rt: &Runtime, depth: usize, nests: usize, name: &'static str) -> Duration {
     rt.block_on(async {
         let start = Instant::now();
         for _ in 0..nests {
-            nest_group(Scope::new(), depth)
+            nest_group(Scope::new(), depth, name)
                 .await
                 .expect("no task fails");
         }
@@ -439,7 +468,10 @@ fn memory_group_pending(rt: &Runtime, tasks: usize) -> f64 {
 /// `Semaphore` of one permit, which is held elsewhere: the tokio way to run one at a time.
 fn memory_joinset_semaphore(rt: &Runtime, tasks: usize) -> f64 {
     let semaphore = Arc::new(Semaphore::new(1));
-    let permit = semaphore.clone().try_acquire_owned().expect("a free permit");
+    let permit = semaphore
+        .clone()
+        .try_acquire_owned()
+        .expect("a free permit");
     let (bytes, mut set) = common::live_bytes_added(|| {
         rt.block_on(async {
             PARKED.store(0, Ordering::Release);
@@ -482,30 +514,44 @@ fn main() {
     );
     let rt = runtime();
     let mut rows = Vec::new();
-    let progress = |what: &str| eprintln!("[{:>5.1}s] {what} done", started.elapsed().as_secs_f64());
+    // Printed under the table.
+    let mut notes = Vec::new();
+    let progress =
+        |what: &str| eprintln!("[{:>5.1}s] {what} done", started.elapsed().as_secs_f64());
 
     // 1.
     {
-        let n = config.spawn_tasks;
+        let [small, large] = config.spawn_tasks;
         let stats = interleaved_n(
             config.rounds,
-            &[n, n, n],
+            &[small, small, large, large, large, large],
             &mut [
-                &mut || spawn_join_group(&rt, n),
-                &mut || spawn_join_joinset(&rt, n),
-                &mut || spawn_join_handles(&rt, n),
+                &mut || spawn_join_group(&rt, small),
+                &mut || spawn_join_joinset(&rt, small),
+                &mut || spawn_join_group(&rt, large),
+                &mut || spawn_join_joinset(&rt, large),
+                &mut || spawn_join_handles(&rt, large),
+                &mut || spawn_join_joinset_scoped(&rt, large),
             ],
         );
+        for (n, group, joinset) in [(small, 0, 1), (large, 2, 3)] {
+            rows.push(row(
+                format!("1. spawn+join {n}: group vs JoinSet"),
+                "ns/task",
+                &pair(&stats, group, joinset),
+                Target::AtMost(1.25),
+            ));
+        }
         rows.push(row(
-            format!("1. spawn+join {n} tasks: group vs JoinSet"),
+            format!("1b. {large}: group vs spawn + await JoinHandles"),
             "ns/task",
-            &pair(&stats, 0, 1),
-            Target::AtMost(1.25),
+            &pair(&stats, 2, 4),
+            Target::None,
         ));
         rows.push(row(
-            "1b. group vs tokio::spawn + await JoinHandles",
+            format!("1c. {large}: group vs JoinSet + child Scope each"),
             "ns/task",
-            &pair(&stats, 0, 2),
+            &pair(&stats, 2, 5),
             Target::None,
         ));
         progress("spawn+join");
@@ -513,35 +559,45 @@ fn main() {
 
     // 2.
     {
-        let n = config.sibling_tasks;
-        let siblings = interleaved(
+        let [small, large] = config.sibling_tasks;
+        let stats = interleaved_n(
             config.rounds,
-            n,
-            || siblings_group(&rt, n),
-            || siblings_tgs(&rt, n),
+            &[small, small, large, large],
+            &mut [
+                &mut || siblings_group(&rt, small),
+                &mut || siblings_tgs(&rt, small),
+                &mut || siblings_group(&rt, large),
+                &mut || siblings_tgs(&rt, large),
+            ],
         );
-        rows.push(row(
-            format!("2. {n} sibling tasks: group vs t-g-s subsystems"),
-            "ns/task",
-            &siblings,
-            Target::AtMost(1.0 / 6.0),
-        ));
+        for (n, group, tgs) in [(small, 0, 1), (large, 2, 3)] {
+            rows.push(row(
+                format!("2. {n} siblings: group vs t-g-s subsystems"),
+                "ns/task",
+                &pair(&stats, group, tgs),
+                Target::AtMost(1.0 / 6.0),
+            ));
+        }
         progress("siblings");
 
         let levels = config.levels_per_sample;
         let depths = config.depths;
         let nests = depths.map(|depth| levels.div_ceil(depth));
-        let ops: Vec<usize> = (0..6).map(|i| depths[i / 2] * nests[i / 2]).collect();
+        let (first, last) = (0, depths.len() - 1);
+        let mut ops: Vec<usize> = (0..6).map(|i| depths[i / 2] * nests[i / 2]).collect();
+        ops.extend([depths[first] * nests[first], depths[last] * nests[last]]);
         let stats = interleaved_n(
             config.rounds,
             &ops,
             &mut [
-                &mut || nested_group(&rt, depths[0], nests[0]),
+                &mut || nested_group(&rt, depths[0], nests[0], "level"),
                 &mut || nested_tgs(&rt, depths[0], nests[0]),
-                &mut || nested_group(&rt, depths[1], nests[1]),
+                &mut || nested_group(&rt, depths[1], nests[1], "level"),
                 &mut || nested_tgs(&rt, depths[1], nests[1]),
-                &mut || nested_group(&rt, depths[2], nests[2]),
+                &mut || nested_group(&rt, depths[2], nests[2], "level"),
                 &mut || nested_tgs(&rt, depths[2], nests[2]),
+                &mut || nested_group(&rt, depths[first], nests[first], "l"),
+                &mut || nested_group(&rt, depths[last], nests[last], "l"),
             ],
         );
         for (i, depth) in depths.iter().enumerate() {
@@ -552,18 +608,23 @@ fn main() {
                 Target::None,
             ));
         }
-        let (shallow, deep) = (depths[0], depths[2]);
+        let (shallow, deep) = (depths[first], depths[last]);
         rows.push(row(
-            format!("2c. group nested depth {deep} vs depth {shallow}"),
+            format!("2c. group nested, depth {deep} vs {shallow}"),
             "ns/level",
-            &pair(&stats, 4, 0),
+            &pair(&stats, 2 * last, 2 * first),
             Target::AtMost(2.0),
         ));
-        // Both sides of this row are tokio-graceful-shutdown.
         rows.push(row(
-            format!("2d. (t-g-s) nested depth {deep} vs depth {shallow}"),
+            format!("2d. same, 1-char task names, {deep} vs {shallow}"),
             "ns/level",
-            &pair(&stats, 5, 1),
+            &pair(&stats, 7, 6),
+            Target::None,
+        ));
+        rows.push(row(
+            format!("2e. t-g-s alone nested, depth {deep} vs {shallow}"),
+            "ns/level",
+            &pair(&stats, 2 * last + 1, 2 * first + 1),
             Target::None,
         ));
         progress("nesting");
@@ -602,7 +663,7 @@ fn main() {
             b: Stats::of(cancel_b[1..].iter().map(per_task).collect()),
         };
         rows.push(row(
-            format!("3. cancel fan-out, {n} parked: group vs JoinSet"),
+            format!("3. fan-out {n}: group vs JoinSet+child tokens"),
             "ns/task",
             &pair(&stats, 0, 1),
             Target::AtMost(1.3),
@@ -614,7 +675,7 @@ fn main() {
             Target::None,
         ));
         rows.push(row(
-            "3c. group, tasks return Ok(()), vs JoinSet",
+            "3c. same, group tasks return Ok(()) instead",
             "ns/task",
             &pair(&stats, 2, 1),
             Target::None,
@@ -642,20 +703,26 @@ fn main() {
             }
             row
         };
+        notes.push(format!(
+            "row 4a: group - JoinSet+child token = {:+.1} B/task (target <= +96); \
+             row 4a': group - JoinSet+shared token = {:+.1} B/task",
+            stats[0].median - stats[1].median,
+            stats[0].median - stats[2].median,
+        ));
         rows.push(memory_row(
-            format!("4a. heap per parked task ({n}): group vs JoinSet+child token"),
+            format!("4a. parked, {n}: group vs JoinSet+child token"),
             0,
             1,
             Target::AtMostPlus(96.0),
         ));
         rows.push(memory_row(
-            "4a'. group vs JoinSet+shared token".to_owned(),
+            "4a'. parked: group vs JoinSet+shared token".to_owned(),
             0,
             2,
             Target::None,
         ));
         rows.push(memory_row(
-            format!("4b. heap per pending task ({n}, limit 1) vs JoinSet on Semaphore(1)"),
+            "4b. pending (limit 1) vs JoinSet on Semaphore(1)".to_owned(),
             3,
             4,
             Target::OursAtMost(128.0),
@@ -664,6 +731,19 @@ fn main() {
     }
 
     print_table(&rows);
+    println!();
+    println!(
+        "rows 2b-2e: \"level\" task and subsystem names unless said; 2d's two sides are taskscope \
+         with 1-char names, 2e's two sides are both tokio-graceful-shutdown (t-g-s)"
+    );
+    println!(
+        "rows 4: live heap bytes per task while all are alive, median of {} measurement(s) \
+         after a warm-up",
+        config.memory_rounds
+    );
+    for note in &notes {
+        println!("{note}");
+    }
     println!();
     println!("total time {:.1}s", started.elapsed().as_secs_f64());
 }
