@@ -602,7 +602,11 @@ async fn dropping_a_group_cancels_it_with_dropped_and_aborts_its_tasks() {
     drop(group);
     assert_eq!(scope.cause().unwrap().kind(), CauseKind::Dropped);
     let watcher = seen.lock().unwrap().clone().unwrap();
-    assert_eq!(watcher.cause().unwrap().kind(), CauseKind::Dropped, "tasks see why");
+    assert_eq!(
+        watcher.cause().unwrap().kind(),
+        CauseKind::Dropped,
+        "tasks see why"
+    );
     tokio::task::yield_now().await;
     assert!(dropped.load(Ordering::SeqCst), "aborted, not left running");
 }

@@ -1,7 +1,7 @@
 //! The state a [`TaskGroup`](crate::TaskGroup) shares with its tasks.
 //!
 //! Each task has one [`Record`] in `State::tasks`, from `spawn` until its exit is taken by
-//! `join_next` or `join`. A running task's future is wrapped in a [`TaskFuture`] whose [`Guard`]
+//! `join_next` or `join`. A running task's future is wrapped in a `TaskFuture` whose `Guard`
 //! reports how it ended.
 //!
 //! Invariants:
@@ -12,10 +12,11 @@
 //!    order the tasks ended. Only `Done` records are removed, so a key a task holds while not
 //!    `Done` always names its own record; a key held after that may be reused, so late
 //!    accesses check the record's id.
-//! 2. A running task reports exactly once: its guard reports when the future is dropped, which
-//!    tokio does right after it completes, when it is aborted, or when the runtime shuts down;
-//!    a panic while polling is caught and reported as a failure. So `running` counts the
-//!    records in stage `Running`, and `join` ends exactly when every task has ended.
+//! 2. A running task reports exactly once, through its guard: as soon as its future completes
+//!    (after dropping the future, so what it held is released first), or as aborted when the
+//!    future is dropped unfinished (aborted, or the runtime shut down). A panic while polling
+//!    or dropping it is caught and reported as a failure. So `running` counts the records in
+//!    stage `Running`, and `join` ends exactly when every task has ended.
 //! 3. `State::cause` is set once, under the state lock, by the group scope's `on_cancel`
 //!    callback, which in the same critical section turns every pending task into a cancelled
 //!    one. `spawn` checks it under the same lock before queueing, so no task is queued after the
@@ -277,12 +278,12 @@ where
             shared: self.clone(),
             key,
             scope: Some(scope),
-            exit: None,
         };
+        let user = User::Running { future };
         let handle = self
             .handle
             .get_or_init(Handle::current)
-            .spawn(TaskFuture { future, guard });
+            .spawn(TaskFuture { user, guard });
         self.set_handle(key, id, handle);
         None
     }
@@ -675,10 +676,17 @@ pin_project! {
         E: 'static,
     {
         #[pin]
-        future: F,
-        // Declared after `future`, so it is dropped after it: the task's exit is reported only
-        // once the user's future, and everything it held, is gone.
+        user: User<F>,
         guard: Guard<T, E>,
+    }
+}
+
+pin_project! {
+    /// The user's future, until it is dropped right after it completes.
+    #[project = UserProj]
+    enum User<F> {
+        Running { #[pin] future: F },
+        Done,
     }
 }
 
@@ -691,26 +699,31 @@ where
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if this.guard.exit.is_some() {
+        let mut this = self.project();
+        let UserProj::Running { future } = this.user.as_mut().project() else {
             return Poll::Ready(());
-        }
-        let result = match panic::catch_unwind(AssertUnwindSafe(|| this.future.poll(cx))) {
+        };
+        let mut result = match panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(result)) => Ok(result),
             Err(payload) => Err(payload),
         };
-        let guard = this.guard;
-        let scope = guard
-            .scope
-            .as_ref()
-            .expect("the scope lives until the guard drops");
-        guard.exit = Some(guard.shared.conclude(guard.key, scope, result));
+        // The exit is reported only once the user's future, and everything it held, is gone.
+        // A panic while dropping it is the task's panic.
+        let mut user = this.user;
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| user.set(User::Done))) {
+            if result.is_ok() {
+                result = Err(payload);
+            }
+        }
+        this.guard
+            .report(|shared, key, scope| shared.conclude(key, scope, result));
         Poll::Ready(())
     }
 }
 
-/// Reports a running task's end when its future is dropped (invariant 2).
+/// Reports a running task's end exactly once (invariant 2): when its future completes, or as
+/// aborted when it is dropped before that.
 struct Guard<T, E>
 where
     T: Send + 'static,
@@ -718,9 +731,26 @@ where
 {
     shared: Arc<Shared<T, E>>,
     key: usize,
+    /// The task's scope; taken when the task is reported.
     scope: Option<Scope>,
-    /// Set when the future completed; still `None` when it is dropped unfinished (aborted).
-    exit: Option<Exit<T, E>>,
+}
+
+impl<T, E> Guard<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn report(&mut self, exit: impl FnOnce(&Shared<T, E>, usize, &Scope) -> Exit<T, E>) {
+        let Some(scope) = self.scope.take() else {
+            return;
+        };
+        let exit = exit(&self.shared, self.key, &scope);
+        // The task's scope goes first, so that it is unlinked from the group's when the exit
+        // becomes visible.
+        drop(scope);
+        let next = self.shared.report(self.key, exit);
+        self.shared.run_next(next);
+    }
 }
 
 impl<T, E> Drop for Guard<T, E>
@@ -729,12 +759,7 @@ where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
     fn drop(&mut self) {
-        // The task's scope goes first, so that it is unlinked from the group's when the
-        // exit becomes visible.
-        drop(self.scope.take());
-        let exit = self.exit.take().unwrap_or(Exit::of(Outcome::Aborted));
-        let next = self.shared.report(self.key, exit);
-        self.shared.run_next(next);
+        self.report(|_, _, _| Exit::of(Outcome::Aborted));
     }
 }
 
