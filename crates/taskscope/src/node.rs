@@ -40,14 +40,14 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 
 use crate::Cause;
-use crate::slab::Slab;
-use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering, lock};
+use crate::slab::{self, Slab};
+use crate::sync::{AtomicBool, AtomicU32, Mutex, Ordering, lock};
 
 /// A callback registered with [`Scope::on_cancel`](crate::Scope::on_cancel).
 pub(crate) type Callback = Box<dyn FnOnce(&Cause) + Send + 'static>;
 
 /// `Node::slot` of a node that is not linked into its parent's children.
-pub(crate) const UNLINKED: usize = usize::MAX;
+pub(crate) const UNLINKED: u32 = u32::MAX;
 
 /// The listener key of `State::waker`.
 const INLINE_WAKER: usize = usize::MAX;
@@ -62,7 +62,7 @@ pub(crate) struct Node {
     parent: Option<Arc<Node>>,
     /// Key of this node in `parent.state.children`, or `UNLINKED`. Written once, under the
     /// parent's lock, before anyone but the parent can see the node; read under that lock.
-    slot: AtomicUsize,
+    slot: AtomicU32,
     detached: bool,
     path: Option<Arc<str>>,
     deadline: Option<Arc<Deadline>>,
@@ -113,7 +113,7 @@ impl Node {
             }),
             tree_lock: Mutex::new(()),
             parent: parent.cloned(),
-            slot: AtomicUsize::new(UNLINKED),
+            slot: AtomicU32::new(UNLINKED),
             detached,
             path,
             deadline: match own_deadline {
@@ -132,7 +132,7 @@ impl Node {
         match parent_state.cause.clone() {
             None => {
                 let key = parent_state.children.insert(Arc::downgrade(&node));
-                node.slot.store(key, Ordering::Relaxed);
+                node.slot.store(slab::index(key), Ordering::Relaxed);
             }
             Some(cause) => {
                 drop(parent_state);
@@ -334,10 +334,11 @@ impl Node {
 
     /// Removes the child at `slot` from this node's children, unless cancelling drained them,
     /// and compacts the children once few are left, so memory follows the live count.
-    fn unlink_child(&self, slot: usize) {
+    fn unlink_child(&self, slot: u32) {
         if slot == UNLINKED {
             return;
         }
+        let slot = slot as usize;
         let mut relocated = Vec::new();
         let mut state = lock(&self.state);
         // By invariant 2 a cancelled node's children were drained; the slot may not be ours.
@@ -348,7 +349,7 @@ impl Node {
                 // itself once we release the lock (invariant 2).
                 state.children.compact(|child, key| match child.upgrade() {
                     Some(child) => {
-                        child.slot.store(key, Ordering::Relaxed);
+                        child.slot.store(slab::index(key), Ordering::Relaxed);
                         relocated.push(child);
                         true
                     }

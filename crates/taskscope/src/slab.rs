@@ -7,14 +7,20 @@ use std::mem;
 
 pub(crate) struct Slab<T> {
     entries: Vec<Entry<T>>,
-    /// Head of the free list; `entries.len()` when the list is empty.
-    next_free: usize,
-    len: usize,
+    /// Head of the free list; `entries.len()` when the list is empty. 32 bits, like `len`, to
+    /// keep every scope node small: no table holds 2^32 entries.
+    next_free: u32,
+    len: u32,
 }
 
 enum Entry<T> {
     Occupied(T),
-    Vacant { next_free: usize },
+    Vacant { next_free: u32 },
+}
+
+/// A key as stored in 32 bits (the free list, a node's slot in its parent).
+pub(crate) fn index(key: usize) -> u32 {
+    u32::try_from(key).expect("a slab holds fewer than 2^32 entries")
 }
 
 /// Above this capacity an emptied slab gives its memory back instead of keeping it for reuse.
@@ -30,15 +36,15 @@ impl<T> Slab<T> {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     pub(crate) fn insert(&mut self, value: T) -> usize {
-        let key = self.next_free;
+        let key = self.next_free as usize;
         match self.entries.get_mut(key) {
             None => {
                 self.entries.push(Entry::Occupied(value));
-                self.next_free = self.entries.len();
+                self.next_free = index(self.entries.len());
             }
             Some(entry) => {
                 if let Entry::Vacant { next_free } = mem::replace(entry, Entry::Occupied(value)) {
@@ -75,7 +81,7 @@ impl<T> Slab<T> {
         let Entry::Occupied(value) = mem::replace(entry, vacant) else {
             return None;
         };
-        self.next_free = key;
+        self.next_free = index(key);
         self.len -= 1;
         if self.len == 0 {
             // Every key is free again: forget the free list, and give large buffers back so a
@@ -92,7 +98,7 @@ impl<T> Slab<T> {
     /// Whether at most a quarter of a large slab is occupied, so that [`compact`](Slab::compact)
     /// would give memory back.
     pub(crate) fn is_sparse(&self) -> bool {
-        self.entries.len() > KEEP_CAPACITY && self.len * 4 < self.entries.len()
+        self.entries.len() > KEEP_CAPACITY && self.len() * 4 < self.entries.len()
     }
 
     /// Moves values from the end into the lowest vacant keys, then gives back the memory of the
@@ -121,11 +127,11 @@ impl<T> Slab<T> {
             self.entries.pop();
         }
         // Rechain the free list through the vacant entries that remain.
-        self.next_free = self.entries.len();
+        self.next_free = index(self.entries.len());
         for key in (0..self.entries.len()).rev() {
             if let Entry::Vacant { next_free } = &mut self.entries[key] {
                 *next_free = self.next_free;
-                self.next_free = key;
+                self.next_free = index(key);
             }
         }
         self.entries.shrink_to(KEEP_CAPACITY);

@@ -711,10 +711,10 @@ where
         // The exit is reported only once the user's future, and everything it held, is gone.
         // A panic while dropping it is the task's panic.
         let mut user = this.user;
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| user.set(User::Done))) {
-            if result.is_ok() {
-                result = Err(payload);
-            }
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| user.set(User::Done)))
+            && result.is_ok()
+        {
+            result = Err(payload);
         }
         this.guard
             .report(|shared, key, scope| shared.conclude(key, scope, result));
