@@ -81,6 +81,8 @@ struct State<T, E> {
     pending: VecDeque<Start<T, E>>,
     /// Keys of `Done` records not yet taken, in the order the tasks ended (invariant 1).
     finished: VecDeque<usize>,
+    /// How many of those did not complete (failed, cancelled, aborted).
+    not_completed: usize,
     joiner: Option<Waker>,
     /// Whether the joiner wants to hear of every exit (`join_next`) or only of the last
     /// (`join`).
@@ -173,6 +175,7 @@ where
                 running: 0,
                 pending: VecDeque::new(),
                 finished: VecDeque::new(),
+                not_completed: 0,
                 joiner: None,
                 wake_on_each: true,
                 cause: None,
@@ -208,6 +211,7 @@ where
             }
             let (id, key) = state.insert(name, spawned_at, Stage::Done(Outcome::Cancelled(cause)));
             state.finished.push_back(key);
+            state.not_completed += 1;
             let joiner = state.joiner.take();
             drop(state);
             drop(task);
@@ -370,6 +374,7 @@ where
         // An aborted task frees its slot for nobody: aborts only happen to a cancelled group
         // or on a runtime that is shutting down.
         let may_start = !matches!(outcome, Outcome::Aborted);
+        let completed = matches!(outcome, Outcome::Completed(_));
         let mut state = lock(&self.state);
         let record = state
             .tasks
@@ -392,6 +397,7 @@ where
         };
         state.running -= 1;
         state.finished.push_back(key);
+        state.not_completed += usize::from(!completed);
         let next = if may_start {
             self.next_pending(&mut state)
         } else {
@@ -456,6 +462,7 @@ where
             }
             state.finished.push_back(start.key);
         }
+        state.not_completed += drained.len();
         let joiner = state.joiner.take();
         drop(state);
         drop(drained);
@@ -522,6 +529,9 @@ where
         let Stage::Done(outcome) = record.stage else {
             unreachable!("only ended tasks are in `finished`");
         };
+        if !matches!(outcome, Outcome::Completed(_)) {
+            state.not_completed -= 1;
+        }
         let panic = match &state.panic {
             Some((id, _)) if *id == record.info.id && self.config.resume_panics => {
                 state.panic.take().map(|(_, payload)| payload)
@@ -543,6 +553,14 @@ where
         let (records, cause, winner, panic) = {
             let mut state = lock(&self.state);
             debug_assert_eq!(state.unfinished(), 0);
+            if state.not_completed == 0 {
+                // Every task completed: take the values in key order, without the bookkeeping
+                // of the error path.
+                state.finished.clear();
+                let tasks = mem::replace(&mut state.tasks, Slab::new());
+                drop(state);
+                return (Ok(values_in_spawn_order(tasks)), None);
+            }
             let finished = mem::take(&mut state.finished);
             let records: Vec<_> = finished
                 .into_iter()
@@ -552,13 +570,13 @@ where
             (records, state.cause.clone(), state.winner, panic)
         };
         let panic = panic.filter(|_| self.config.resume_panics);
-        let mut values = Vec::with_capacity(records.len());
         let mut failures = Vec::new();
         let mut cancelled = Vec::new();
         let mut aborted = Vec::new();
         for record in records {
             match record.stage {
-                Stage::Done(Outcome::Completed(value)) => values.push((record.info.id, value)),
+                // Dropped: the error says why the group has no values to return.
+                Stage::Done(Outcome::Completed(_)) => {}
                 Stage::Done(Outcome::Failed(failure)) => failures.push(TaskFailure {
                     task: record.info,
                     failure,
@@ -567,12 +585,6 @@ where
                 Stage::Done(Outcome::Aborted) => aborted.push(record.info),
                 Stage::Pending | Stage::Running { .. } => unreachable!("every task has ended"),
             }
-        }
-        if failures.is_empty() && cancelled.is_empty() && aborted.is_empty() {
-            // Tasks end roughly in spawn order, which a stable sort handles in linear time.
-            values.sort_by_key(|(id, _)| *id);
-            let values = values.into_iter().map(|(_, value)| value).collect();
-            return (Ok(values), panic);
         }
         if let Some(position) = failures.iter().position(|f| Some(f.task.id) == winner) {
             let first = failures.remove(position);
@@ -639,6 +651,23 @@ where
             tasks,
         }
     }
+}
+
+/// The values of `tasks`, every one of them completed, in spawn order.
+fn values_in_spawn_order<T, E>(mut tasks: Slab<Record<T, E>>) -> Vec<T> {
+    let mut values: Vec<(TaskId, T)> = tasks
+        .drain()
+        .map(|record| match record.stage {
+            Stage::Done(Outcome::Completed(value)) => (record.info.id, value),
+            _ => unreachable!("every task completed"),
+        })
+        .collect();
+    // Keys follow spawn order unless `join_next` freed some for reuse; a stable sort handles
+    // the nearly sorted rest in linear time.
+    if !values.is_sorted_by_key(|(id, _)| *id) {
+        values.sort_by_key(|(id, _)| *id);
+    }
+    values.into_iter().map(|(_, value)| value).collect()
 }
 
 impl<T, E> State<T, E> {
