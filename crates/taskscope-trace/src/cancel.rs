@@ -34,6 +34,6 @@ pub fn record_cancel(scope_path: &str, cause: &Cause) {
 /// Emits the `taskscope::cancel` event when `scope` is cancelled, on the cancelling thread
 /// (at once if it already is). Spawns nothing; [`OnCancel::stop`] removes it.
 pub fn trace_cancellation(scope: &Scope) -> OnCancel {
-    let path = scope.path().to_owned();
+    let path = scope.path().to_string();
     scope.on_cancel(move |cause| record_cancel(&path, cause))
 }

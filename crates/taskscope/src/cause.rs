@@ -329,9 +329,9 @@ impl Cause {
     }
 
     /// Sets the origin, unless the cause already has one.
-    pub(crate) fn with_origin(mut self, origin: Option<&Arc<str>>) -> Cause {
+    pub(crate) fn with_origin(mut self, origin: Option<Arc<str>>) -> Cause {
         if self.inner.origin.is_none() && origin.is_some() {
-            self.inner_mut().origin = origin.cloned();
+            self.inner_mut().origin = origin;
         }
         self
     }
@@ -344,7 +344,7 @@ impl Cause {
     /// cause passed on from elsewhere keeps its first origin).
     pub(crate) fn stamped(
         mut self,
-        origin: Option<&Arc<str>>,
+        origin: impl FnOnce() -> Option<Arc<str>>,
         at: SystemTime,
         location: &'static std::panic::Location<'static>,
     ) -> Cause {
@@ -354,7 +354,7 @@ impl Cause {
         }
         let inner = self.inner_mut();
         if inner.origin.is_none() {
-            inner.origin = origin.cloned();
+            inner.origin = origin();
         }
         inner.at.get_or_insert(at);
         inner.location.get_or_insert_with(|| location.into());

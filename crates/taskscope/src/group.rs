@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::node::Name;
 use crate::{CancelledOwned, Cause, CauseKind, Scope};
 use shared::{Admitted, Config, Shared};
 
@@ -156,7 +157,7 @@ where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        match self.admit(name.into(), Location::caller(), task, true) {
+        match self.admit(Name::from(name.into()), Location::caller(), task, true) {
             Ok(id) => id,
             Err(_) => unreachable!("a queueing spawn is never refused"),
         }
@@ -178,12 +179,12 @@ where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.admit(name.into(), Location::caller(), task, false)
+        self.admit(Name::from(name.into()), Location::caller(), task, false)
     }
 
     fn admit<F, Fut>(
         &self,
-        name: Cow<'static, str>,
+        name: Name,
         spawned_at: &'static Location<'static>,
         task: F,
         queue: bool,
@@ -464,7 +465,7 @@ impl<'a> TaskGroupBuilder<'a> {
         E: fmt::Debug + fmt::Display + Send + Sync + 'static,
     {
         let scope = match self.name {
-            Some(name) => self.scope.named_child(&name),
+            Some(name) => self.scope.named_child(Name::Shared(Arc::from(name))),
             None => self.scope.child(),
         };
         let cancelled = scope.clone().cancelled_owned();

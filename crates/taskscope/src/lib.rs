@@ -65,7 +65,7 @@ pub use group::{
     TrySpawnError,
 };
 pub use on_cancel::OnCancel;
-pub use scope::{Scope, ScopeBuilder, WeakScope};
+pub use scope::{Scope, ScopeBuilder, ScopePath, WeakScope};
 
 // The code blocks of the README and the guides are tested as doctests.
 #[cfg(doctest)]

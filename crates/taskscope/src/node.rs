@@ -64,8 +64,37 @@ pub(crate) struct Node {
     /// parent's lock, before anyone but the parent can see the node; read under that lock.
     slot: AtomicU32,
     detached: bool,
-    path: Option<Arc<str>>,
+    /// This scope's own path segment. Full paths are built on demand by walking up, so making a
+    /// scope never copies its ancestors' names.
+    name: Option<Name>,
     deadline: Option<Arc<Deadline>>,
+}
+
+/// A scope's or a task's name: borrowed when it is a literal, shared otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Name {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Name::Static(name) => name,
+            Name::Shared(name) => name,
+        }
+    }
+}
+
+impl From<std::borrow::Cow<'static, str>> for Name {
+    fn from(name: std::borrow::Cow<'static, str>) -> Name {
+        match name {
+            std::borrow::Cow::Borrowed(name) => Name::Static(name),
+            std::borrow::Cow::Owned(name) => Name::Shared(Arc::from(name)),
+        }
+    }
 }
 
 pub(crate) struct State {
@@ -96,7 +125,7 @@ impl Node {
     pub(crate) fn new(
         parent: Option<&Arc<Node>>,
         detached: bool,
-        path: Option<Arc<str>>,
+        name: Option<Name>,
         own_deadline: Option<(Instant, Cause)>,
     ) -> Arc<Node> {
         let attached_parent = parent.filter(|_| !detached);
@@ -115,7 +144,7 @@ impl Node {
             parent: parent.cloned(),
             slot: AtomicU32::new(UNLINKED),
             detached,
-            path,
+            name,
             deadline: match own_deadline {
                 Some((at, cause)) => Some(Arc::new(Deadline {
                     at,
@@ -145,8 +174,20 @@ impl Node {
         node
     }
 
-    pub(crate) fn path(&self) -> Option<&Arc<str>> {
-        self.path.as_ref()
+    /// The names of this node and its ancestors, innermost first.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::successors(Some(self), |node| node.parent.as_deref())
+            .filter_map(|node| node.name.as_deref())
+    }
+
+    /// This node's path, built now; `None` when neither it nor an ancestor is named.
+    pub(crate) fn path(&self) -> Option<Arc<str>> {
+        let mut names: Vec<&str> = self.names().collect();
+        if names.is_empty() {
+            return None;
+        }
+        names.reverse();
+        Some(Arc::from(names.join("/")))
     }
 
     pub(crate) fn parent(&self) -> Option<&Arc<Node>> {
@@ -214,7 +255,7 @@ impl Node {
             let _tree = lock(&root.tree_lock);
             // Taken under the tree lock, so the time order of cancellations is their lock order.
             let now = Instant::now();
-            let cause = cause.stamped(self.path.as_ref(), SystemTime::now(), location);
+            let cause = cause.stamped(|| self.path(), SystemTime::now(), location);
             let won = match self.mark(&cause, now, &mut fired) {
                 Some(marked) => marked.ptr_eq(&cause),
                 None => false,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::node::{Listener, Node};
+use crate::node::{Listener, Name, Node};
 use crate::{Cancelled, CancelledOwned, Cause, CauseKind, OnCancel};
 
 /// A handle to one node of a cancellation tree. Cloning it gives another handle to the same
@@ -70,15 +70,14 @@ impl Scope {
     /// If this scope is already cancelled, the child is born cancelled with the same cause.
     pub fn child(&self) -> Scope {
         Scope {
-            node: Node::new(Some(&self.node), false, self.node.path().cloned(), None),
+            node: Node::new(Some(&self.node), false, None, None),
         }
     }
 
     /// A child named `name`, with no deadline of its own: a task's scope in a group.
-    pub(crate) fn named_child(&self, name: &str) -> Scope {
-        let path = child_path(self.node.path(), name);
+    pub(crate) fn named_child(&self, name: Name) -> Scope {
         Scope {
-            node: Node::new(Some(&self.node), false, Some(path), None),
+            node: Node::new(Some(&self.node), false, Some(name), None),
         }
     }
 
@@ -320,8 +319,11 @@ impl Scope {
 
     /// This scope's path: the names of it and its ancestors joined by `/` (`"orders/reserve"`).
     /// Unnamed scopes add no segment; an unnamed root has the empty path.
-    pub fn path(&self) -> &str {
-        self.node.path().map_or("", |path| path)
+    ///
+    /// The path is built when it is formatted or compared, by walking up the tree: scopes store
+    /// only their own name, so a child costs the same however deep it sits.
+    pub fn path(&self) -> ScopePath<'_> {
+        ScopePath { node: &self.node }
     }
 
     /// The cause of this scope's parent, read now; for a detached child, the cause of the scope
@@ -439,11 +441,7 @@ impl<'a> ScopeBuilder<'a> {
     #[track_caller]
     pub fn build(self) -> Scope {
         let parent_node = self.parent.map(|parent| &parent.node);
-        let parent_path = parent_node.and_then(|node| node.path());
-        let path = match &self.name {
-            None => parent_path.cloned(),
-            Some(name) => Some(child_path(parent_path, name)),
-        };
+        let name = self.name.map(|name| Name::Shared(Arc::from(name)));
         let now = Instant::now();
         let at = match self.deadline {
             None => None,
@@ -455,32 +453,96 @@ impl<'a> ScopeBuilder<'a> {
                 .deadline_cause
                 .unwrap_or_else(|| Cause::of_kind(CauseKind::DeadlineExceeded))
                 .into_deadline()
-                .stamped(path.as_ref(), system_time_of(at, now), Location::caller());
+                .stamped(
+                    || path_of(parent_node.map(|node| &**node), name.as_deref()),
+                    system_time_of(at, now),
+                    Location::caller(),
+                );
             (at, cause)
         });
         Scope {
-            node: Node::new(parent_node, self.detached, path, deadline),
+            node: Node::new(parent_node, self.detached, name, deadline),
         }
     }
 }
 
-/// The path of a child named `name`.
-fn child_path(parent: Option<&Arc<str>>, name: &str) -> Arc<str> {
-    let prefix = match parent {
-        Some(prefix) if !prefix.is_empty() => prefix,
-        _ => return Arc::from(name),
-    };
-    // Joined on the stack when it fits, so the path costs one allocation, not two: a group
-    // makes one per task.
-    let mut joined = [0; 256];
-    let len = prefix.len() + 1 + name.len();
-    if len > joined.len() {
-        return Arc::from(format!("{prefix}/{name}"));
+/// The path of a scope named `name` (or unnamed) under `parent`.
+fn path_of(parent: Option<&Node>, name: Option<&str>) -> Option<Arc<str>> {
+    let parent = parent.and_then(Node::path);
+    match (parent, name) {
+        (Some(parent), Some(name)) => Some(Arc::from(format!("{parent}/{name}"))),
+        (None, Some(name)) => Some(Arc::from(name)),
+        (parent, None) => parent,
     }
-    joined[..prefix.len()].copy_from_slice(prefix.as_bytes());
-    joined[prefix.len()] = b'/';
-    joined[prefix.len() + 1..len].copy_from_slice(name.as_bytes());
-    Arc::from(std::str::from_utf8(&joined[..len]).expect("two strs joined by '/' are UTF-8"))
+}
+
+/// A scope's path, built from the tree when it is formatted or compared; returned by
+/// [`Scope::path`].
+///
+/// It displays as the names joined by `/` and compares equal to that string.
+#[derive(Clone, Copy)]
+pub struct ScopePath<'a> {
+    node: &'a Node,
+}
+
+impl ScopePath<'_> {
+    /// Whether neither the scope nor any ancestor is named.
+    pub fn is_empty(&self) -> bool {
+        self.node.names().next().is_none()
+    }
+}
+
+impl fmt::Display for ScopePath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.node.names().collect();
+        names.reverse();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ScopePath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+impl PartialEq<str> for ScopePath<'_> {
+    fn eq(&self, other: &str) -> bool {
+        // Compared from the innermost name outwards, without building the path.
+        let mut rest = other;
+        let mut names = self.node.names().peekable();
+        while let Some(name) = names.next() {
+            let Some(head) = rest.strip_suffix(name) else {
+                return false;
+            };
+            rest = match names.peek() {
+                Some(_) => match head.strip_suffix('/') {
+                    Some(head) => head,
+                    None => return false,
+                },
+                None => head,
+            };
+        }
+        rest.is_empty()
+    }
+}
+
+impl PartialEq<&str> for ScopePath<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
+impl PartialEq<ScopePath<'_>> for ScopePath<'_> {
+    fn eq(&self, other: &ScopePath<'_>) -> bool {
+        self.node.names().eq(other.node.names())
+    }
 }
 
 /// The wall-clock time of a tokio instant, for causes' `at`.

@@ -17,6 +17,7 @@ fn public_types_are_send_sync_unpin_and_unwind_safe() {
     send_sync_unpin_unwind_safe::<OnCancel>();
     send_sync_unpin_unwind_safe::<WeakScope>();
     send_sync_unpin_unwind_safe::<ScopeBuilder<'static>>();
+    send_sync_unpin_unwind_safe::<taskscope::ScopePath<'static>>();
 }
 
 #[test]

@@ -15,6 +15,28 @@ fn paths_join_names_and_skip_unnamed_scopes() {
 }
 
 #[test]
+fn paths_compare_and_display_as_the_joined_names() {
+    let orders = Scope::builder().name("orders").build();
+    let reserve = orders.child().child_builder().name("reserve").build();
+    for wrong in [
+        "reserve",
+        "orders",
+        "xorders/reserve",
+        "orders/reserve/",
+        "/orders/reserve",
+        "",
+    ] {
+        assert_ne!(reserve.path(), wrong);
+    }
+    assert_eq!(reserve.path().to_string(), "orders/reserve");
+    assert_eq!(format!("{:?}", reserve.path()), "\"orders/reserve\"");
+    assert!(!reserve.path().is_empty());
+    assert!(Scope::new().child().path().is_empty());
+    assert_eq!(reserve.path(), reserve.clone().path());
+    assert_ne!(reserve.path(), orders.path());
+}
+
+#[test]
 fn a_million_short_lived_children_leave_nothing_behind() {
     let parent = Scope::new();
     let keep = parent.child();

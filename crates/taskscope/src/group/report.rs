@@ -1,13 +1,13 @@
 //! What a [`TaskGroup`](crate::TaskGroup) reports: task identities, exits, failures, the group
 //! error and snapshots.
 
-use std::borrow::Cow;
 use std::error::Error;
 use std::fmt;
 use std::panic::Location;
 use std::sync::Arc;
 
 use crate::Cause;
+use crate::node::Name;
 
 /// A task's number in its group: its position in spawn order, starting at 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,7 +30,7 @@ impl fmt::Display for TaskId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskInfo {
     pub(crate) id: TaskId,
-    pub(crate) name: Cow<'static, str>,
+    pub(crate) name: Name,
     pub(crate) spawned_at: &'static Location<'static>,
 }
 
@@ -54,7 +54,7 @@ impl TaskInfo {
 impl fmt::Display for TaskInfo {
     /// `'payment' (src/orders.rs:42:11)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "'{}' ({})", self.name, self.spawned_at)
+        write!(f, "'{}' ({})", &*self.name, self.spawned_at)
     }
 }
 
@@ -132,7 +132,7 @@ pub struct TaskFailure<E> {
 impl<E: fmt::Display> fmt::Display for TaskFailure<E> {
     /// `task 'reserve-inventory' failed: sku-42 is out of stock`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "task '{}' {}", self.task.name, self.failure)
+        write!(f, "task '{}' {}", &*self.task.name, self.failure)
     }
 }
 
@@ -348,7 +348,7 @@ impl fmt::Display for GroupSnapshot {
             writeln!(
                 f,
                 "  {} {} ({}): {}",
-                task.task.id, task.task.name, task.task.spawned_at, task.state
+                task.task.id, &*task.task.name, task.task.spawned_at, task.state
             )?;
         }
         Ok(())

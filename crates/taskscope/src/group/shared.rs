@@ -27,7 +27,6 @@
 //!    The lock order is the state lock, then scope node locks (a task scope is made under it).
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::error::Error;
 use std::fmt;
@@ -47,6 +46,7 @@ use tokio::time::Instant;
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo};
 use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
 use crate::cause::Payload;
+use crate::node::Name;
 use crate::slab::Slab;
 use crate::sync::{Mutex, lock};
 use crate::{BoxError, Cause, CauseKind, Scope};
@@ -198,7 +198,7 @@ where
     /// Records a new task and decides whether it starts now, waits, or is refused.
     pub(crate) fn admit<F>(
         &self,
-        name: Cow<'static, str>,
+        name: Name,
         spawned_at: &'static Location<'static>,
         task: F,
         queue: bool,
@@ -221,7 +221,7 @@ where
             return (Some(id), Admitted::Tracked);
         }
         if state.running < self.config.limit {
-            let scope = self.scope.named_child(&name);
+            let scope = self.scope.named_child(name.clone());
             let running = Stage::Running {
                 handle: None,
                 abort: false,
@@ -434,7 +434,7 @@ where
             handle: None,
             abort: false,
         };
-        let scope = self.scope.named_child(&record.info.name);
+        let scope = self.scope.named_child(record.info.name.clone());
         state.running += 1;
         Some(Next { start, scope })
     }
@@ -646,7 +646,7 @@ where
             .collect();
         tasks.sort_by_key(|task| task.task.id);
         GroupSnapshot {
-            path: self.scope.path().to_owned(),
+            path: self.scope.path().to_string(),
             cause,
             tasks,
         }
@@ -673,7 +673,7 @@ fn values_in_spawn_order<T, E>(mut tasks: Slab<Record<T, E>>) -> Vec<T> {
 impl<T, E> State<T, E> {
     fn insert(
         &mut self,
-        name: Cow<'static, str>,
+        name: Name,
         spawned_at: &'static Location<'static>,
         stage: Stage<T, E>,
     ) -> (TaskId, usize) {
