@@ -111,8 +111,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 ///
 /// # Panics
 ///
-/// Spawning outside a tokio runtime panics, as [`tokio::spawn`] does. A non-zero grace needs
-/// the runtime's time driver.
+/// Spawning outside a tokio runtime panics, as [`tokio::spawn`] does; tasks run on the runtime
+/// of the code that spawns them (a pending task, on that of the task whose end freed its
+/// slot). A non-zero grace needs the runtime's time driver.
 pub struct TaskGroup<T, E = BoxError>
 where
     T: Send + 'static,
@@ -214,8 +215,11 @@ where
     /// Waits for every task and returns their values in spawn order, or the [`GroupError`]:
     /// the first failure, the cause, later failures, and the tasks cancelled or aborted.
     ///
-    /// It returns `Ok` exactly when every task returned `Ok`, even if the group was cancelled
-    /// late. Values already returned by [`join_next`](TaskGroup::join_next) are not repeated.
+    /// It returns `Ok` exactly when every task returned `Ok` before the group's scope was
+    /// cancelled: a cancellation or a deadline that came after the last task ended does not
+    /// count, one that came earlier is reported as the error's cause even if the tasks then
+    /// returned `Ok` (a timeout is never mistaken for success). Values already returned by
+    /// [`join_next`](TaskGroup::join_next) are not repeated.
     /// While it waits it enforces the shutdown grace. With
     /// [`resume_panics`](TaskGroupBuilder::resume_panics), it re-raises the first task panic
     /// once every task has ended.

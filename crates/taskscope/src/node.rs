@@ -178,6 +178,7 @@ impl Node {
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::successors(Some(self), |node| node.parent.as_deref())
             .filter_map(|node| node.name.as_deref())
+            .filter(|name| !name.is_empty())
     }
 
     /// This node's path, built now; `None` when neither it nor an ancestor is named.

@@ -227,6 +227,56 @@ async fn a_group_whose_tasks_all_finish_is_ok_even_if_cancelled_late() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deadline_passing_while_tasks_run_is_reported_even_if_they_return_ok() {
+    let order = Scope::new().child_with_timeout(Duration::from_secs(2));
+    let group: TaskGroup<u8> = TaskGroup::new(&order);
+    group.spawn("ignores-the-deadline", |_| async {
+        sleep(Duration::from_secs(3)).await;
+        Ok(1)
+    });
+    let error = group.join().await.unwrap_err();
+    assert!(
+        error.is_timeout(),
+        "a timeout is never mistaken for success"
+    );
+    assert!(error.failures().is_empty() && error.cancelled().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_group_of_a_cancelled_scope_reports_the_cause() {
+    let scope = Scope::new();
+    scope.cancel(Cause::new("CLOSED"));
+    let group: TaskGroup<()> = TaskGroup::new(&scope);
+    let error = group.join().await.unwrap_err();
+    assert_eq!(error.cause().unwrap().code(), "CLOSED");
+}
+
+#[derive(Debug)]
+struct Unprintable;
+
+impl std::fmt::Display for Unprintable {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("Display is not implemented yet")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_whose_display_panics_is_reported_as_a_panic() {
+    let group: TaskGroup<(), Unprintable> = TaskGroup::new(&Scope::new());
+    group.spawn("odd", |_| async { Err(Unprintable) });
+    group.spawn("sibling", |scope| async move {
+        let _ = scope.cancelled().await;
+        Ok(())
+    });
+    let error = tokio::time::timeout(Duration::from_secs(60), group.join())
+        .await
+        .expect("join ends")
+        .unwrap_err();
+    assert_eq!(error.cause().unwrap().kind(), CauseKind::TaskPanicked);
+    assert!(error.first_failure().unwrap().failure.is_panic());
+}
+
+#[tokio::test(start_paused = true)]
 async fn panics_are_failures_with_their_message() {
     let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).name("g").build();
     group.spawn("boom", |_| async { panic!("ledger corrupted") });
@@ -485,6 +535,13 @@ async fn try_spawn_refuses_when_full_or_cancelled() {
     let refused = group.try_spawn("three", |_| async { Ok(()) }).unwrap_err();
     assert!(!refused.is_full());
     assert_eq!(refused.cause().unwrap().code(), "CLOSED");
+
+    // A deadline that passed unobserved counts as a cancellation too.
+    let late = Scope::new().child_with_timeout(Duration::from_secs(1));
+    let group: TaskGroup<()> = TaskGroup::new(&late);
+    sleep(Duration::from_secs(2)).await;
+    let refused = group.try_spawn("late", |_| async { Ok(()) }).unwrap_err();
+    assert_eq!(refused.cause().unwrap().kind(), CauseKind::DeadlineExceeded);
 }
 
 /// The seed case: a worker that ignores cancellation is aborted after the grace and named.
@@ -572,9 +629,14 @@ async fn a_zero_grace_aborts_at_once_and_an_endless_one_never() {
     });
     group.scope().cancel(Cause::plain());
     let start = Instant::now();
-    // Never aborted: the task finished its work, so the group has every value.
-    assert_eq!(group.join().await.unwrap(), [()]);
-    assert_eq!(start.elapsed(), Duration::from_secs(86_400));
+    let error = group.join().await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(86_400),
+        "never aborted"
+    );
+    assert!(error.aborted().is_empty() && error.failures().is_empty());
+    assert_eq!(error.cause().unwrap().kind(), CauseKind::Explicit);
 }
 
 #[tokio::test(start_paused = true)]
@@ -613,13 +675,23 @@ async fn dropping_a_group_cancels_it_with_dropped_and_aborts_its_tasks() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_join_future_drops_the_group() {
+    let dropped = Arc::new(AtomicBool::new(false));
     let group: TaskGroup<()> = TaskGroup::new(&Scope::new());
     let scope = group.scope().clone();
-    group.spawn("forever", |_| async { pending().await });
+    group.spawn("forever", {
+        let dropped = dropped.clone();
+        move |_| async move {
+            let _flag = SetOnDrop(dropped);
+            pending().await
+        }
+    });
     let mut join = task::spawn(group.join());
     assert_pending!(join.poll());
+    tokio::task::yield_now().await;
     drop(join);
     assert_eq!(scope.cause().unwrap().kind(), CauseKind::Dropped);
+    tokio::task::yield_now().await;
+    assert!(dropped.load(Ordering::SeqCst), "the task was aborted");
 }
 
 #[tokio::test(start_paused = true)]

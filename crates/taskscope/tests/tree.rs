@@ -34,6 +34,9 @@ fn paths_compare_and_display_as_the_joined_names() {
     assert!(Scope::new().child().path().is_empty());
     assert_eq!(reserve.path(), reserve.clone().path());
     assert_ne!(reserve.path(), orders.path());
+    let blank = Scope::builder().name("").build();
+    assert!(blank.path().is_empty(), "an empty name adds no segment");
+    assert_eq!(blank.child_builder().name("x").build().path(), "x");
 }
 
 #[test]

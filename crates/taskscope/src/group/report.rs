@@ -190,7 +190,7 @@ impl<E> GroupError<E> {
 
 impl<E: fmt::Display> fmt::Display for GroupError<E> {
     /// The first failure, or the cause; then the aborted tasks:
-    /// `task 'inventory' failed: only 2 left; aborted after the grace period: 'payment' (...)`.
+    /// `task 'inventory' failed: only 2 left; aborted: 'payment' (src/orders.rs:42:11)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.failures.first(), &self.cause) {
             (Some(failure), _) => write!(f, "{failure}")?,

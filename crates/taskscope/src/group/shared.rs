@@ -34,12 +34,11 @@ use std::future::Future;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -55,8 +54,6 @@ pub(crate) struct Shared<T, E> {
     /// The group's scope; every task's scope is a child of it.
     pub(crate) scope: Scope,
     pub(crate) config: Config,
-    /// The runtime tasks are spawned on: the one `spawn` was first called in.
-    handle: OnceLock<Handle>,
     state: Mutex<State<T, E>>,
 }
 
@@ -83,6 +80,9 @@ struct State<T, E> {
     finished: VecDeque<usize>,
     /// How many of those did not complete (failed, cancelled, aborted).
     not_completed: usize,
+    /// The group was cancelled before its last task ended (or before it had any): `join`
+    /// reports the cause even if every task returned `Ok`.
+    cut_short: bool,
     joiner: Option<Waker>,
     /// Whether the joiner wants to hear of every exit (`join_next`) or only of the last
     /// (`join`).
@@ -168,7 +168,6 @@ where
         let shared = Arc::new(Shared {
             scope,
             config,
-            handle: OnceLock::new(),
             state: Mutex::new(State {
                 tasks: Slab::new(),
                 next_id: 0,
@@ -176,6 +175,7 @@ where
                 pending: VecDeque::new(),
                 finished: VecDeque::new(),
                 not_completed: 0,
+                cut_short: false,
                 joiner: None,
                 wake_on_each: true,
                 cause: None,
@@ -204,8 +204,11 @@ where
         queue: bool,
         pending: fn(usize, TaskId, F) -> Start<T, E>,
     ) -> (Option<TaskId>, Admitted<F>) {
+        // Looked at before locking: it may observe a passed deadline and run our callback, and
+        // it sees a cancellation whose callback has not run yet.
+        let observed = self.scope.cause();
         let mut state = lock(&self.state);
-        if let Some(cause) = state.cause.clone() {
+        if let Some(cause) = state.cause.clone().or(observed) {
             if !queue {
                 return (None, Admitted::Refused(task, Some(cause)));
             }
@@ -266,7 +269,8 @@ where
     {
         // A task of a cancelled group never starts (invariant 3): its closure is not called.
         if let Some(cause) = scope.cause() {
-            drop(task);
+            // The closure's captures are dropped here; a panic doing so changes nothing.
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(task)));
             drop(scope);
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
@@ -284,10 +288,9 @@ where
             scope: Some(scope),
         };
         let user = User::Running { future };
-        let handle = self
-            .handle
-            .get_or_init(Handle::current)
-            .spawn(TaskFuture { user, guard });
+        // On the caller's runtime, as `tokio::spawn` always is: `spawn`'s caller's, or, for a
+        // pending task, that of the task whose end freed its slot.
+        let handle = tokio::spawn(TaskFuture { user, guard });
         self.set_handle(key, id, handle);
         None
     }
@@ -372,7 +375,7 @@ where
             panic,
         } = exit;
         // An aborted task frees its slot for nobody: aborts only happen to a cancelled group
-        // or on a runtime that is shutting down.
+        // or on a runtime that is shutting down (where a pending task is left pending).
         let may_start = !matches!(outcome, Outcome::Aborted);
         let completed = matches!(outcome, Outcome::Completed(_));
         let mut state = lock(&self.state);
@@ -403,7 +406,14 @@ where
         } else {
             None
         };
-        let joiner = if state.wake_on_each || state.unfinished() == 0 {
+        let last = state.unfinished() == 0;
+        if last && !state.cut_short {
+            // A deadline that passed before the last task ended cut the group short even if
+            // nobody has looked at it yet.
+            state.cut_short = self.scope.node.is_marked()
+                || self.scope.deadline().is_some_and(|at| at <= Instant::now());
+        }
+        let joiner = if state.wake_on_each || last {
             state.joiner.take()
         } else {
             None
@@ -455,6 +465,9 @@ where
         }
         state.cause = Some(cause.clone());
         state.cancelled_at = Some(at);
+        if state.unfinished() > 0 || state.next_id == 0 {
+            state.cut_short = true;
+        }
         let drained = mem::take(&mut state.pending);
         for start in &drained {
             if let Some(record) = state.tasks.get_mut(start.key) {
@@ -553,7 +566,7 @@ where
         let (records, cause, winner, panic) = {
             let mut state = lock(&self.state);
             debug_assert_eq!(state.unfinished(), 0);
-            if state.not_completed == 0 {
+            if state.not_completed == 0 && !state.cut_short {
                 // Every task completed: take the values in key order, without the bookkeeping
                 // of the error path.
                 state.finished.clear();
@@ -745,8 +758,12 @@ where
         {
             result = Err(payload);
         }
-        this.guard
-            .report(|shared, key, scope| shared.conclude(key, scope, result));
+        this.guard.report(|shared, key, scope| {
+            // Classifying runs user code (the error's `Display` and `source`); if that panics,
+            // the task is reported as having panicked.
+            panic::catch_unwind(AssertUnwindSafe(|| shared.conclude(key, scope, result)))
+                .unwrap_or_else(|payload| shared.conclude(key, scope, Err(payload)))
+        });
         Poll::Ready(())
     }
 }
