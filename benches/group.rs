@@ -125,6 +125,16 @@ fn spawn_join_group(rt: &Runtime, tasks: usize) -> Duration {
     })
 }
 
+/// Joins every task of `set`, handing each output to `check`; returns how many there were.
+async fn join_every<T: 'static>(set: &mut JoinSet<T>, check: impl Fn(T)) -> usize {
+    let mut joined = 0;
+    while let Some(result) = set.join_next().await {
+        check(result.expect("no task panics"));
+        joined += 1;
+    }
+    joined
+}
+
 fn spawn_join_joinset(rt: &Runtime, tasks: usize) -> Duration {
     rt.block_on(async {
         let start = Instant::now();
@@ -132,11 +142,7 @@ fn spawn_join_joinset(rt: &Runtime, tasks: usize) -> Duration {
         for _ in 0..tasks {
             set.spawn(async { Ok::<(), BoxError>(()) });
         }
-        let mut joined = 0;
-        while let Some(result) = set.join_next().await {
-            result.expect("no task panics").expect("no task fails");
-            joined += 1;
-        }
+        let joined = join_every(&mut set, |result| result.expect("no task fails")).await;
         let elapsed = start.elapsed();
         assert_eq!(joined, tasks);
         drain().await;
@@ -158,11 +164,7 @@ fn spawn_join_joinset_scoped(rt: &Runtime, tasks: usize) -> Duration {
                 Ok::<(), BoxError>(())
             });
         }
-        let mut joined = 0;
-        while let Some(result) = set.join_next().await {
-            result.expect("no task panics").expect("no task fails");
-            joined += 1;
-        }
+        let joined = join_every(&mut set, |result| result.expect("no task fails")).await;
         let elapsed = start.elapsed();
         assert_eq!(joined, tasks);
         drain().await;
@@ -368,11 +370,7 @@ fn fanout_joinset(rt: &Runtime, tasks: usize) -> FanOut {
         let start = Instant::now();
         parent.cancel();
         let cancel_call = start.elapsed();
-        let mut joined = 0;
-        while let Some(result) = set.join_next().await {
-            result.expect("no task panics");
-            joined += 1;
-        }
+        let joined = join_every(&mut set, drop).await;
         let total = start.elapsed();
         assert_eq!(joined, tasks);
         drain().await;
@@ -437,9 +435,7 @@ fn memory_joinset_parked(rt: &Runtime, tasks: usize, own_child: bool) -> f64 {
     });
     rt.block_on(async {
         parent.cancel();
-        while let Some(result) = set.join_next().await {
-            result.expect("no task panics");
-        }
+        join_every(&mut set, drop).await;
         drain().await;
     });
     bytes as f64 / tasks as f64
@@ -497,9 +493,7 @@ fn memory_joinset_semaphore(rt: &Runtime, tasks: usize) -> f64 {
     });
     drop(permit);
     rt.block_on(async {
-        while let Some(result) = set.join_next().await {
-            result.expect("no task panics");
-        }
+        join_every(&mut set, drop).await;
         drain().await;
     });
     bytes as f64 / tasks as f64
