@@ -181,14 +181,25 @@ impl Node {
             .filter(|name| !name.is_empty())
     }
 
+    /// Writes this node's path: its and its ancestors' names, outermost first, joined by `/`.
+    pub(crate) fn write_path(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.names().collect();
+        names.reverse();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                out.write_char('/')?;
+            }
+            out.write_str(name)?;
+        }
+        Ok(())
+    }
+
     /// This node's path, built now; `None` when neither it nor an ancestor is named.
     pub(crate) fn path(&self) -> Option<Arc<str>> {
-        let mut names: Vec<&str> = self.names().collect();
-        if names.is_empty() {
-            return None;
-        }
-        names.reverse();
-        Some(Arc::from(names.join("/")))
+        let mut path = String::new();
+        self.write_path(&mut path)
+            .expect("writing to a String cannot fail");
+        (!path.is_empty()).then(|| Arc::from(path))
     }
 
     pub(crate) fn parent(&self) -> Option<&Arc<Node>> {

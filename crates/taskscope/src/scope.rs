@@ -494,15 +494,7 @@ impl ScopePath<'_> {
 
 impl fmt::Display for ScopePath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&str> = self.node.names().collect();
-        names.reverse();
-        for (i, name) in names.iter().enumerate() {
-            if i > 0 {
-                f.write_str("/")?;
-            }
-            f.write_str(name)?;
-        }
-        Ok(())
+        self.node.write_path(f)
     }
 }
 
