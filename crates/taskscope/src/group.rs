@@ -17,7 +17,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::node::Name;
 use crate::{CancelledOwned, Cause, CauseKind, Scope};
-use shared::{Admitted, Config, Shared};
+use shared::{Admitted, Shared};
+pub(crate) use shared::{Config, failure_cause};
 
 pub use report::{
     Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo,
@@ -210,6 +211,44 @@ where
             Admitted::Refused(task, cause) => return Err(TrySpawnError { task, cause }),
         }
         Ok(id.expect("an admitted task has an id"))
+    }
+
+    /// Spawns a task like [`spawn`](TaskGroup::spawn), at `spawned_at`, and returns the task's
+    /// slab key and scope when it started at once (a group without a limit that is not
+    /// cancelled).
+    pub(crate) fn spawn_child<F, Fut>(
+        &self,
+        name: Name,
+        spawned_at: &'static Location<'static>,
+        task: F,
+    ) -> Spawned
+    where
+        F: FnOnce(Scope) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let (id, admitted) = self.shared.admit(
+            name,
+            spawned_at,
+            task,
+            true,
+            Shared::pending_start::<F, Fut>,
+        );
+        let id = id.expect("a queueing spawn is never refused");
+        match admitted {
+            Admitted::Run(key, task_id, scope, task) => {
+                let started = Some((key, scope.clone()));
+                let next = self.shared.run(key, task_id, scope, task);
+                self.shared.run_next(next);
+                Spawned { id, started }
+            }
+            Admitted::Tracked => Spawned { id, started: None },
+            Admitted::Refused(..) => unreachable!("a queueing spawn is never refused"),
+        }
+    }
+
+    /// Aborts the task `id`, recorded at `key`, if it is still running.
+    pub(crate) fn abort_task(&self, key: usize, id: TaskId) {
+        self.shared.abort_task(key, id);
     }
 
     /// Waits for every task and returns their values in spawn order, or the [`GroupError`]:
@@ -472,16 +511,38 @@ impl<'a> TaskGroupBuilder<'a> {
             Some(name) => self.scope.named_child(Name::Shared(Arc::from(name))),
             None => self.scope.child(),
         };
+        TaskGroup::on_scope(scope, self.config, Location::caller())
+    }
+}
+
+impl<T, E> TaskGroup<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    /// A group whose scope is `scope` itself.
+    pub(crate) fn on_scope(
+        scope: Scope,
+        config: Config,
+        created_at: &'static Location<'static>,
+    ) -> Self {
         let cancelled = scope.clone().cancelled_owned();
         TaskGroup {
-            shared: Shared::new(scope, self.config),
+            shared: Shared::new(scope, config),
             cancelled,
             abort_at: None,
             grace_timer: None,
             aborted: false,
-            created_at: Location::caller(),
+            created_at,
         }
     }
+}
+
+/// A task started by [`TaskGroup::spawn_child`].
+pub(crate) struct Spawned {
+    pub(crate) id: TaskId,
+    /// Its slab key and scope, unless it was recorded as cancelled without starting.
+    pub(crate) started: Option<(usize, Scope)>,
 }
 
 /// Waits for every task of a group; returned by [`TaskGroup::join`].

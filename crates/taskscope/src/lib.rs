@@ -55,6 +55,7 @@ mod node;
 mod on_cancel;
 mod scope;
 mod slab;
+mod supervisor;
 mod sync;
 
 pub use cancelled::{Cancelled, CancelledOwned};
@@ -66,6 +67,11 @@ pub use group::{
 };
 pub use on_cancel::OnCancel;
 pub use scope::{Scope, ScopeBuilder, ScopePath, WeakScope};
+pub use supervisor::{
+    Backoff, ChildSnapshot, ChildSpec, ChildState, ConfigError, DEFAULT_INTENSITY, Delays,
+    Restart, Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorError, SupervisorHandle,
+    SupervisorJoin, SupervisorSnapshot, SupervisorState,
+};
 
 // The code blocks of the README and the guides are tested as doctests.
 #[cfg(doctest)]

@@ -521,6 +521,27 @@ where
         }
     }
 
+    /// Aborts the task `id` recorded at `key`, if it is still running. It reports as aborted
+    /// once tokio has dropped it.
+    pub(crate) fn abort_task(&self, key: usize, id: TaskId) {
+        let handle = {
+            let mut state = lock(&self.state);
+            match state.tasks.get_mut(key) {
+                Some(Record {
+                    info,
+                    stage: Stage::Running { handle, abort },
+                }) if info.id == id => {
+                    *abort = true;
+                    handle.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(handle) = handle {
+            handle.abort();
+        }
+    }
+
     /// How many tasks are pending or running.
     pub(crate) fn unfinished(&self) -> usize {
         lock(&self.state).unfinished()
@@ -810,7 +831,7 @@ where
 }
 
 /// The cause a failing task cancels its group with.
-fn failure_cause<E>(name: &str, failure: &Failure<E>) -> Cause
+pub(crate) fn failure_cause<E>(name: &str, failure: &Failure<E>) -> Cause
 where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {

@@ -1,0 +1,512 @@
+//! OTP-style supervisors: children restarted with backoff, and an ordered graceful shutdown.
+
+mod backoff;
+mod error;
+mod runner;
+mod snapshot;
+mod spec;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::panic::{self, Location};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::node::Name;
+use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope};
+use runner::{Inner, Runner, Settings};
+
+pub use backoff::{Backoff, Delays};
+pub use error::{ConfigError, SupervisorError};
+pub use snapshot::{ChildSnapshot, ChildState, SupervisorSnapshot, SupervisorState};
+pub use spec::{ChildSpec, Restart};
+
+/// Which children restart when one of them is to be restarted (OTP's strategies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Strategy {
+    /// Only that child. The default.
+    #[default]
+    OneForOne,
+    /// Every child: the others are stopped in reverse start order, then all restart in start
+    /// order. For children that cannot work without each other.
+    OneForAll,
+    /// That child and every child started after it: those are stopped in reverse start order,
+    /// then restart in start order. For children that depend on those started before them.
+    RestForOne,
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::OneForOne => "one-for-one",
+            Strategy::OneForAll => "one-for-all",
+            Strategy::RestForOne => "rest-for-one",
+        })
+    }
+}
+
+/// The default restart intensity: more than 10 restarts within 60 s escalate.
+pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
+
+/// A running supervisor: long-lived children, restarted when they fail, stopped in reverse
+/// start order when the supervisor shuts down.
+///
+/// Each child is a [`ChildSpec`]: a factory called with a fresh scope for every run. When a
+/// child returns, the supervisor restarts it according to its [`Restart`] kind, the
+/// [`Strategy`] (which siblings restart with it) and the [`Backoff`]; a restart predicate
+/// ([`ChildSpec::restart_if`]) can refuse to retry a failure that retrying cannot fix. More
+/// than the allowed restarts within the intensity window, or a refused failure, *escalates*:
+/// the supervisor stops every child and fails with a cause that names the child and carries
+/// its last failure. A child stopped because its scope was cancelled, or by a shutdown, is
+/// never restarted.
+///
+/// Cancelling the supervisor's scope (or any ancestor of it) shuts it down, as does
+/// [`shutdown`](Supervisor::shutdown): children stop one after the other, last started first,
+/// each told the shutdown's cause through its scope and given its grace, then aborted.
+/// [`abort`](Supervisor::abort) skips the graces (a second ctrl-c).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// use taskscope::{Backoff, ChildSpec, Restart, Scope, Supervisor};
+///
+/// #[derive(Debug)]
+/// enum WatchError {
+///     Connection,
+///     Unauthorized,
+/// }
+/// # impl std::fmt::Display for WatchError {
+/// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// #         f.write_str(match self { WatchError::Connection => "connection reset", WatchError::Unauthorized => "401 unauthorized" })
+/// #     }
+/// # }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let watch = move |_scope: Scope| {
+///     let calls = calls.clone();
+///     async move {
+///         // Two transient failures, then one that retrying cannot fix.
+///         match calls.fetch_add(1, Ordering::Relaxed) {
+///             0 | 1 => Err(WatchError::Connection),
+///             _ => Err(WatchError::Unauthorized),
+///         }
+///     }
+/// };
+///
+/// let app = Scope::builder().name("app").build();
+/// let supervisor = Supervisor::builder()
+///     .name("watchers")
+///     .backoff(Backoff::exponential(Duration::from_millis(100)))
+///     .child(
+///         ChildSpec::new("pods", watch)
+///             .restart(Restart::OnFailure)
+///             .restart_if(|failure, _cause| {
+///                 !matches!(failure.error(), Some(WatchError::Unauthorized))
+///             }),
+///     )
+///     .start(&app)?;
+///
+/// let error = supervisor.join().await.unwrap_err();
+/// assert_eq!(error.child().map(|child| child.name()), Some("pods"));
+/// assert!(error.to_string().contains("401 unauthorized"));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Dropping
+///
+/// Dropping the `Supervisor` (or its [`join`](Supervisor::join) future) before it has ended
+/// shuts it down with a [`Dropped`](CauseKind::Dropped) cause; the shutdown still runs in
+/// order, in the supervisor's own task. Keep it, or a [`SupervisorHandle`], to stop it.
+pub struct Supervisor<E = BoxError>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    handle: SupervisorHandle,
+    task: Option<JoinHandle<Result<(), SupervisorError<E>>>>,
+}
+
+impl<E> Supervisor<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    /// A builder for a supervisor; children are added with
+    /// [`child`](SupervisorBuilder::child) and it runs once
+    /// [`start`](SupervisorBuilder::start)ed.
+    pub fn builder() -> SupervisorBuilder<E> {
+        SupervisorBuilder {
+            name: Name::Static("supervisor"),
+            settings: Settings {
+                strategy: Strategy::OneForOne,
+                backoff: Backoff::default(),
+                max_restarts: DEFAULT_INTENSITY.0,
+                window: DEFAULT_INTENSITY.1,
+                seed: None,
+            },
+            children: Vec::new(),
+        }
+    }
+
+    /// A handle to shut the supervisor down or take snapshots from elsewhere.
+    pub fn handle(&self) -> SupervisorHandle {
+        self.handle.clone()
+    }
+
+    /// The supervisor's scope. Its children's scopes are named under it
+    /// (`app/watchers/pods`), but are not its children in the cancellation tree: cancelling it
+    /// starts the ordered shutdown.
+    pub fn scope(&self) -> &Scope {
+        self.handle.scope()
+    }
+
+    /// Shuts the supervisor down with `cause`: see [`SupervisorHandle::shutdown`].
+    #[track_caller]
+    pub fn shutdown(&self, cause: Cause) -> bool {
+        self.handle.shutdown(cause)
+    }
+
+    /// Aborts every child now: see [`SupervisorHandle::abort`].
+    pub fn abort(&self) {
+        self.handle.abort();
+    }
+
+    /// The live state of the supervision tree: see [`SupervisorHandle::snapshot`].
+    pub fn snapshot(&self) -> SupervisorSnapshot {
+        self.handle.snapshot()
+    }
+
+    /// Waits until the supervisor has ended: every child has stopped for good, because the
+    /// supervisor was shut down, escalated, or had no child left to restart.
+    ///
+    /// `Ok` when it ended without escalating and without aborting a child; otherwise the
+    /// [`SupervisorError`] says which child escalated, with its last failure, and which
+    /// children had to be aborted.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future before it completes shuts the supervisor down with a
+    /// [`Dropped`](CauseKind::Dropped) cause. To wait for it in a `select!` loop, use
+    /// [`SupervisorHandle::stopped`] and join afterwards.
+    pub fn join(mut self) -> SupervisorJoin<E> {
+        SupervisorJoin {
+            handle: self.handle.clone(),
+            task: self.task.take(),
+        }
+    }
+}
+
+impl<E> Drop for Supervisor<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.handle.dropped();
+        }
+    }
+}
+
+impl<E> fmt::Debug for Supervisor<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("scope", self.scope())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cheap, cloneable handle to a [`Supervisor`]: shut it down, force it, take snapshots.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    inner: Arc<Inner>,
+}
+
+impl SupervisorHandle {
+    /// The supervisor's scope.
+    pub fn scope(&self) -> &Scope {
+        &self.inner.scope
+    }
+
+    /// Shuts the supervisor down: cancels its scope with `cause`, after which children stop
+    /// in reverse start order, each told `cause` and given its grace, and none restarts.
+    /// Returns whether this call set the cause (the first cause wins). Use a cause of kind
+    /// [`Shutdown`](CauseKind::Shutdown), such as the one a signal makes.
+    #[track_caller]
+    pub fn shutdown(&self, cause: Cause) -> bool {
+        self.inner.scope.cancel(cause)
+    }
+
+    /// Aborts every child now, without waiting for graces: what a second ctrl-c does. Shuts
+    /// the supervisor down first, with a plain *shutdown* cause, if it was not already.
+    pub fn abort(&self) {
+        self.inner.force();
+    }
+
+    /// The live state of the supervision tree: every child's state, restarts, uptime, last
+    /// failure and last cause, nested supervisors included.
+    pub fn snapshot(&self) -> SupervisorSnapshot {
+        self.inner.snapshot()
+    }
+
+    /// Whether the supervisor has ended.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.done.is_cancelled()
+    }
+
+    /// Waits until the supervisor has ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping it changes nothing, and a new one resolves at once once the
+    /// supervisor has ended.
+    pub fn stopped(&self) -> Stopped {
+        Stopped {
+            done: self.inner.done.clone().cancelled_owned(),
+        }
+    }
+
+    fn dropped(&self) {
+        if !self.is_stopped() {
+            let cause = Cause::of_kind(CauseKind::Dropped).with_detail("supervisor dropped");
+            self.inner.scope.cancel(cause);
+        }
+    }
+}
+
+impl fmt::Debug for SupervisorHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupervisorHandle")
+            .field("scope", &self.inner.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits for a supervisor to end; returned by [`SupervisorHandle::stopped`].
+///
+/// # Cancel safety
+///
+/// Cancel-safe.
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct Stopped {
+    done: CancelledOwned,
+}
+
+impl Future for Stopped {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.done).poll(cx).map(drop)
+    }
+}
+
+/// Waits for a supervisor to end; returned by [`Supervisor::join`].
+///
+/// # Cancel safety
+///
+/// Dropping it before it completes shuts the supervisor down with a
+/// [`Dropped`](CauseKind::Dropped) cause.
+#[must_use = "futures do nothing unless polled"]
+pub struct SupervisorJoin<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    handle: SupervisorHandle,
+    task: Option<JoinHandle<Result<(), SupervisorError<E>>>>,
+}
+
+impl<E> Future for SupervisorJoin<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    type Output = Result<(), SupervisorError<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(task) = self.task.as_mut() else {
+            panic!("`SupervisorJoin` polled after completion");
+        };
+        let result = std::task::ready!(Pin::new(task).poll(cx));
+        self.task = None;
+        Poll::Ready(match result {
+            Ok(result) => result,
+            // The supervisor's own code panicked (or a child's error `Debug`): not its
+            // children, whose panics are failures.
+            Err(error) if error.is_panic() => panic::resume_unwind(error.into_panic()),
+            // Its runtime is shutting down; its children were aborted with it.
+            Err(_) => Err(SupervisorError {
+                cause: self.handle.scope().cause(),
+                escalated: None,
+                aborted: Vec::new(),
+            }),
+        })
+    }
+}
+
+impl<E> Drop for SupervisorJoin<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.handle.dropped();
+        }
+    }
+}
+
+impl<E> fmt::Debug for SupervisorJoin<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupervisorJoin")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Supervisor`]; made by [`Supervisor::builder`]. Cloneable, so that it can be
+/// nested as a child ([`ChildSpec::supervisor`]) and started anew on each restart.
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct SupervisorBuilder<E = BoxError> {
+    name: Name,
+    settings: Settings,
+    children: Vec<ChildSpec<E>>,
+}
+
+impl<E> SupervisorBuilder<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    /// Names the supervisor's scope (`app/watchers`); as a nested child, this is the child's
+    /// name. `"supervisor"` by default.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = Name::from(name.into());
+        self
+    }
+
+    /// Which children restart together; [`Strategy::OneForOne`] by default.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.settings.strategy = strategy;
+        self
+    }
+
+    /// How long to wait before each restart; [`Backoff::default`] by default.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.settings.backoff = backoff;
+        self
+    }
+
+    /// Escalates instead of restarting when that would be more than `max_restarts` restarts
+    /// within `window` (OTP's intensity and period). [`DEFAULT_INTENSITY`] by default: more
+    /// than 10 in 60 s. `max_restarts` may be zero (any restart escalates); `window` may not.
+    pub fn intensity(mut self, max_restarts: u32, window: Duration) -> Self {
+        self.settings.max_restarts = max_restarts;
+        self.settings.window = window;
+        self
+    }
+
+    /// Seeds the jitter of the backoff, for reproducible runs and tests: see
+    /// [`Backoff::delays`]. Random by default.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.settings.seed = Some(seed);
+        self
+    }
+
+    /// Adds a child. Children start in the order they are added and stop in reverse.
+    pub fn child(mut self, spec: ChildSpec<E>) -> Self {
+        self.children.push(spec);
+        self
+    }
+
+    /// Starts the supervisor in a new child scope of `parent`, named by
+    /// [`name`](SupervisorBuilder::name), on the current tokio runtime; every child starts
+    /// now, in order.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when the configuration cannot work: two children with the same name,
+    /// a child without a name, a backoff factor below 1 or not finite, a jitter outside
+    /// `[0, 1]`, a zero intensity window; also in nested supervisors.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as [`tokio::spawn`]; the runtime needs its time driver.
+    #[track_caller]
+    pub fn start(self, parent: &Scope) -> Result<Supervisor<E>, ConfigError> {
+        self.validate()?;
+        let scope = parent.named_child(self.name.clone());
+        let runner = self.runner(scope, Location::caller());
+        let handle = SupervisorHandle {
+            inner: runner.inner().clone(),
+        };
+        Ok(Supervisor {
+            handle,
+            task: Some(tokio::spawn(runner)),
+        })
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.settings.backoff.validate()?;
+        if self.settings.window.is_zero() {
+            return Err(ConfigError::new(
+                "the restart intensity window must be longer than zero".to_owned(),
+            ));
+        }
+        let mut names: Vec<&str> = Vec::with_capacity(self.children.len());
+        for spec in &self.children {
+            if let Some(invalid) = &spec.invalid {
+                return Err(invalid.clone());
+            }
+            names.push(&spec.name);
+        }
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ConfigError::new(format!(
+                "two children are named '{}'",
+                pair[0]
+            )));
+        }
+        Ok(())
+    }
+
+    /// The supervisor's future, running in `scope`, with its children started.
+    pub(crate) fn runner(self, scope: Scope, location: &'static Location<'static>) -> Runner<E> {
+        Runner::new(scope, self.settings, self.children, location)
+    }
+
+    pub(crate) fn name_of(&self) -> Name {
+        self.name.clone()
+    }
+}
+
+impl<E> Clone for SupervisorBuilder<E> {
+    fn clone(&self) -> Self {
+        SupervisorBuilder {
+            name: self.name.clone(),
+            settings: self.settings.clone(),
+            children: self.children.clone(),
+        }
+    }
+}
+
+impl<E> fmt::Debug for SupervisorBuilder<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupervisorBuilder")
+            .field("name", &&*self.name)
+            .field("settings", &self.settings)
+            .field("children", &self.children)
+            .finish()
+    }
+}

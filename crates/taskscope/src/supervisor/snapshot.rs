@@ -1,0 +1,196 @@
+//! Live snapshots of a supervision tree.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::Strategy;
+use crate::Cause;
+
+/// What a supervisor is doing, in a [`SupervisorSnapshot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum SupervisorState {
+    /// Running its children and restarting them as needed.
+    Running,
+    /// Its scope is cancelled: it is stopping its children in reverse start order.
+    ShuttingDown,
+    /// Every child has stopped; it has ended.
+    Stopped,
+    /// A child failed beyond what the restart policy allows: it is stopping, or has stopped,
+    /// every child and fails.
+    Escalated,
+}
+
+impl fmt::Display for SupervisorState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SupervisorState::Running => "running",
+            SupervisorState::ShuttingDown => "shutting down",
+            SupervisorState::Stopped => "stopped",
+            SupervisorState::Escalated => "escalated",
+        })
+    }
+}
+
+/// A child's state in a [`ChildSnapshot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum ChildState {
+    /// Running.
+    Running,
+    /// Its scope is cancelled; the supervisor waits for it to return, within its grace.
+    Stopping,
+    /// Waiting to be restarted: backing off, or for its siblings to stop (one-for-all,
+    /// rest-for-one).
+    Restarting,
+    /// Returned `Ok` and is not restarted.
+    Completed,
+    /// Failed and is not restarted.
+    Failed,
+    /// Stopped by a cancellation or a shutdown.
+    Cancelled,
+    /// Did not return within its grace, or was stopped by a forced shutdown, and was aborted.
+    Aborted,
+}
+
+impl fmt::Display for ChildState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChildState::Running => "running",
+            ChildState::Stopping => "stopping",
+            ChildState::Restarting => "restarting",
+            ChildState::Completed => "completed",
+            ChildState::Failed => "failed",
+            ChildState::Cancelled => "cancelled",
+            ChildState::Aborted => "aborted",
+        })
+    }
+}
+
+/// One child in a [`SupervisorSnapshot`].
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ChildSnapshot {
+    /// The child's name.
+    pub name: String,
+    /// Its state when the snapshot was taken.
+    pub state: ChildState,
+    /// How many times it was restarted.
+    pub restarts: u32,
+    /// How long its current run has been going, while it runs or stops.
+    #[cfg_attr(feature = "serde", serde(rename = "uptime_ms", with = "millis"))]
+    pub uptime: Option<Duration>,
+    /// How long until it restarts, while it backs off.
+    #[cfg_attr(feature = "serde", serde(rename = "restart_in_ms", with = "millis"))]
+    pub restart_in: Option<Duration>,
+    /// Its last failure: the error's `Display` or the panic message.
+    pub last_failure: Option<String>,
+    /// The cause of its last stop: the cause its last failure made, or the cancellation or
+    /// shutdown that stopped it.
+    pub last_cause: Option<Cause>,
+    /// The nested supervisor's own tree, when the child is one and is running.
+    pub supervisor: Option<Box<SupervisorSnapshot>>,
+}
+
+/// The live state of a supervisor and its children, nested supervisors included; made by
+/// [`Supervisor::snapshot`](crate::Supervisor::snapshot).
+///
+/// `Display` prints it as an indented tree, one line per supervisor and per child:
+///
+/// ```text
+/// app/watchers (one-for-one): running
+///   pod-watcher: restarting in 400ms, 2 restarts, last failure: connection reset
+///   payments (one-for-all): running, up 12s
+///     poller: running, up 12s
+/// ```
+///
+/// With the `serde` feature it serialises; durations as milliseconds (`uptime_ms`).
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SupervisorSnapshot {
+    /// The path of the supervisor's scope.
+    pub path: String,
+    /// Its restart strategy.
+    pub strategy: Strategy,
+    /// What it is doing.
+    pub state: SupervisorState,
+    /// Its scope's cause, once it is shutting down or has escalated.
+    pub cause: Option<Cause>,
+    /// Its children, in start order.
+    pub children: Vec<ChildSnapshot>,
+}
+
+impl SupervisorSnapshot {
+    /// The child named `name`, if there is one.
+    pub fn child(&self, name: &str) -> Option<&ChildSnapshot> {
+        self.children.iter().find(|child| child.name == name)
+    }
+
+    fn write_tree(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.path
+        };
+        write!(f, "{path} ({}): {}", self.strategy, self.state)?;
+        if let Some(cause) = &self.cause {
+            write!(f, ": {cause}")?;
+        }
+        writeln!(f)?;
+        for child in &self.children {
+            let indent = 2 * (depth + 1);
+            write!(f, "{:indent$}{}: {}", "", child.name, child.state)?;
+            if let Some(restart_in) = child.restart_in {
+                write!(f, " in {restart_in:?}")?;
+            }
+            if let Some(uptime) = child.uptime {
+                write!(f, ", up {uptime:?}")?;
+            }
+            match child.restarts {
+                0 => {}
+                1 => f.write_str(", 1 restart")?,
+                n => write!(f, ", {n} restarts")?,
+            }
+            if let Some(failure) = &child.last_failure {
+                write!(f, ", last failure: {failure}")?;
+            } else if let Some(cause) = child.last_cause.as_ref().filter(|_| {
+                matches!(child.state, ChildState::Cancelled | ChildState::Aborted)
+            }) {
+                write!(f, ", cause: {cause}")?;
+            }
+            writeln!(f)?;
+            if let Some(nested) = &child.supervisor {
+                write!(f, "{:indent$}  ", "")?;
+                nested.write_tree(f, depth + 2)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for SupervisorSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_tree(f, 0)
+    }
+}
+
+#[cfg(feature = "serde")]
+mod millis {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(
+        duration: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => {
+                serializer.serialize_some(&u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+            }
+            None => serializer.serialize_none(),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! What a supervisor runs: child specs and restart kinds.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::runner::Inner;
+use super::{ConfigError, SupervisorBuilder, SupervisorError};
+use crate::node::Name;
+use crate::sync::{Mutex, lock};
+use crate::{BoxError, Cause, DEFAULT_GRACE, Failure, Scope};
+
+/// When a child is restarted after it returns (OTP's restart types).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Restart {
+    /// Whenever it returns, `Ok` or not (OTP's *permanent*). The default.
+    #[default]
+    Always,
+    /// Only when it fails: returns an error or panics (OTP's *transient*).
+    OnFailure,
+    /// Never (OTP's *temporary*).
+    Never,
+}
+
+pub(crate) type ChildFuture<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send>>;
+type Factory<E> = Arc<dyn Fn(Scope) -> ChildFuture<E> + Send + Sync>;
+type Predicate<E> = Arc<dyn Fn(&Failure<E>, &Cause) -> bool + Send + Sync>;
+
+/// Where a nested supervisor's state can be read, for snapshots of the tree.
+pub(crate) type Nested = Arc<Mutex<Weak<Inner>>>;
+
+/// A child of a [`Supervisor`](crate::Supervisor): a name, a factory that makes the child's
+/// future anew on every (re)start, when to restart it, and how long it gets to stop.
+///
+/// ```
+/// use std::time::Duration;
+/// use taskscope::{ChildSpec, Restart, Scope};
+///
+/// # #[derive(Debug)] struct WatchError;
+/// # impl std::fmt::Display for WatchError {
+/// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("x") }
+/// # }
+/// async fn watch(scope: Scope) -> Result<(), WatchError> {
+///     scope.cancelled().await;
+///     Ok(())
+/// }
+///
+/// let spec = ChildSpec::new("pod-watcher", watch)
+///     .restart(Restart::OnFailure)
+///     .grace(Duration::from_secs(2));
+/// assert_eq!(spec.name(), "pod-watcher");
+/// ```
+pub struct ChildSpec<E = BoxError> {
+    pub(crate) name: Name,
+    pub(crate) factory: Factory<E>,
+    pub(crate) restart: Restart,
+    pub(crate) grace: Duration,
+    pub(crate) restart_if: Option<Predicate<E>>,
+    pub(crate) location: &'static Location<'static>,
+    pub(crate) nested: Option<Nested>,
+    pub(crate) invalid: Option<ConfigError>,
+}
+
+impl<E> ChildSpec<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    /// A child named `name` whose every run is `factory(scope)`, with `scope` the run's own
+    /// scope (`supervisor/name`): cancelled when the supervisor stops or restarts it. Restarted
+    /// [always](Restart::Always), with the [default grace](crate::DEFAULT_GRACE) of 5 s.
+    ///
+    /// The call site is recorded: causes and reports name it as the child's spawn location.
+    #[track_caller]
+    pub fn new<F, Fut>(name: impl Into<Cow<'static, str>>, factory: F) -> ChildSpec<E>
+    where
+        F: Fn(Scope) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let name = Name::from(name.into());
+        let invalid = name
+            .is_empty()
+            .then(|| ConfigError::new("a child needs a name".to_owned()));
+        ChildSpec {
+            name,
+            factory: Arc::new(move |scope| Box::pin(factory(scope))),
+            restart: Restart::Always,
+            grace: DEFAULT_GRACE,
+            restart_if: None,
+            location: Location::caller(),
+            nested: None,
+            invalid,
+        }
+    }
+
+    /// A nested supervisor as a child, named by the builder's name. Every run starts the
+    /// nested supervisor in the run's scope; its shutdown waits for its own children, so its
+    /// grace is unlimited by default (OTP's `infinity` for supervisors); each of its children
+    /// is bounded by its own grace. It fails, and may be restarted, when it escalates.
+    #[track_caller]
+    pub fn supervisor<E2>(builder: SupervisorBuilder<E2>) -> ChildSpec<E>
+    where
+        E2: fmt::Debug + fmt::Display + Send + Sync + 'static,
+        E: From<SupervisorError<E2>>,
+    {
+        let nested: Nested = Arc::new(Mutex::new(Weak::new()));
+        let invalid = builder.validate().err();
+        let name = builder.name_of();
+        let cell = nested.clone();
+        let location = Location::caller();
+        let factory = move |scope: Scope| -> ChildFuture<E> {
+            let runner = builder.clone().runner(scope, location);
+            *lock(&cell) = Arc::downgrade(runner.inner());
+            Box::pin(async move { runner.await.map_err(E::from) })
+        };
+        ChildSpec {
+            name,
+            factory: Arc::new(factory),
+            restart: Restart::Always,
+            grace: Duration::MAX,
+            restart_if: None,
+            location,
+            nested: Some(nested),
+            invalid,
+        }
+    }
+
+    /// When to restart the child; [`Restart::Always`] by default.
+    pub fn restart(mut self, restart: Restart) -> ChildSpec<E> {
+        self.restart = restart;
+        self
+    }
+
+    /// How long the child gets to return once the supervisor cancels its scope, before it is
+    /// aborted. Zero aborts at once; a grace too long to represent as an instant never aborts.
+    pub fn grace(mut self, grace: Duration) -> ChildSpec<E> {
+        self.grace = grace;
+        self
+    }
+
+    /// Decides whether a failure is worth a restart. It sees the failure (the error or the
+    /// panic) and the cause it makes (kind *task failed* or *task panicked*, the error's code
+    /// when the error is a [`Cause`], the child's path as origin). `true` restarts the child as
+    /// usual; `false` means retrying cannot help: the supervisor escalates, stopping every
+    /// child and failing with a cause that names this child and carries the failure.
+    ///
+    /// Not consulted when the child was stopped by a cancellation or a shutdown: that is never
+    /// restarted. A panic in the predicate counts as `false`.
+    pub fn restart_if<P>(mut self, predicate: P) -> ChildSpec<E>
+    where
+        P: Fn(&Failure<E>, &Cause) -> bool + Send + Sync + 'static,
+    {
+        self.restart_if = Some(Arc::new(predicate));
+        self
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<E> Clone for ChildSpec<E> {
+    fn clone(&self) -> Self {
+        ChildSpec {
+            name: self.name.clone(),
+            factory: self.factory.clone(),
+            restart: self.restart,
+            grace: self.grace,
+            restart_if: self.restart_if.clone(),
+            location: self.location,
+            nested: self.nested.clone(),
+            invalid: self.invalid.clone(),
+        }
+    }
+}
+
+impl<E> fmt::Debug for ChildSpec<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("name", &&*self.name)
+            .field("restart", &self.restart)
+            .field("grace", &self.grace)
+            .field("supervisor", &self.nested.is_some())
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
