@@ -348,13 +348,19 @@ impl Cause {
         at: SystemTime,
         location: &'static std::panic::Location<'static>,
     ) -> Cause {
-        let stamped = &self.inner;
-        if stamped.origin.is_some() && stamped.at.is_some() && stamped.location.is_some() {
+        let origin = if self.inner.origin.is_none() {
+            origin()
+        } else {
+            None
+        };
+        // Unchanged, it stays the very same cause (`ptr_eq`), so that errors echoing it are
+        // recognised: also when it has no origin to get (an unnamed scope).
+        if origin.is_none() && self.inner.at.is_some() && self.inner.location.is_some() {
             return self;
         }
         let inner = self.inner_mut();
-        if inner.origin.is_none() {
-            inner.origin = origin();
+        if origin.is_some() {
+            inner.origin = origin;
         }
         inner.at.get_or_insert(at);
         inner.location.get_or_insert_with(|| location.into());

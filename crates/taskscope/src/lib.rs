@@ -68,8 +68,8 @@ pub use group::{
 pub use on_cancel::OnCancel;
 pub use scope::{Scope, ScopeBuilder, ScopePath, WeakScope};
 pub use supervisor::{
-    Backoff, ChildSnapshot, ChildSpec, ChildState, ConfigError, DEFAULT_INTENSITY, Delays,
-    Restart, Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorError, SupervisorHandle,
+    Backoff, ChildSnapshot, ChildSpec, ChildState, ConfigError, DEFAULT_INTENSITY, Delays, Restart,
+    Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorError, SupervisorHandle,
     SupervisorJoin, SupervisorSnapshot, SupervisorState,
 };
 

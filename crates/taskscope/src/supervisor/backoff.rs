@@ -12,7 +12,7 @@ use super::ConfigError;
 /// `min(initial × factor^n, max)`, shortened by up to the jitter fraction: a jitter of `0.2`
 /// draws the delay uniformly from `[0.8 d, d]`, so the cap is never exceeded. A child that ran
 /// for at least [`reset_after`](Backoff::reset_after) before it stopped starts again from
-/// `initial`.
+/// `initial`. Delays are whole milliseconds (rounded down), the resolution of tokio's timers.
 ///
 /// The default is 100 ms, doubling, capped at 10 s, with 10% jitter, reset after 30 s of uptime.
 ///
@@ -98,9 +98,14 @@ impl Backoff {
         let full = (self.initial.as_secs_f64() * self.factor.powi(exponent)).min(cap);
         let jittered = full * (1.0 - self.jitter * draw);
         // NaN or out of range only when the cap itself is out of range: then it is the cap.
-        Duration::try_from_secs_f64(jittered)
+        let delay = Duration::try_from_secs_f64(jittered)
             .unwrap_or(self.max)
-            .min(self.max)
+            .min(self.max);
+        // Whole milliseconds: tokio's timers would round up anything finer.
+        match u64::try_from(delay.as_millis()) {
+            Ok(millis) => Duration::from_millis(millis),
+            Err(_) => delay,
+        }
     }
 
     pub(crate) fn reset_after_uptime(&self) -> Duration {

@@ -57,6 +57,8 @@ pub(crate) struct Inner {
 
 struct Tree {
     state: SupervisorState,
+    /// What the supervisor stops for: its scope's cause, or its escalation's.
+    cause: Option<Cause>,
     children: Vec<View>,
     /// A forced shutdown was asked for.
     force: bool,
@@ -86,15 +88,14 @@ enum Status {
 impl Inner {
     pub(crate) fn snapshot(&self) -> SupervisorSnapshot {
         let now = Instant::now();
-        let cause = self.scope.cause();
-        let (state, children) = {
+        let (state, cause, children) = {
             let tree = lock(&self.tree);
             let children: Vec<_> = tree
                 .children
                 .iter()
                 .map(|view| (view.snapshot(now), view.nested.clone()))
                 .collect();
-            (tree.state, children)
+            (tree.state, tree.cause.clone(), children)
         };
         let children = children
             .into_iter()
@@ -112,7 +113,7 @@ impl Inner {
             path: self.scope.path().to_string(),
             strategy: self.strategy,
             state,
-            cause: cause.filter(|_| state != SupervisorState::Running),
+            cause,
             children,
         }
     }
@@ -175,7 +176,8 @@ impl View {
     }
 
     fn uptime(&self, now: Instant) -> Option<Duration> {
-        self.started.map(|started| now.saturating_duration_since(started))
+        self.started
+            .map(|started| now.saturating_duration_since(started))
     }
 }
 
@@ -199,9 +201,14 @@ enum Run {
         since: Instant,
     },
     /// Its scope is cancelled; waiting for it to return.
-    Stopping { id: TaskId, key: Option<usize> },
+    Stopping {
+        id: TaskId,
+        key: Option<usize>,
+    },
     /// Backing off before a one-for-one restart; `ticket` tells its timer from stale ones.
-    Waiting { ticket: u64 },
+    Waiting {
+        ticket: u64,
+    },
     /// Stopped, to restart with the plan.
     Held,
     Stopped,
@@ -303,6 +310,7 @@ where
             done: Scope::new(),
             tree: Mutex::new(Tree {
                 state: SupervisorState::Running,
+                cause: None,
                 children,
                 force: false,
                 runner: None,
@@ -352,7 +360,9 @@ where
         let factory = spec.factory.clone();
         let Spawned { id, started } =
             self.group
-                .spawn_child(spec.name.clone(), spec.location, move |scope| factory(scope));
+                .spawn_child(spec.name.clone(), spec.location, move |scope| {
+                    factory(scope)
+                });
         let now = Instant::now();
         self.by_task.insert(id, child);
         self.runs[child] = Run::Running {
@@ -418,7 +428,11 @@ where
     fn next_wakeup(&self) -> Option<Instant> {
         let abort = self.stopping.as_ref().and_then(|stop| stop.abort_at);
         let restart = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        let plan = self.plan.as_ref().filter(|plan| plan.armed).map(|plan| plan.at);
+        let plan = self
+            .plan
+            .as_ref()
+            .filter(|plan| plan.armed)
+            .map(|plan| plan.at);
         [abort, restart, plan].into_iter().flatten().min()
     }
 
@@ -435,11 +449,21 @@ where
             } => {
                 self.active -= 1;
                 let uptime = Instant::now().saturating_duration_since(since);
-                self.returned(child, task, outcome, started.map(|(_, scope)| scope), uptime);
+                self.returned(
+                    child,
+                    task,
+                    outcome,
+                    started.map(|(_, scope)| scope),
+                    uptime,
+                );
             }
             Run::Stopping { .. } => {
                 self.active -= 1;
-                if self.stopping.as_ref().is_some_and(|stop| stop.child == child) {
+                if self
+                    .stopping
+                    .as_ref()
+                    .is_some_and(|stop| stop.child == child)
+                {
                     self.stopping = None;
                 }
                 let cause = match &outcome {
@@ -575,8 +599,7 @@ where
         match &self.specs[child].restart_if {
             None => true,
             Some(predicate) => {
-                panic::catch_unwind(AssertUnwindSafe(|| predicate(failure, cause)))
-                    .unwrap_or(false)
+                panic::catch_unwind(AssertUnwindSafe(|| predicate(failure, cause))).unwrap_or(false)
             }
         }
     }
@@ -723,8 +746,9 @@ where
         let cause = cause.stamped(|| origin, SystemTime::now(), spec.location);
         self.escalated = Some((task, failure));
         self.runs[child] = Run::Stopped;
-        let _ = self.inner.scope.node.cancel(cause.clone(), spec.location);
-        let cause = self.inner.scope.cause().unwrap_or(cause);
+        // The supervisor's own scope stays as it is: an escalation is the supervisor failing,
+        // reported by its return, and a parent supervisor restarts a failed child, never a
+        // cancelled one.
         self.begin_shutdown(cause);
     }
 
@@ -733,11 +757,15 @@ where
         if self.shutdown.is_some() {
             return;
         }
+        // Stamped once here (invariant 5): every child is then told this very cause.
+        let origin = self.inner.scope.node.path();
+        let cause = cause.stamped(|| origin, SystemTime::now(), self.location);
         self.shutdown = Some(cause.clone());
         self.plan = None;
         self.timers.clear();
         self.stop_queue.clear();
         let mut tree = lock(&self.inner.tree);
+        tree.cause = Some(cause.clone());
         tree.state = if self.escalated.is_some() {
             SupervisorState::Escalated
         } else {
@@ -771,7 +799,9 @@ where
                 // It ended meanwhile; its exit was handled.
                 continue;
             };
-            let cause = self.stop_cause().expect("children stop for a shutdown or a plan");
+            let cause = self
+                .stop_cause()
+                .expect("children stop for a shutdown or a plan");
             let spec = &self.specs[child];
             let key = task.as_ref().map(|(key, _)| *key);
             if let Some((_, scope)) = task {
@@ -896,7 +926,7 @@ where
             Ok(())
         } else {
             Err(SupervisorError {
-                cause: self.inner.scope.cause(),
+                cause: self.shutdown.clone(),
                 escalated,
                 aborted,
             })

@@ -155,9 +155,11 @@ impl SupervisorSnapshot {
             }
             if let Some(failure) = &child.last_failure {
                 write!(f, ", last failure: {failure}")?;
-            } else if let Some(cause) = child.last_cause.as_ref().filter(|_| {
-                matches!(child.state, ChildState::Cancelled | ChildState::Aborted)
-            }) {
+            } else if let Some(cause) = child
+                .last_cause
+                .as_ref()
+                .filter(|_| matches!(child.state, ChildState::Cancelled | ChildState::Aborted))
+            {
                 write!(f, ", cause: {cause}")?;
             }
             writeln!(f)?;
