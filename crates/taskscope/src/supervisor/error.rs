@@ -38,8 +38,8 @@ impl<E> SupervisorError<E> {
         self.escalated.as_ref()?.1.as_ref()
     }
 
-    /// The children aborted because they did not stop within their grace, in the order they
-    /// were aborted.
+    /// The children aborted during the shutdown because they did not stop within their grace
+    /// (or the shutdown was forced), in the order they ended.
     pub fn aborted(&self) -> &[TaskInfo] {
         &self.aborted
     }

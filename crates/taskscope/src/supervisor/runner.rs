@@ -534,7 +534,7 @@ where
         }
     }
 
-    /// Mirrors how a child ended in its view; lists it if it was aborted.
+    /// Mirrors how a child ended in its view; lists it if it was aborted at shutdown.
     fn record(
         &mut self,
         child: usize,
@@ -549,7 +549,10 @@ where
             Outcome::Failed(failure) => (ChildState::Failed, Some(describe(failure))),
             Outcome::Cancelled(_) => (ChildState::Cancelled, None),
             Outcome::Aborted => {
-                self.aborted.push(task.clone());
+                // What `join` reports: the children that did not stop in time at the end.
+                if self.shutdown.is_some() {
+                    self.aborted.push(task.clone());
+                }
                 (ChildState::Aborted, None)
             }
         };
@@ -794,10 +797,13 @@ where
             return false;
         }
         while let Some(child) = self.stop_queue.pop() {
-            let Run::Running { id, task, .. } = mem::replace(&mut self.runs[child], Run::Stopped)
-            else {
+            if !matches!(self.runs[child], Run::Running { .. }) {
                 // It ended meanwhile; its exit was handled.
                 continue;
+            }
+            let Run::Running { id, task, .. } = mem::replace(&mut self.runs[child], Run::Stopped)
+            else {
+                unreachable!("checked above");
             };
             let cause = self
                 .stop_cause()
