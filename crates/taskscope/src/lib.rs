@@ -36,6 +36,12 @@
 //! the first failure or the cause, later failures, and the tasks cancelled or aborted after the
 //! shutdown grace, by name and spawn location.
 //!
+//! A [`Supervisor`] keeps long-running children up, OTP-style: it restarts them by their
+//! [`Restart`] kind and its [`Strategy`], after a [`Backoff`], escalates with a cause naming the
+//! child when restarts come too often or a failure cannot be retried, never restarts a child
+//! stopped by a cancellation, and shuts down in reverse start order, each child told the cause
+//! and given its grace. [`snapshot`](Supervisor::snapshot) shows the live tree.
+//!
 //! The semantics, including which cause a scope reports in every ordering of events, are in
 //! the concepts guide (`docs/concepts.md` in the repository).
 //!
@@ -44,6 +50,7 @@
 //! - `serde`: `Cause` serialises to, and decodes from, a stable versioned record (fields `v`,
 //!   `kind`, `code`, `detail`, `origin`, `at_unix_us`, `location`, `source`) for audit logs and
 //!   for crossing process boundaries. Decoding malformed input is an error, never a panic.
+//!   [`SupervisorSnapshot`] serialises too.
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]

@@ -76,7 +76,7 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::time::Duration;
-/// use taskscope::{Backoff, ChildSpec, Restart, Scope, Supervisor};
+/// use taskscope::{Backoff, ChildSpec, Restart, Scope, SupervisorBuilder};
 ///
 /// #[derive(Debug)]
 /// enum WatchError {
@@ -104,7 +104,8 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 /// };
 ///
 /// let app = Scope::builder().name("app").build();
-/// let supervisor = Supervisor::builder()
+/// // Children fail with a `WatchError`, which the restart predicate inspects.
+/// let supervisor = SupervisorBuilder::new()
 ///     .name("watchers")
 ///     .backoff(Backoff::exponential(Duration::from_millis(100)))
 ///     .child(
@@ -136,27 +137,20 @@ where
     task: Option<JoinHandle<Result<(), SupervisorError<E>>>>,
 }
 
+impl Supervisor {
+    /// A builder for a supervisor whose children fail with a [`BoxError`]; children are added
+    /// with [`child`](SupervisorBuilder::child) and it runs once
+    /// [`start`](SupervisorBuilder::start)ed. For children with an error type of their own,
+    /// use [`SupervisorBuilder::new`].
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder::new()
+    }
+}
+
 impl<E> Supervisor<E>
 where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
-    /// A builder for a supervisor; children are added with
-    /// [`child`](SupervisorBuilder::child) and it runs once
-    /// [`start`](SupervisorBuilder::start)ed.
-    pub fn builder() -> SupervisorBuilder<E> {
-        SupervisorBuilder {
-            name: Name::Static("supervisor"),
-            settings: Settings {
-                strategy: Strategy::OneForOne,
-                backoff: Backoff::default(),
-                max_restarts: DEFAULT_INTENSITY.0,
-                window: DEFAULT_INTENSITY.1,
-                seed: None,
-            },
-            children: Vec::new(),
-        }
-    }
-
     /// A handle to shut the supervisor down or take snapshots from elsewhere.
     pub fn handle(&self) -> SupervisorHandle {
         self.handle.clone()
@@ -376,7 +370,7 @@ where
     }
 }
 
-/// Builds a [`Supervisor`]; made by [`Supervisor::builder`]. Cloneable, so that it can be
+/// Builds a [`Supervisor`]; made by [`Supervisor::builder`] or [`SupervisorBuilder::new`]. Cloneable, so that it can be
 /// nested as a child ([`ChildSpec::supervisor`]) and started anew on each restart.
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct SupervisorBuilder<E = BoxError> {
@@ -389,6 +383,23 @@ impl<E> SupervisorBuilder<E>
 where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
+    /// A builder for a supervisor whose children fail with `E`, so that restart predicates
+    /// and [`SupervisorError::last_failure`] see the children's own error type.
+    /// [`Supervisor::builder`] is this with `E` = [`BoxError`].
+    pub fn new() -> Self {
+        SupervisorBuilder {
+            name: Name::Static("supervisor"),
+            settings: Settings {
+                strategy: Strategy::OneForOne,
+                backoff: Backoff::default(),
+                max_restarts: DEFAULT_INTENSITY.0,
+                window: DEFAULT_INTENSITY.1,
+                seed: None,
+            },
+            children: Vec::new(),
+        }
+    }
+
     /// Names the supervisor's scope (`app/watchers`); as a nested child, this is the child's
     /// name. `"supervisor"` by default.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
@@ -488,6 +499,15 @@ where
 
     pub(crate) fn name_of(&self) -> Name {
         self.name.clone()
+    }
+}
+
+impl<E> Default for SupervisorBuilder<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn default() -> Self {
+        SupervisorBuilder::new()
     }
 }
 

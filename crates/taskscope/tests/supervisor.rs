@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use taskscope::{
     Backoff, BoxError, Cause, CauseKind, ChildSpec, ChildState, Restart, Scope, Strategy,
-    Supervisor, SupervisorState,
+    Supervisor, SupervisorBuilder, SupervisorState,
 };
 use tokio::time::{Instant, sleep};
 
@@ -417,7 +417,7 @@ async fn the_restart_predicate_retries_what_is_recoverable_and_escalates_the_res
         })
     };
     let app = Scope::builder().name("k8s").build();
-    let supervisor = Supervisor::builder()
+    let supervisor = SupervisorBuilder::new()
         .name("watchers")
         .backoff(quick())
         .child(spec)
@@ -468,7 +468,7 @@ async fn an_escalation_lends_the_code_of_a_failure_that_is_a_cause() {
         Err::<(), _>(Cause::new("UNAUTHORIZED").with_detail("token expired"))
     })
     .restart_if(|_failure, cause| cause.code() != "UNAUTHORIZED");
-    let supervisor = Supervisor::builder()
+    let supervisor = SupervisorBuilder::new()
         .child(spec)
         .start(&Scope::new())
         .unwrap();
@@ -796,7 +796,7 @@ async fn a_nested_supervisor_that_escalates_is_restarted_by_its_parent() {
         .backoff(Backoff::none())
         .intensity(1, Duration::from_secs(60))
         .child(flaky("flaky", &log, 2, Duration::from_secs(1)));
-    let supervisor = Supervisor::<BoxError>::builder()
+    let supervisor = Supervisor::builder()
         .backoff(quick())
         .child(ChildSpec::supervisor(nested))
         .start(&Scope::new())
@@ -907,7 +907,7 @@ fn absurd_backoffs_stay_in_range() {
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_children_start_and_shut_down() {
     let started = Arc::new(AtomicU32::new(0));
-    let mut builder = Supervisor::<BoxError>::builder();
+    let mut builder = Supervisor::builder();
     for i in 0..10_000 {
         let started = started.clone();
         builder = builder.child(ChildSpec::new(format!("w{i}"), move |scope: Scope| {

@@ -117,7 +117,7 @@ async fn round(seed: u64) {
     let starts: Arc<Vec<AtomicU32>> = Arc::new((0..count).map(|_| AtomicU32::new(0)).collect());
 
     let app = Scope::builder().name("app").build();
-    let mut builder = Supervisor::<BoxError>::builder()
+    let mut builder = Supervisor::builder()
         .name("sup")
         .strategy(strategy)
         .backoff(Backoff::none())

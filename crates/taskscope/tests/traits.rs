@@ -55,3 +55,24 @@ fn group_types_are_send_sync_and_unpin() {
     error::<GroupError<BoxError>>();
     error::<GroupError<std::io::Error>>();
 }
+
+#[test]
+fn supervisor_types_are_send_sync_and_unpin() {
+    use taskscope::{
+        Backoff, BoxError, ChildSnapshot, ChildSpec, ConfigError, Stopped, Supervisor,
+        SupervisorBuilder, SupervisorError, SupervisorHandle, SupervisorJoin, SupervisorSnapshot,
+    };
+    fn send_sync_unpin<T: Send + Sync + Unpin>() {}
+    send_sync_unpin::<Supervisor>();
+    send_sync_unpin::<SupervisorHandle>();
+    send_sync_unpin::<SupervisorJoin<BoxError>>();
+    send_sync_unpin::<Stopped>();
+    send_sync_unpin::<SupervisorBuilder>();
+    send_sync_unpin::<ChildSpec>();
+    send_sync_unpin_unwind_safe::<Backoff>();
+    send_sync_unpin_unwind_safe::<SupervisorSnapshot>();
+    send_sync_unpin_unwind_safe::<ChildSnapshot>();
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    error::<SupervisorError<BoxError>>();
+    error::<ConfigError>();
+}
