@@ -235,8 +235,12 @@ impl SupervisorHandle {
 
     /// Shuts the supervisor down: cancels its scope with `cause`, after which children stop
     /// in reverse start order, each told `cause` and given its grace, and none restarts.
-    /// Returns whether this call set the cause (the first cause wins). Use a cause of kind
-    /// [`Shutdown`](CauseKind::Shutdown), such as the one a signal makes.
+    /// Returns whether this call set the scope's cause (the first cause wins). Use a cause of
+    /// kind [`Shutdown`](CauseKind::Shutdown), such as the one a signal makes.
+    ///
+    /// A supervisor that has escalated is already stopping its children with the escalation's
+    /// cause (its scope is left alone, so that a parent can restart it); shutting it down then
+    /// changes nothing but its scope.
     #[track_caller]
     pub fn shutdown(&self, cause: Cause) -> bool {
         self.inner.scope.cancel(cause)
@@ -244,6 +248,8 @@ impl SupervisorHandle {
 
     /// Aborts every child now, without waiting for graces: what a second ctrl-c does. Shuts
     /// the supervisor down first, with a plain *shutdown* cause, if it was not already.
+    /// Children not yet asked to stop are cancelled and aborted in the same step, so they get
+    /// no chance to clean up; nested supervisors are forced in turn.
     pub fn abort(&self) {
         self.inner.force();
     }

@@ -62,6 +62,8 @@ struct Tree {
     children: Vec<View>,
     /// A forced shutdown was asked for.
     force: bool,
+    /// The children aborted during the shutdown, once the runner has ended.
+    aborted: Vec<TaskInfo>,
     runner: Option<Waker>,
 }
 
@@ -100,11 +102,9 @@ impl Inner {
         let children = children
             .into_iter()
             .map(|(mut child, nested)| {
-                let running = matches!(child.state, ChildState::Running | ChildState::Stopping);
                 // Outside our lock: the nested supervisor takes its own.
                 child.supervisor = nested
-                    .filter(|_| running)
-                    .and_then(|nested| lock(&nested).upgrade())
+                    .and_then(|nested| lock(&nested).clone())
                     .map(|inner| Box::new(inner.snapshot()));
                 child
             })
@@ -128,6 +128,11 @@ impl Inner {
         if let Some(runner) = runner {
             runner.wake();
         }
+    }
+
+    /// The children this supervisor aborted during its shutdown, once it has ended.
+    fn aborted(&self) -> Vec<TaskInfo> {
+        lock(&self.tree).aborted.clone()
     }
 
     fn register(&self, waker: &Waker) {
@@ -313,6 +318,7 @@ where
                 cause: None,
                 children,
                 force: false,
+                aborted: Vec::new(),
                 runner: None,
             }),
         });
@@ -441,6 +447,17 @@ where
             return;
         };
         let TaskExit { task, outcome } = exit;
+        if self.shutdown.is_some()
+            && let Some(nested) = self.nested(child)
+        {
+            // A nested supervisor's aborted children are this shutdown's too.
+            let name = &self.specs[child].name;
+            self.aborted
+                .extend(nested.aborted().into_iter().map(|grandchild| TaskInfo {
+                    name: Name::Shared(Arc::from(format!("{}/{}", &**name, grandchild.name()))),
+                    ..grandchild
+                }));
+        }
         match mem::replace(&mut self.runs[child], Run::Stopped) {
             Run::Running {
                 task: started,
@@ -582,6 +599,24 @@ where
             self.runs[child] = Run::Stopped;
             if let Some(plan) = &mut self.plan {
                 plan.members[child] = false;
+            }
+        }
+    }
+
+    /// The latest run of `child`, if it is a nested supervisor.
+    fn nested(&self, child: usize) -> Option<Arc<Inner>> {
+        lock(self.specs[child].nested.as_ref()?).clone()
+    }
+
+    /// Aborts the run `id` of `child`; a nested supervisor is forced instead, so that it aborts
+    /// its own children and names them.
+    fn abort(&self, child: usize, id: TaskId, key: Option<usize>) {
+        match self.nested(child) {
+            Some(nested) => nested.force(),
+            None => {
+                if let Some(key) = key {
+                    self.group.abort_task(key, id);
+                }
             }
         }
     }
@@ -734,9 +769,13 @@ where
                 }
             }
         }
-        if let Some(failure_cause) = &failure_cause {
-            detail.push_str("; last failure: ");
-            detail.push_str(failure_cause.detail().unwrap_or(failure_cause.code()));
+        if let Some(failure) = &failure {
+            let separator = match why {
+                Escalation::Intensity => "; last failure: ",
+                Escalation::Refused => ": ",
+            };
+            detail.push_str(separator);
+            detail.push_str(&describe(failure));
         }
         let origin = failure_cause
             .as_ref()
@@ -833,8 +872,9 @@ where
             && stop.abort_at.is_some_and(|at| at <= now)
         {
             stop.abort_at = None;
-            if let Run::Stopping { id, key: Some(key) } = self.runs[stop.child] {
-                self.group.abort_task(key, id);
+            let child = stop.child;
+            if let Run::Stopping { id, key } = self.runs[child] {
+                self.abort(child, id, key);
             }
             progress = true;
         }
@@ -913,9 +953,7 @@ where
                 }
             };
             self.runs[child] = Run::Stopping { id, key };
-            if let Some(key) = key {
-                self.group.abort_task(key, id);
-            }
+            self.abort(child, id, key);
         }
     }
 
@@ -928,6 +966,7 @@ where
             SupervisorState::Stopped
         });
         let aborted = mem::take(&mut self.aborted);
+        lock(&self.inner.tree).aborted.clone_from(&aborted);
         let result = if escalated.is_none() && aborted.is_empty() {
             Ok(())
         } else {

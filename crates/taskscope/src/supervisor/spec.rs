@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::runner::Inner;
@@ -32,8 +32,9 @@ pub(crate) type ChildFuture<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Se
 type Factory<E> = Arc<dyn Fn(Scope) -> ChildFuture<E> + Send + Sync>;
 type Predicate<E> = Arc<dyn Fn(&Failure<E>, &Cause) -> bool + Send + Sync>;
 
-/// Where a nested supervisor's state can be read, for snapshots of the tree.
-pub(crate) type Nested = Arc<Mutex<Weak<Inner>>>;
+/// The state of a nested supervisor's latest run: for snapshots of the tree, to force it, and
+/// to name the children it aborted.
+pub(crate) type Nested = Arc<Mutex<Option<Arc<Inner>>>>;
 
 /// A child of a [`Supervisor`](crate::Supervisor): a name, a factory that makes the child's
 /// future anew on every (re)start, when to restart it, and how long it gets to stop.
@@ -101,21 +102,23 @@ where
     /// A nested supervisor as a child, named by the builder's name. Every run starts the
     /// nested supervisor in the run's scope; its shutdown waits for its own children, so its
     /// grace is unlimited by default (OTP's `infinity` for supervisors); each of its children
-    /// is bounded by its own grace. It fails, and may be restarted, when it escalates.
+    /// is bounded by its own grace. It fails, and may be restarted, when it escalates. When its
+    /// grace runs out, or the parent is forced, it is forced in turn: it aborts its own
+    /// children, and the parent's [`SupervisorError::aborted`] names them (`payments/ledger`).
     #[track_caller]
     pub fn supervisor<E2>(builder: SupervisorBuilder<E2>) -> ChildSpec<E>
     where
         E2: fmt::Debug + fmt::Display + Send + Sync + 'static,
         E: From<SupervisorError<E2>>,
     {
-        let nested: Nested = Arc::new(Mutex::new(Weak::new()));
+        let nested: Nested = Arc::new(Mutex::new(None));
         let invalid = builder.validate().err();
         let name = builder.name_of();
         let cell = nested.clone();
         let location = Location::caller();
         let factory = move |scope: Scope| -> ChildFuture<E> {
             let runner = builder.clone().runner(scope, location);
-            *lock(&cell) = Arc::downgrade(runner.inner());
+            *lock(&cell) = Some(runner.inner().clone());
             Box::pin(async move { runner.await.map_err(E::from) })
         };
         ChildSpec {
