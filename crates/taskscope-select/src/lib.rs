@@ -21,12 +21,23 @@
 //! # }
 //! ```
 //!
-//! What this crate holds today: the [`OrCancel`] and [`OrCancelOwned`] futures. Stream
-//! adapters, `CancellationToken` bridges, signals and tower glue come next.
+//! What this crate holds today: the [`OrCancel`] and [`OrCancelOwned`] futures, and OS signals
+//! as shutdown causes (`signal`). Stream adapters, `CancellationToken` bridges and tower glue
+//! come next.
+//!
+//! # Features
+//!
+//! - `signal` (default): the `signal` module, on unix and Windows. `Signals` receives SIGINT
+//!   and SIGTERM (ctrl-c on Windows) as [`Shutdown`](taskscope::CauseKind::Shutdown) causes
+//!   whose code names the signal (`"SIGTERM"`), and `shutdown_on_signals` turns the first into
+//!   a supervisor's ordered shutdown and a second into a forced one. Adds tokio's `signal`
+//!   feature.
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
 mod or_cancel;
+#[cfg(all(feature = "signal", any(unix, windows)))]
+pub mod signal;
 
 pub use or_cancel::{FutureExt, OrCancel, OrCancelOwned};

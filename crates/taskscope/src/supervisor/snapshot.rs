@@ -90,20 +90,22 @@ pub struct ChildSnapshot {
     /// The cause of its last stop: the cause its last failure made, or the cancellation or
     /// shutdown that stopped it.
     pub last_cause: Option<Cause>,
-    /// The nested supervisor's own tree, when the child is one and is running.
+    /// The nested supervisor's own tree, when the child is one: its current run, or its last.
     pub supervisor: Option<Box<SupervisorSnapshot>>,
 }
 
 /// The live state of a supervisor and its children, nested supervisors included; made by
 /// [`Supervisor::snapshot`](crate::Supervisor::snapshot).
 ///
-/// `Display` prints it as an indented tree, one line per supervisor and per child:
+/// `Display` prints it as an indented tree, one line per supervisor and per child, durations
+/// in whole milliseconds; a nested supervisor's own line follows its child line:
 ///
 /// ```text
 /// app/watchers (one-for-one): running
 ///   pod-watcher: restarting in 400ms, 2 restarts, last failure: connection reset
-///   payments (one-for-all): running, up 12s
-///     poller: running, up 12s
+///   payments: running, up 12s
+///     app/watchers/payments (one-for-all): running
+///       poller: running, up 12s
 /// ```
 ///
 /// With the `serde` feature it serialises; durations as milliseconds (`uptime_ms`).
@@ -143,24 +145,25 @@ impl SupervisorSnapshot {
             let indent = 2 * (depth + 1);
             write!(f, "{:indent$}{}: {}", "", child.name, child.state)?;
             if let Some(restart_in) = child.restart_in {
-                write!(f, " in {restart_in:?}")?;
+                write!(f, " in {:?}", whole_millis(restart_in))?;
             }
             if let Some(uptime) = child.uptime {
-                write!(f, ", up {uptime:?}")?;
+                write!(f, ", up {:?}", whole_millis(uptime))?;
             }
             match child.restarts {
                 0 => {}
                 1 => f.write_str(", 1 restart")?,
                 n => write!(f, ", {n} restarts")?,
             }
-            if let Some(failure) = &child.last_failure {
-                write!(f, ", last failure: {failure}")?;
-            } else if let Some(cause) = child
+            if let Some(cause) = child
                 .last_cause
                 .as_ref()
                 .filter(|_| matches!(child.state, ChildState::Cancelled | ChildState::Aborted))
             {
                 write!(f, ", cause: {cause}")?;
+            }
+            if let Some(failure) = &child.last_failure {
+                write!(f, ", last failure: {failure}")?;
             }
             writeln!(f)?;
             if let Some(nested) = &child.supervisor {
@@ -169,6 +172,14 @@ impl SupervisorSnapshot {
             }
         }
         Ok(())
+    }
+}
+
+/// `duration` in whole milliseconds, as snapshots print it.
+fn whole_millis(duration: Duration) -> Duration {
+    match u64::try_from(duration.as_millis()) {
+        Ok(millis) => Duration::from_millis(millis),
+        Err(_) => duration,
     }
 }
 

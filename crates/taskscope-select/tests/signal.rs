@@ -1,0 +1,159 @@
+//! Real signals, raised in this process, stop a supervisor: the first in order with a cause
+//! naming the signal, a second at once.
+//!
+//! A test binary of its own, so that the signals raised here reach no other test. Its tests
+//! take `SIGNALS` in turn: one test's signal must not be received by the other's listener.
+
+#![cfg(all(unix, feature = "signal"))]
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use taskscope::{BoxError, Cause, CauseKind, ChildSpec, Scope, Supervisor, SupervisorHandle};
+use taskscope_select::signal::{ShutdownOnSignals, Signals, shutdown_on_signals};
+use tokio::time::Instant;
+
+static SIGNALS: Mutex<()> = Mutex::new(());
+
+/// Runs `test` alone among this file's tests, on a current-thread runtime with paused time.
+fn run_alone(test: impl Future<Output = ()>) {
+    let _alone = SIGNALS.lock().unwrap_or_else(PoisonError::into_inner);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+        .block_on(test);
+}
+
+/// Delivers `signal` to this process; it is pending for tokio's signal driver when this returns.
+fn raise(signal: libc::c_int) {
+    // SAFETY: `raise` has no memory-safety preconditions; the handler tokio installed for
+    // `Signals` only records the signal.
+    assert_eq!(unsafe { libc::raise(signal) }, 0, "raise failed");
+}
+
+/// Yields until `done()`, so that the signal driver and the other tasks run. The test's task
+/// stays ready throughout, so paused time never auto-advances: no grace can run out meanwhile.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("still waiting for {what}");
+}
+
+type Log = Arc<Mutex<Vec<(&'static str, Cause)>>>;
+
+/// A child that records the cause it sees when cancelled, then returns.
+fn recording(name: &'static str, log: &Log) -> ChildSpec {
+    let log = log.clone();
+    ChildSpec::new(name, move |scope: Scope| {
+        let log = log.clone();
+        async move {
+            let cause = scope.cancelled().await;
+            log.lock().unwrap().push((name, cause));
+            Ok::<(), BoxError>(())
+        }
+    })
+}
+
+fn stopped(handle: &SupervisorHandle) -> impl FnMut() -> bool + '_ {
+    || handle.is_stopped()
+}
+
+#[test]
+fn sigterm_shuts_down_in_reverse_start_order_with_its_cause() {
+    run_alone(async {
+        let signals = Signals::new().expect("signal handlers");
+        let log = Log::default();
+        let app = Scope::builder().name("app").build();
+        let supervisor = Supervisor::builder()
+            .name("workers")
+            .child(recording("a", &log))
+            .child(recording("b", &log))
+            .child(recording("c", &log))
+            .start(&app)
+            .expect("valid supervisor");
+        let handle = supervisor.handle();
+        let listener = tokio::spawn(shutdown_on_signals(handle.clone(), signals));
+
+        raise(libc::SIGTERM);
+        until("the supervisor to stop", stopped(&handle)).await;
+
+        supervisor.join().await.expect("a graceful shutdown");
+        listener.await.expect("listener");
+        let log = log.lock().unwrap();
+        let order: Vec<_> = log.iter().map(|(name, _)| *name).collect();
+        assert_eq!(order, ["c", "b", "a"]);
+        for (name, cause) in log.iter() {
+            assert_eq!(cause.kind(), CauseKind::Shutdown, "{name}");
+            assert_eq!(cause.code(), "SIGTERM", "{name}");
+            assert_eq!(cause.detail(), Some("received SIGTERM"), "{name}");
+        }
+        let cause = handle.scope().cause().expect("cancelled");
+        assert_eq!(cause.code(), "SIGTERM");
+        assert_eq!(cause.origin(), Some("app/workers"));
+    });
+}
+
+#[test]
+fn second_sigterm_aborts_a_child_that_ignores_the_first() {
+    const GRACE: Duration = Duration::from_secs(60 * 60);
+    run_alone(async {
+        let signals = Signals::new().expect("signal handlers");
+        let log = Log::default();
+        let told = log.clone();
+        let stubborn = ChildSpec::new("stubborn", move |scope: Scope| {
+            let told = told.clone();
+            async move {
+                let cause = scope.cancelled().await;
+                told.lock().unwrap().push(("stubborn", cause));
+                std::future::pending::<()>().await;
+                Ok::<(), BoxError>(())
+            }
+        })
+        .grace(GRACE);
+        let app = Scope::builder().name("app").build();
+        let supervisor = Supervisor::builder()
+            .name("workers")
+            .child(recording("a", &log))
+            .child(stubborn)
+            .start(&app)
+            .expect("valid supervisor");
+        let handle = supervisor.handle();
+        let listener = tokio::spawn(shutdown_on_signals(handle.clone(), signals));
+        let start = Instant::now();
+
+        raise(libc::SIGTERM);
+        // The first signal has been received, and the last child started is being stopped.
+        until("'stubborn' to be told", || !log.lock().unwrap().is_empty()).await;
+        assert!(!handle.is_stopped());
+        raise(libc::SIGTERM);
+        until("the supervisor to stop", stopped(&handle)).await;
+
+        let error = supervisor.join().await.expect_err("a forced shutdown");
+        listener.await.expect("listener");
+        assert!(start.elapsed() < GRACE, "waited {:?}", start.elapsed());
+        assert!(
+            error.aborted().iter().any(|task| task.name() == "stubborn"),
+            "{error}"
+        );
+        assert!(!error.is_escalation());
+        let cause = error.cause().expect("a cause");
+        assert_eq!(cause.code(), "SIGTERM");
+        let (name, told) = &log.lock().unwrap()[0];
+        assert_eq!(*name, "stubborn");
+        assert_eq!(told.code(), "SIGTERM");
+    });
+}
+
+#[test]
+fn signal_types_are_send_sync_and_unpin() {
+    fn send_sync_unpin<T: Send + Sync + Unpin>() {}
+    send_sync_unpin::<Signals>();
+    send_sync_unpin::<ShutdownOnSignals>();
+}
