@@ -68,8 +68,10 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 /// never restarted.
 ///
 /// Cancelling the supervisor's scope (or any ancestor of it) shuts it down, as does
-/// [`shutdown`](Supervisor::shutdown): children stop one after the other, last started first,
-/// each told the shutdown's cause through its scope and given its grace, then aborted.
+/// [`shutdown`](Supervisor::shutdown): children stop one after the other, in the reverse of the
+/// order they were added (and first started), each told the shutdown's cause through its scope
+/// and given its grace, then aborted. Stops are sequential, as in OTP, so a shutdown takes up
+/// to the sum of the graces of the children that do not stop.
 /// [`abort`](Supervisor::abort) skips the graces (a second ctrl-c).
 ///
 /// ```
@@ -129,6 +131,7 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 /// Dropping the `Supervisor` (or its [`join`](Supervisor::join) future) before it has ended
 /// shuts it down with a [`Dropped`](CauseKind::Dropped) cause; the shutdown still runs in
 /// order, in the supervisor's own task. Keep it, or a [`SupervisorHandle`], to stop it.
+#[must_use = "dropping a `Supervisor` shuts it down"]
 pub struct Supervisor<E = BoxError>
 where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,

@@ -992,3 +992,89 @@ async fn a_nested_supervisor_out_of_grace_is_forced_and_names_what_it_aborted() 
     let ledger = nested.child("ledger").unwrap();
     assert_eq!(ledger.state, ChildState::Aborted);
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_builder_started_twice_makes_two_independent_trees() {
+    let log = Log::default();
+    let builder = Supervisor::builder().child(ChildSpec::supervisor(
+        Supervisor::builder().name("inner").child(worker("w", &log)),
+    ));
+    let one = builder.clone().name("one").start(&Scope::new()).unwrap();
+    let two = builder.name("two").start(&Scope::new()).unwrap();
+    let nested = |s: &Supervisor| {
+        s.snapshot().children[0]
+            .supervisor
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+    };
+    assert_eq!(nested(&one), "one/inner");
+    assert_eq!(nested(&two), "two/inner");
+}
+
+#[tokio::test(start_paused = true)]
+async fn children_never_started_are_not_shown_running() {
+    let log = Log::default();
+    let app = Scope::new();
+    app.cancel(Cause::plain());
+    let supervisor = Supervisor::builder()
+        .child(worker("a", &log))
+        .start(&app)
+        .unwrap();
+    let handle = supervisor.handle();
+    supervisor.join().await.unwrap();
+    assert_eq!(handle.snapshot().children[0].state, ChildState::Cancelled);
+}
+
+/// An error whose `Display` panics.
+#[derive(Debug)]
+struct Rude;
+
+impl std::fmt::Display for Rude {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("no Display for you")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_whose_display_panics_does_not_take_the_supervisor_down() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let spec = {
+        let calls = calls.clone();
+        ChildSpec::new("rude", move |scope: Scope| {
+            let run = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if run == 0 {
+                    return Err(Rude);
+                }
+                scope.cancelled().await;
+                Ok(())
+            }
+        })
+    };
+    let supervisor = SupervisorBuilder::new()
+        .backoff(Backoff::none())
+        .child(spec)
+        .start(&Scope::new())
+        .unwrap();
+    sleep(Duration::from_millis(1)).await;
+    let child = supervisor.snapshot().children[0].clone();
+    assert_eq!((child.state, child.restarts), (ChildState::Running, 1));
+    assert_eq!(
+        child.last_failure.as_deref(),
+        Some("(its Display panicked)")
+    );
+    supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
+    supervisor.join().await.unwrap();
+}
+
+#[test]
+fn no_backoff_stays_none_however_many_restarts() {
+    assert!(
+        Backoff::none()
+            .delays(3)
+            .take(5_000)
+            .all(|delay| delay.is_zero())
+    );
+}

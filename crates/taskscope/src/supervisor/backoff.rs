@@ -93,6 +93,10 @@ impl Backoff {
     /// The delay before restart number `attempt` (counting consecutive restarts from 0), with
     /// `draw` in `[0, 1)` choosing the jitter.
     pub(crate) fn delay(&self, attempt: u32, draw: f64) -> Duration {
+        if self.initial.is_zero() {
+            // Not `0 × factor^n`, which is NaN once the power overflows.
+            return Duration::ZERO;
+        }
         let cap = self.max.as_secs_f64();
         let exponent = i32::try_from(attempt).unwrap_or(i32::MAX);
         let full = (self.initial.as_secs_f64() * self.factor.powi(exponent)).min(cap);

@@ -250,6 +250,8 @@ where
     inner: Arc<Inner>,
     group: TaskGroup<(), E>,
     specs: Vec<ChildSpec<E>>,
+    /// Where each nested supervisor child publishes its latest run.
+    nested: Vec<Option<Nested>>,
     runs: Vec<Run>,
     /// Consecutive restarts per child, for the backoff.
     attempts: Vec<u32>,
@@ -297,16 +299,23 @@ where
             resume_panics: false,
         };
         let group = TaskGroup::on_scope(scope.detached_child(), config, location);
+        // One slot per nested supervisor, for this supervisor only (specs may be shared).
+        let nested: Vec<Option<Nested>> = specs
+            .iter()
+            .map(|spec| spec.supervisor.then(|| Arc::new(Mutex::new(None))))
+            .collect();
         let children = specs
             .iter()
-            .map(|spec| View {
+            .zip(&nested)
+            .map(|(spec, nested)| View {
                 name: spec.name.clone(),
-                status: Status::Running,
+                // Until it starts; it never does if the supervisor is cancelled first.
+                status: Status::Ended(ChildState::Cancelled),
                 restarts: 0,
                 started: None,
                 last_failure: None,
                 last_cause: None,
-                nested: spec.nested.clone(),
+                nested: nested.clone(),
             })
             .collect();
         let inner = Arc::new(Inner {
@@ -327,6 +336,7 @@ where
             inner,
             group,
             specs,
+            nested,
             runs: (0..count).map(|_| Run::Stopped).collect(),
             attempts: vec![0; count],
             by_task: HashMap::with_capacity(count),
@@ -364,10 +374,11 @@ where
     fn start(&mut self, child: usize, restart: bool) {
         let spec = &self.specs[child];
         let factory = spec.factory.clone();
+        let slot = self.nested[child].clone();
         let Spawned { id, started } =
             self.group
                 .spawn_child(spec.name.clone(), spec.location, move |scope| {
-                    factory(scope)
+                    factory(scope, slot.as_ref())
                 });
         let now = Instant::now();
         self.by_task.insert(id, child);
@@ -380,8 +391,25 @@ where
         self.inner.view(child, |view| {
             view.status = Status::Running;
             view.started = Some(now);
-            view.restarts += u32::from(restart);
+            view.restarts = view.restarts.saturating_add(u32::from(restart));
         });
+    }
+
+    /// Restarts `child`, which is `Stopped` for the moment, unless the supervisor's scope was
+    /// cancelled since the runner last looked: then it shuts down instead (invariant 4), so that
+    /// nothing starts after `shutdown` returned, but for a cancel landing in the instant between
+    /// this check and the spawn.
+    fn restart_now(&mut self, child: usize) {
+        match self.inner.scope.cause() {
+            None => self.start(child, true),
+            Some(cause) => {
+                self.inner.view(child, |view| {
+                    view.status = Status::Ended(ChildState::Cancelled);
+                    view.last_cause = Some(cause.clone());
+                });
+                self.begin_shutdown(cause);
+            }
+        }
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SupervisorError<E>>> {
@@ -509,13 +537,16 @@ where
             || matches!(outcome, Outcome::Cancelled(_) | Outcome::Aborted);
         if cancelled || self.in_plan(child) {
             // Stopped by a cancellation: never restarted. Or about to restart with its
-            // siblings anyway: its failure changes nothing.
+            // siblings anyway, unless it returned `Ok` and only restarts on failure: its
+            // failure changes nothing.
             let cause = match &outcome {
                 Outcome::Cancelled(cause) => Some(cause.clone()),
                 _ => own_cause.or_else(|| self.shutdown.clone()),
             };
+            let done = matches!(outcome, Outcome::Completed(()))
+                && self.specs[child].restart != Restart::Always;
             self.record(child, &task, &outcome, cause, cancelled);
-            self.hold_or_stop(child, !cancelled);
+            self.hold_or_stop(child, !cancelled && !done);
             return;
         }
         let restart = self.specs[child].restart;
@@ -523,11 +554,17 @@ where
             Outcome::Failed(failure) => {
                 let spec = &self.specs[child];
                 let origin = scope.as_ref().and_then(|scope| scope.node.path());
-                let cause = failure_cause(&spec.name, &failure).stamped(
-                    || origin,
-                    SystemTime::now(),
-                    spec.location,
-                );
+                // It formats the user's error; a `Display` that panics must not take the
+                // supervisor down.
+                let cause =
+                    panic::catch_unwind(AssertUnwindSafe(|| failure_cause(&spec.name, &failure)))
+                        .unwrap_or_else(|_| {
+                            Cause::of_kind(CauseKind::TaskFailed).with_detail(format!(
+                                "task '{}' failed: (its error's Display panicked)",
+                                &*spec.name
+                            ))
+                        })
+                        .stamped(|| origin, SystemTime::now(), spec.location);
                 let outcome = Outcome::Failed(failure);
                 self.record(child, &task, &outcome, Some(cause.clone()), false);
                 let Outcome::Failed(failure) = outcome else {
@@ -605,7 +642,7 @@ where
 
     /// The latest run of `child`, if it is a nested supervisor.
     fn nested(&self, child: usize) -> Option<Arc<Inner>> {
-        lock(self.specs[child].nested.as_ref()?).clone()
+        lock(self.nested[child].as_ref()?).clone()
     }
 
     /// Aborts the run `id` of `child`; a nested supervisor is forced instead, so that it aborts
@@ -885,7 +922,8 @@ where
             self.timers.pop();
             if matches!(self.runs[child], Run::Waiting { ticket: current } if current == ticket) {
                 self.waiting -= 1;
-                self.start(child, true);
+                self.runs[child] = Run::Stopped;
+                self.restart_now(child);
                 progress = true;
             }
         }
@@ -917,7 +955,8 @@ where
         let plan = self.plan.take().expect("checked above");
         for (child, member) in plan.members.into_iter().enumerate() {
             if member && matches!(self.runs[child], Run::Held) {
-                self.start(child, true);
+                self.runs[child] = Run::Stopped;
+                self.restart_now(child);
             }
         }
         true
@@ -1006,7 +1045,15 @@ where
         }
         // Dropped unfinished (aborted, or its runtime shut down): the group's own drop cancels
         // and aborts the children; handles see the supervisor stopped.
-        self.inner.set_state(SupervisorState::Stopped);
+        {
+            let mut tree = lock(&self.inner.tree);
+            tree.state = SupervisorState::Stopped;
+            for view in &mut tree.children {
+                if !matches!(view.status, Status::Ended(_)) {
+                    view.status = Status::Ended(ChildState::Aborted);
+                }
+            }
+        }
         let _ = self.inner.done.node.cancel(Cause::plain(), self.location);
     }
 }

@@ -17,8 +17,11 @@ pub enum SupervisorState {
     ShuttingDown,
     /// Every child has stopped; it has ended.
     Stopped,
-    /// A child failed beyond what the restart policy allows: it is stopping, or has stopped,
-    /// every child and fails.
+    /// A child failed beyond what the restart policy allows: the supervisor stops every child
+    /// and fails. The state stays `Escalated` once it has ended; [`SupervisorHandle::is_stopped`]
+    /// tells whether it has.
+    ///
+    /// [`SupervisorHandle::is_stopped`]: crate::SupervisorHandle::is_stopped
     Escalated,
 }
 

@@ -29,7 +29,8 @@ pub enum Restart {
 }
 
 pub(crate) type ChildFuture<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send>>;
-type Factory<E> = Arc<dyn Fn(Scope) -> ChildFuture<E> + Send + Sync>;
+/// Makes a run's future; a nested supervisor also publishes its state in the slot given.
+type Factory<E> = Arc<dyn Fn(Scope, Option<&Nested>) -> ChildFuture<E> + Send + Sync>;
 type Predicate<E> = Arc<dyn Fn(&Failure<E>, &Cause) -> bool + Send + Sync>;
 
 /// The state of a nested supervisor's latest run: for snapshots of the tree, to force it, and
@@ -64,7 +65,8 @@ pub struct ChildSpec<E = BoxError> {
     pub(crate) grace: Duration,
     pub(crate) restart_if: Option<Predicate<E>>,
     pub(crate) location: &'static Location<'static>,
-    pub(crate) nested: Option<Nested>,
+    /// Whether it is a nested supervisor.
+    pub(crate) supervisor: bool,
     pub(crate) invalid: Option<ConfigError>,
 }
 
@@ -89,12 +91,12 @@ where
             .then(|| ConfigError::new("a child needs a name".to_owned()));
         ChildSpec {
             name,
-            factory: Arc::new(move |scope| Box::pin(factory(scope))),
+            factory: Arc::new(move |scope, _| Box::pin(factory(scope))),
             restart: Restart::Always,
             grace: DEFAULT_GRACE,
             restart_if: None,
             location: Location::caller(),
-            nested: None,
+            supervisor: false,
             invalid,
         }
     }
@@ -111,14 +113,18 @@ where
         E2: fmt::Debug + fmt::Display + Send + Sync + 'static,
         E: From<SupervisorError<E2>>,
     {
-        let nested: Nested = Arc::new(Mutex::new(None));
-        let invalid = builder.validate().err();
         let name = builder.name_of();
-        let cell = nested.clone();
+        let invalid = match builder.validate() {
+            Err(error) => Some(error),
+            Ok(()) if name.is_empty() => Some(ConfigError::new("a child needs a name".to_owned())),
+            Ok(()) => None,
+        };
         let location = Location::caller();
-        let factory = move |scope: Scope| -> ChildFuture<E> {
+        let factory = move |scope: Scope, slot: Option<&Nested>| -> ChildFuture<E> {
             let runner = builder.clone().runner(scope, location);
-            *lock(&cell) = Some(runner.inner().clone());
+            if let Some(slot) = slot {
+                *lock(slot) = Some(runner.inner().clone());
+            }
             Box::pin(async move { runner.await.map_err(E::from) })
         };
         ChildSpec {
@@ -128,7 +134,7 @@ where
             grace: Duration::MAX,
             restart_if: None,
             location,
-            nested: Some(nested),
+            supervisor: true,
             invalid,
         }
     }
@@ -153,7 +159,8 @@ where
     /// child and failing with a cause that names this child and carries the failure.
     ///
     /// Not consulted when the child was stopped by a cancellation or a shutdown: that is never
-    /// restarted. A panic in the predicate counts as `false`.
+    /// restarted. A panic in the predicate counts as `false`. To give up on a child without
+    /// failing the supervisor, make it [`Restart::Never`] and let it return `Ok`.
     pub fn restart_if<P>(mut self, predicate: P) -> ChildSpec<E>
     where
         P: Fn(&Failure<E>, &Cause) -> bool + Send + Sync + 'static,
@@ -177,7 +184,7 @@ impl<E> Clone for ChildSpec<E> {
             grace: self.grace,
             restart_if: self.restart_if.clone(),
             location: self.location,
-            nested: self.nested.clone(),
+            supervisor: self.supervisor,
             invalid: self.invalid.clone(),
         }
     }
@@ -189,7 +196,7 @@ impl<E> fmt::Debug for ChildSpec<E> {
             .field("name", &&*self.name)
             .field("restart", &self.restart)
             .field("grace", &self.grace)
-            .field("supervisor", &self.nested.is_some())
+            .field("supervisor", &self.supervisor)
             .field("location", &self.location)
             .finish_non_exhaustive()
     }
