@@ -166,6 +166,37 @@ pub fn interleaved_samples(rounds: usize, sides: &mut [&mut dyn FnMut() -> f64])
     samples.into_iter().map(Stats::of).collect()
 }
 
+/// [`interleaved_n`] for sides whose every sample has `K` timed phases (a start and a shutdown,
+/// say): each side returns the elapsed time of each phase, and gets one [`Stats`] per phase,
+/// in ns per op. Same warm-up and order as [`interleaved_samples`].
+pub fn interleaved_phases<const K: usize>(
+    rounds: usize,
+    ops: &[usize],
+    sides: &mut [&mut dyn FnMut() -> [Duration; K]],
+) -> Vec<[Stats; K]> {
+    assert_eq!(ops.len(), sides.len());
+    for side in sides.iter_mut() {
+        black_box(side());
+    }
+    let n = sides.len();
+    let mut samples: Vec<[Vec<f64>; K]> = (0..n)
+        .map(|_| std::array::from_fn(|_| Vec::with_capacity(rounds)))
+        .collect();
+    for round in 0..rounds {
+        for step in 0..n {
+            let i = if round % 2 == 0 { step } else { n - 1 - step };
+            let phases = sides[i]();
+            for (phase, elapsed) in phases.iter().enumerate() {
+                samples[i][phase].push(elapsed.as_nanos() as f64 / ops[i] as f64);
+            }
+        }
+    }
+    samples
+        .into_iter()
+        .map(|phases| phases.map(Stats::of))
+        .collect()
+}
+
 /// Side `a` against side `b` of statistics from one interleaved run.
 pub fn pair(stats: &[Stats], a: usize, b: usize) -> Pair {
     Pair {

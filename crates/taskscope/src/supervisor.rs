@@ -7,6 +7,7 @@ mod snapshot;
 mod spec;
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::panic::{self, Location};
@@ -484,19 +485,17 @@ where
                 "the restart intensity window must be longer than zero".to_owned(),
             ));
         }
-        let mut names: Vec<&str> = Vec::with_capacity(self.children.len());
+        let mut names = HashSet::with_capacity(self.children.len());
         for spec in &self.children {
             if let Some(invalid) = &spec.invalid {
                 return Err(invalid.clone());
             }
-            names.push(&spec.name);
-        }
-        names.sort_unstable();
-        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
-            return Err(ConfigError::new(format!(
-                "two children are named '{}'",
-                pair[0]
-            )));
+            if !names.insert(&*spec.name) {
+                return Err(ConfigError::new(format!(
+                    "two children are named '{}'",
+                    &*spec.name
+                )));
+            }
         }
         Ok(())
     }

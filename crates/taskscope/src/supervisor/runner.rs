@@ -26,6 +26,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::pin::Pin;
@@ -255,7 +256,9 @@ where
     runs: Vec<Run>,
     /// Consecutive restarts per child, for the backoff.
     attempts: Vec<u32>,
-    by_task: HashMap<TaskId, usize>,
+    by_task: HashMap<TaskId, usize, BuildHasherDefault<IdHasher>>,
+    /// Each child's scope path, made at its first failure.
+    paths: Vec<Option<Arc<str>>>,
     settings: Settings,
     rng: Rng,
     /// When the restarts within the intensity window happened, oldest first.
@@ -339,7 +342,8 @@ where
             nested,
             runs: (0..count).map(|_| Run::Stopped).collect(),
             attempts: vec![0; count],
-            by_task: HashMap::with_capacity(count),
+            by_task: HashMap::with_capacity_and_hasher(count, Default::default()),
+            paths: vec![None; count],
             rng: Rng::new(settings.seed.unwrap_or_else(Rng::random_seed)),
             settings,
             restarts: VecDeque::new(),
@@ -553,7 +557,11 @@ where
         match outcome {
             Outcome::Failed(failure) => {
                 let spec = &self.specs[child];
-                let origin = scope.as_ref().and_then(|scope| scope.node.path());
+                // Every run of a child has the same path: made once.
+                if self.paths[child].is_none() {
+                    self.paths[child] = scope.as_ref().and_then(|scope| scope.node.path());
+                }
+                let origin = self.paths[child].clone();
                 // It formats the user's error; a `Display` that panics must not take the
                 // supervisor down.
                 let cause =
@@ -707,6 +715,10 @@ where
         self.attempts[child] = self.attempts[child].saturating_add(1);
         let at = far_or(now, delay);
         match self.settings.strategy {
+            Strategy::OneForOne if delay.is_zero() => {
+                self.runs[child] = Run::Stopped;
+                self.restart_now(child);
+            }
             Strategy::OneForOne => {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
@@ -1081,4 +1093,26 @@ fn describe<E: fmt::Display>(failure: &Failure<E>) -> String {
         Failure::Panic(message) => format!("panicked: {message}"),
     }))
     .unwrap_or_else(|_| "(its Display panicked)".to_owned())
+}
+
+/// Hashes a [`TaskId`], a number unique within the group, as itself: no need for SipHash's
+/// defence against chosen keys.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Spread sequential ids over the table's buckets (Fibonacci hashing).
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
