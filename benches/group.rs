@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pair, Stats, Target, interleaved_n, interleaved_samples, pair, print_table, row};
+use common::{
+    Pair, Stats, Target, drain, interleaved_n, interleaved_samples, pair, print_table, row, runtime,
+};
 use taskscope::{BoxError, Cause, Scope, TaskGroup};
-use tokio::runtime::{Handle, Runtime};
+use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_graceful_shutdown::{SubsystemBuilder, SubsystemHandle, Toplevel};
@@ -86,22 +88,6 @@ impl Config {
                 memory_tasks: 100_000,
             }
         }
-    }
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("current-thread runtime")
-}
-
-/// Yields until no task is left on the runtime, so that a sample leaves nothing behind for the
-/// next one to run.
-async fn drain() {
-    let metrics = Handle::current().metrics();
-    while metrics.num_alive_tasks() > 0 {
-        tokio::task::yield_now().await;
     }
 }
 

@@ -21,10 +21,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pair, Target, interleaved_n, interleaved_phases, pair, print_table, row};
+use common::{
+    Pair, Target, drain, interleaved_n, interleaved_phases, pair, print_table, row, runtime,
+};
 use taskscope::{Backoff, BoxError, Cause, ChildSpec, Outcome, Restart, Scope, Supervisor};
 use taskscope::{SupervisorBuilder, TaskGroup};
-use tokio::runtime::{Handle, Runtime};
+use tokio::runtime::Runtime;
 use tokio_graceful_shutdown::{SubsystemBuilder, SubsystemHandle, Toplevel};
 use tokio_util::sync::CancellationToken;
 
@@ -71,22 +73,6 @@ impl Config {
                 largest_rounds: 9,
             }
         }
-    }
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("current-thread runtime")
-}
-
-/// Yields until no task is left on the runtime, so that a sample leaves nothing behind for the
-/// next one to run.
-async fn drain() {
-    let metrics = Handle::current().metrics();
-    while metrics.num_alive_tasks() > 0 {
-        tokio::task::yield_now().await;
     }
 }
 

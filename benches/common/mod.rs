@@ -323,3 +323,20 @@ pub fn print_table(rows: &[Row]) {
         }
     }
 }
+
+/// The current-thread runtime every benchmark side runs on, with time enabled.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("current-thread runtime")
+}
+
+/// Yields until no task is left on the runtime, so that a sample leaves nothing behind for the
+/// next one to run.
+pub async fn drain() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    while metrics.num_alive_tasks() > 0 {
+        tokio::task::yield_now().await;
+    }
+}
