@@ -7,27 +7,15 @@
 //! running, and that every task scope is unlinked. A failing round prints its seed;
 //! `TASKSCOPE_STRESS_SEED=<seed>` replays it, `TASKSCOPE_STRESS_ROUNDS=<n>` runs more.
 
+mod common;
+
+use common::{Live, Rng, replaying, run_seeds, yields};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use taskscope::{BoxError, Cause, CauseKind, Outcome, Scope, TaskGroup};
-
-/// xorshift64*: small, seedable, good enough to pick behaviours.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Behaviour {
@@ -46,28 +34,6 @@ enum Joiner {
     JoinNext,
     /// Drops the group after some yields.
     Drop,
-}
-
-/// Counts live task futures, so a round can check that none outlives its group.
-struct Live(Arc<AtomicUsize>);
-
-impl Live {
-    fn new(count: &Arc<AtomicUsize>) -> Live {
-        count.fetch_add(1, Ordering::SeqCst);
-        Live(count.clone())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn yields(n: u64) {
-    for _ in 0..n {
-        tokio::task::yield_now().await;
-    }
 }
 
 async fn round(seed: u64) {
@@ -126,7 +92,7 @@ async fn round(seed: u64) {
     });
 
     let context = format!("seed {seed}: {behaviours:?}, limit {limit}, {joiner:?}");
-    if std::env::var("TASKSCOPE_STRESS_SEED").is_ok() {
+    if replaying() {
         eprintln!("{context}");
     }
     match joiner {
@@ -251,44 +217,5 @@ fn check_join(
 
 #[test]
 fn failing_tasks_race_join_and_drop() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
-    let seeds: Vec<u64> = match std::env::var("TASKSCOPE_STRESS_SEED") {
-        Ok(seed) => vec![seed.parse().expect("TASKSCOPE_STRESS_SEED is a number")],
-        Err(_) => {
-            let rounds = std::env::var("TASKSCOPE_STRESS_ROUNDS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(10_000);
-            (0..rounds).collect()
-        }
-    };
-    // Panicking tasks are expected; keep their messages out of the test output.
-    std::panic::set_hook(Box::new(|_| {}));
-    for seed in seeds {
-        let done = runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), tokio::spawn(round(seed))).await
-        });
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(panic)) => {
-                let _ = std::panic::take_hook();
-                let payload = panic.into_panic();
-                let message = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                panic!("seed {seed}: {message}");
-            }
-            Err(_) => {
-                let _ = std::panic::take_hook();
-                panic!("seed {seed}: the round hung");
-            }
-        }
-    }
-    let _ = std::panic::take_hook();
+    run_seeds(10_000, round);
 }

@@ -9,6 +9,10 @@
 //! round prints its seed; `TASKSCOPE_STRESS_SEED=<seed>` replays it,
 //! `TASKSCOPE_STRESS_ROUNDS=<n>` runs more.
 
+mod common;
+
+use common::{Live, Rng, replaying, run_seeds, yields};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,22 +21,6 @@ use taskscope::{
     Backoff, BoxError, Cause, CauseKind, ChildSpec, ChildState, Restart, Scope, Strategy,
     Supervisor, SupervisorState,
 };
-
-/// xorshift64*: small, seedable, good enough to pick behaviours.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Behaviour {
@@ -55,28 +43,6 @@ enum Ending {
     Abort,
     Drop,
     CancelParent,
-}
-
-/// Counts live child futures, so a round can check that none outlives the supervisor.
-struct Live(Arc<AtomicUsize>);
-
-impl Live {
-    fn new(count: &Arc<AtomicUsize>) -> Live {
-        count.fetch_add(1, Ordering::SeqCst);
-        Live(count.clone())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn yields(n: u64) {
-    for _ in 0..n {
-        tokio::task::yield_now().await;
-    }
 }
 
 /// Yields until `done` holds, for at most 10 s of real time: teardown that happens on the other
@@ -158,7 +124,7 @@ async fn round(seed: u64) {
     let context = format!(
         "seed {seed}: {behaviours:?}, {strategy:?}, {ending:?}, max {max_restarts} restarts"
     );
-    if std::env::var("TASKSCOPE_STRESS_SEED").is_ok() {
+    if replaying() {
         eprintln!("{context}");
     }
 
@@ -260,44 +226,5 @@ async fn round(seed: u64) {
 
 #[test]
 fn children_race_restarts_and_shutdowns() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
-    let seeds: Vec<u64> = match std::env::var("TASKSCOPE_STRESS_SEED") {
-        Ok(seed) => vec![seed.parse().expect("TASKSCOPE_STRESS_SEED is a number")],
-        Err(_) => {
-            let rounds = std::env::var("TASKSCOPE_STRESS_ROUNDS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(3_000);
-            (0..rounds).collect()
-        }
-    };
-    // Panicking children are expected; keep their messages out of the test output.
-    std::panic::set_hook(Box::new(|_| {}));
-    for seed in seeds {
-        let done = runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), tokio::spawn(round(seed))).await
-        });
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(panic)) => {
-                let _ = std::panic::take_hook();
-                let payload = panic.into_panic();
-                let message = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                panic!("seed {seed}: {message}");
-            }
-            Err(_) => {
-                let _ = std::panic::take_hook();
-                panic!("seed {seed}: the round hung");
-            }
-        }
-    }
-    let _ = std::panic::take_hook();
+    run_seeds(3_000, round);
 }
