@@ -73,7 +73,7 @@ pub use group::{
     TrySpawnError,
 };
 pub use on_cancel::OnCancel;
-pub use scope::{Scope, ScopeBuilder, ScopePath, WeakScope};
+pub use scope::{DropGuard, Scope, ScopeBuilder, ScopePath, WeakScope};
 pub use supervisor::{
     Backoff, ChildSnapshot, ChildSpec, ChildState, ConfigError, DEFAULT_INTENSITY, Delays, Restart,
     Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorError, SupervisorHandle,

@@ -190,6 +190,64 @@ impl Scope {
         self.node.is_cancelled()
     }
 
+    /// A checkpoint for loops and long computations: `Err(cause)` once this scope is cancelled
+    /// (or past its deadline), `Ok(())` until then, so `scope.check()?` returns early with the
+    /// reason. [`Cause`] is an error, so `?` converts it into a boxed error too.
+    ///
+    /// ```
+    /// use taskscope::{Cause, Scope};
+    ///
+    /// fn checksum(scope: &Scope, rows: &[u64]) -> Result<u64, Cause> {
+    ///     let mut sum = 0u64;
+    ///     for (i, row) in rows.iter().enumerate() {
+    ///         if i % 1024 == 0 {
+    ///             scope.check()?;
+    ///         }
+    ///         sum = sum.wrapping_add(*row);
+    ///     }
+    ///     Ok(sum)
+    /// }
+    ///
+    /// let scope = Scope::new();
+    /// assert_eq!(checksum(&scope, &[1, 2, 3]).unwrap(), 6);
+    /// scope.cancel(Cause::new("SHUTDOWN"));
+    /// assert_eq!(checksum(&scope, &[1, 2, 3]).unwrap_err().code(), "SHUTDOWN");
+    /// ```
+    pub fn check(&self) -> Result<(), Cause> {
+        match self.cause() {
+            Some(cause) => Err(cause),
+            None => Ok(()),
+        }
+    }
+
+    /// Turns this handle into a guard that cancels the scope with `cause` when dropped, unless
+    /// [`disarm`](DropGuard::disarm)ed first (tokio-util's `CancellationToken::drop_guard`, with
+    /// a reason). The cause names this call's location, as [`cancel`](Scope::cancel) names its
+    /// caller's.
+    ///
+    /// ```
+    /// use taskscope::{Cause, Scope};
+    ///
+    /// let request = Scope::new();
+    /// let work = request.child();
+    /// {
+    ///     let _guard = request.clone().drop_guard(Cause::new("HANDLER_RETURNED"));
+    /// }
+    /// assert_eq!(work.cause().unwrap().code(), "HANDLER_RETURNED");
+    ///
+    /// let kept = Scope::new();
+    /// let scope = kept.clone().drop_guard(Cause::plain()).disarm();
+    /// drop(scope);
+    /// assert!(!kept.is_cancelled());
+    /// ```
+    #[track_caller]
+    pub fn drop_guard(self, cause: Cause) -> DropGuard {
+        DropGuard {
+            armed: Some((self, cause)),
+            location: Location::caller(),
+        }
+    }
+
     /// Waits until this scope is cancelled, and resolves to the cause.
     ///
     /// ```
@@ -371,6 +429,49 @@ impl WeakScope {
     /// A handle to the scope, if it is still alive.
     pub fn upgrade(&self) -> Option<Scope> {
         self.node.upgrade().map(|node| Scope { node })
+    }
+}
+
+/// Cancels a scope with a given cause when dropped; made by [`Scope::drop_guard`].
+#[must_use = "dropping the guard cancels the scope at once"]
+pub struct DropGuard {
+    armed: Option<(Scope, Cause)>,
+    location: &'static Location<'static>,
+}
+
+impl DropGuard {
+    /// Gives the scope back without cancelling it.
+    pub fn disarm(mut self) -> Scope {
+        let (scope, _) = self
+            .armed
+            .take()
+            .expect("a guard is armed until dropped or disarmed");
+        scope
+    }
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        let Some((scope, cause)) = self.armed.take() else {
+            return;
+        };
+        let outcome = scope.node.cancel(cause, self.location);
+        // A callback's panic is resumed as `cancel` would, but never while already unwinding:
+        // that would abort the process.
+        if let Some(payload) = outcome.panic
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(payload);
+        }
+    }
+}
+
+impl fmt::Debug for DropGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DropGuard")
+            .field("scope", &self.armed.as_ref().map(|(scope, _)| scope))
+            .field("cause", &self.armed.as_ref().map(|(_, cause)| cause))
+            .finish()
     }
 }
 

@@ -3,7 +3,7 @@
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use taskscope::{
-    CallSite, Cancelled, CancelledOwned, Cause, CauseKind, OnCancel, Scope, ScopeBuilder, WeakScope,
+    CallSite, Cancelled, CancelledOwned, Cause, CauseKind, DropGuard, OnCancel, Scope, ScopeBuilder, WeakScope,
 };
 
 fn send_sync_unpin_unwind_safe<T: Send + Sync + Unpin + UnwindSafe + RefUnwindSafe>() {}
@@ -16,6 +16,7 @@ fn public_types_are_send_sync_unpin_and_unwind_safe() {
     send_sync_unpin_unwind_safe::<CallSite>();
     send_sync_unpin_unwind_safe::<OnCancel>();
     send_sync_unpin_unwind_safe::<WeakScope>();
+    send_sync_unpin_unwind_safe::<DropGuard>();
     send_sync_unpin_unwind_safe::<ScopeBuilder<'static>>();
     send_sync_unpin_unwind_safe::<taskscope::ScopePath<'static>>();
 }
