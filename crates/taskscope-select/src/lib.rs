@@ -36,8 +36,12 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod bridge;
 mod or_cancel;
 #[cfg(all(feature = "signal", any(unix, windows)))]
 pub mod signal;
+mod stream;
 
+pub use bridge::{ScopeExt, TokenExt};
 pub use or_cancel::{FutureExt, OrCancel, OrCancelOwned};
+pub use stream::{StreamExt, UntilCancelled, UntilCancelledOwned};

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use taskscope::{Cancelled, CancelledOwned, Cause, Scope};
@@ -54,6 +55,55 @@ pub trait FutureExt: Future + Sized {
             future: self,
             cancelled: scope.cancelled_owned(),
         }
+    }
+
+    /// Runs this future for at most `timeout`; past it, resolves to `Err(cause)` with `cause`
+    /// made a [deadline](taskscope::CauseKind::DeadlineExceeded) cause that keeps its code and
+    /// detail. A timeout that says why, where `tokio::time::timeout` says only "elapsed".
+    ///
+    /// It is a root scope with that deadline and cause (as
+    /// [`ScopeBuilder::deadline_cause`](taskscope::ScopeBuilder::deadline_cause) makes), run
+    /// with [`or_cancel_owned`](FutureExt::or_cancel_owned). To bound work that already has a
+    /// scope, give the scope the deadline instead (`scope.child_builder().timeout(d)`): its
+    /// cancellation then reaches the work too.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskscope::{Cause, CauseKind};
+    /// use taskscope_select::FutureExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let gateway = tokio::time::sleep(Duration::from_secs(30));
+    /// let cause = gateway
+    ///     .timeout_with_cause(Duration::from_secs(2), Cause::new("PAYMENT_TIMEOUT"))
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
+    /// assert_eq!(cause.code(), "PAYMENT_TIMEOUT");
+    /// # }
+    /// ```
+    ///
+    /// # Fairness
+    ///
+    /// As [`or_cancel`](FutureExt::or_cancel): the deadline is checked first, so a zero
+    /// `timeout` ends it without polling the inner future once (where `tokio::time::timeout`
+    /// polls it first).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe exactly when the inner future is.
+    ///
+    /// # Panics
+    ///
+    /// When polled outside a tokio runtime with the time driver enabled, as
+    /// `tokio::time::sleep` does.
+    fn timeout_with_cause(self, timeout: Duration, cause: Cause) -> OrCancelOwned<Self> {
+        let scope = Scope::builder()
+            .timeout(timeout)
+            .deadline_cause(cause)
+            .build();
+        self.or_cancel_owned(scope)
     }
 }
 

@@ -1,6 +1,25 @@
-//! OS signals as cause sources: SIGINT and SIGTERM become [`Shutdown`](CauseKind::Shutdown)
-//! causes naming the signal, and [`shutdown_on_signals`] turns them into a supervisor's ordered
+//! OS signals as cause sources: SIGINT, SIGTERM and SIGHUP become
+//! [`Shutdown`](CauseKind::Shutdown) causes naming the signal. [`ctrl_c`], [`terminate`] and
+//! [`hangup`] are futures of one signal, to hand to
+//! [`ScopeExt::cancel_on`](crate::ScopeExt::cancel_on); [`Signals`] receives SIGINT and SIGTERM
+//! again and again, and [`shutdown_on_signals`] turns them into a supervisor's ordered
 //! shutdown, then a forced one.
+//!
+//! ```
+//! use taskscope::Scope;
+//! use taskscope_select::{ScopeExt, signal};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let app = Scope::builder().name("app").build();
+//! app.cancel_on(signal::ctrl_c()?);
+//! # #[cfg(unix)]
+//! app.cancel_on(signal::terminate()?);
+//! // ... run the application's work under `app`; ctrl-c or SIGTERM cancels it with a cause
+//! // of kind `Shutdown` and code "SIGINT" or "SIGTERM".
+//! # Ok(())
+//! # }
+//! ```
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -27,6 +46,99 @@ pub fn shutdown_cause(name: &'static str) -> Cause {
         .with_detail(format!("received {name}"))
 }
 
+/// Resolves to the [`shutdown_cause`] of one signal when it arrives; made by [`ctrl_c`],
+/// [`terminate`] or [`hangup`]. Polled again after that, it waits for the next one.
+///
+/// Listening starts when it is made, not when it is first polled: a signal that arrives in
+/// between is kept. Once it exists, the signal no longer ends the process by default, for as
+/// long as the process lives (tokio never uninstalls its handlers).
+///
+/// # Cancel safety
+///
+/// Cancel-safe when polled by reference (`&mut signal` in a `tokio::select!` loop): a branch
+/// that loses keeps the signal for the next turn. Dropping it stops listening, and a signal
+/// that had arrived but was not yet polled goes with it.
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct Signal {
+    name: &'static str,
+    #[cfg(unix)]
+    inner: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    inner: tokio::signal::windows::CtrlC,
+}
+
+impl Future for Signal {
+    type Output = Cause;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Cause> {
+        // `None`: the runtime's signal driver is gone, no signal can come any more.
+        match self.inner.poll_recv(cx) {
+            Poll::Ready(Some(())) => Poll::Ready(shutdown_cause(self.name)),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The next ctrl-c: SIGINT on unix, ctrl-c on Windows, reported as `"SIGINT"` on both.
+///
+/// # Errors
+///
+/// When the OS refuses to install the handler.
+///
+/// # Panics
+///
+/// Outside a tokio runtime with its I/O driver enabled (`enable_all`, as `#[tokio::main]`).
+pub fn ctrl_c() -> io::Result<Signal> {
+    #[cfg(unix)]
+    let inner = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    #[cfg(windows)]
+    let inner = tokio::signal::windows::ctrl_c()?;
+    Ok(Signal {
+        name: "SIGINT",
+        inner,
+    })
+}
+
+/// The next SIGTERM, what process managers (systemd, Kubernetes, docker stop) send to ask for a
+/// graceful stop.
+///
+/// # Errors
+///
+/// When the OS refuses to install the handler.
+///
+/// # Panics
+///
+/// Outside a tokio runtime with its I/O driver enabled.
+#[cfg(unix)]
+pub fn terminate() -> io::Result<Signal> {
+    unix_signal(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")
+}
+
+/// The next SIGHUP: the controlling terminal went away, or (by convention for daemons) a
+/// request to reload. As a cause it is a shutdown named `"SIGHUP"`; a service that reloads
+/// instead reads it with `tokio::signal::unix` directly.
+///
+/// # Errors
+///
+/// When the OS refuses to install the handler.
+///
+/// # Panics
+///
+/// Outside a tokio runtime with its I/O driver enabled.
+#[cfg(unix)]
+pub fn hangup() -> io::Result<Signal> {
+    unix_signal(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")
+}
+
+#[cfg(unix)]
+fn unix_signal(kind: tokio::signal::unix::SignalKind, name: &'static str) -> io::Result<Signal> {
+    Ok(Signal {
+        name,
+        inner: tokio::signal::unix::signal(kind)?,
+    })
+}
+
 /// Listens for the signals that ask a process to stop: SIGINT (ctrl-c) and SIGTERM on unix,
 /// ctrl-c on Windows, reported as `"SIGINT"` there too so that causes and metric labels read
 /// the same on every platform.
@@ -38,12 +150,9 @@ pub fn shutdown_cause(name: &'static str) -> Cause {
 /// the process lives (tokio never uninstalls its handlers): whoever receives them decides.
 #[derive(Debug)]
 pub struct Signals {
+    interrupt: Signal,
     #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(windows)]
-    ctrl_c: tokio::signal::windows::CtrlC,
+    terminate: Signal,
 }
 
 impl Signals {
@@ -58,20 +167,11 @@ impl Signals {
     /// Outside a tokio runtime, or in one built without its I/O driver (`enable_io`, or
     /// `enable_all` as `#[tokio::main]` does), which is what receives signals.
     pub fn new() -> io::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                interrupt: signal(SignalKind::interrupt())?,
-                terminate: signal(SignalKind::terminate())?,
-            })
-        }
-        #[cfg(windows)]
-        {
-            Ok(Signals {
-                ctrl_c: tokio::signal::windows::ctrl_c()?,
-            })
-        }
+        Ok(Signals {
+            interrupt: ctrl_c()?,
+            #[cfg(unix)]
+            terminate: terminate()?,
+        })
     }
 
     /// Waits for the next signal and returns it as its [`shutdown_cause`]. Signals that arrive
@@ -93,22 +193,12 @@ impl Signals {
     /// When SIGINT and SIGTERM are both pending, SIGINT is returned first and SIGTERM at the
     /// next poll: neither is lost.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Cause> {
-        // `None` means the runtime's signal driver is gone: no signal can come any more, so
-        // such a listener simply stays pending.
-        #[cfg(unix)]
-        {
-            if let Poll::Ready(Some(())) = self.interrupt.poll_recv(cx) {
-                return Poll::Ready(shutdown_cause("SIGINT"));
-            }
-            if let Poll::Ready(Some(())) = self.terminate.poll_recv(cx) {
-                return Poll::Ready(shutdown_cause("SIGTERM"));
-            }
+        if let Poll::Ready(cause) = Pin::new(&mut self.interrupt).poll(cx) {
+            return Poll::Ready(cause);
         }
-        #[cfg(windows)]
-        {
-            if let Poll::Ready(Some(())) = self.ctrl_c.poll_recv(cx) {
-                return Poll::Ready(shutdown_cause("SIGINT"));
-            }
+        #[cfg(unix)]
+        if let Poll::Ready(cause) = Pin::new(&mut self.terminate).poll(cx) {
+            return Poll::Ready(cause);
         }
         Poll::Pending
     }

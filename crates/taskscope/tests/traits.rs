@@ -3,7 +3,8 @@
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use taskscope::{
-    CallSite, Cancelled, CancelledOwned, Cause, CauseKind, DropGuard, OnCancel, Scope, ScopeBuilder, WeakScope,
+    CallSite, Cancelled, CancelledOwned, Cause, CauseKind, DropGuard, OnCancel, Scope,
+    ScopeBuilder, WeakScope,
 };
 
 fn send_sync_unpin_unwind_safe<T: Send + Sync + Unpin + UnwindSafe + RefUnwindSafe>() {}
