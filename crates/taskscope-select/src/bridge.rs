@@ -27,6 +27,11 @@ pub trait ScopeExt {
     /// [`on_cancel`](Scope::on_cancel) callback holds the token until the scope is cancelled or
     /// freed.
     ///
+    /// The token follows the scope while the scope lives: keep a handle to the scope for as
+    /// long as the token is used. Once its last handle is dropped the scope is freed with its
+    /// callback, and the token is cancelled by nothing (so `parent.child().to_token()`, whose
+    /// child is a temporary, is never cancelled; bind the child to a variable).
+    ///
     /// Each call registers one callback, so call it once per scope and clone the token, rather
     /// than once per loop turn on a long-lived scope; make a short-lived
     /// [`child`](Scope::child) for per-request tokens. A token knows no cause: read it from the

@@ -149,18 +149,47 @@ impl<F: Future> Future for OrCancelOwned<F> {
     }
 }
 
-/// The one rule both futures follow (see `# Fairness`): the scope first.
-fn poll_or_cancel<F, C>(
-    future: Pin<&mut F>,
-    cancelled: &mut C,
-    cx: &mut Context<'_>,
-) -> Poll<Result<F::Output, Cause>>
-where
-    F: Future,
-    C: Future<Output = Cause> + Unpin,
-{
-    if let Poll::Ready(cause) = Pin::new(cancelled).poll(cx) {
-        return Poll::Ready(Err(cause));
+/// A scope's cancellation as the adapters watch it: [`Cancelled`] or [`CancelledOwned`].
+pub(crate) trait Watch: Future<Output = Cause> + Unpin {
+    /// Whether it is cancelled now, registering nothing.
+    fn is_cancelled(&self) -> bool;
+}
+
+impl Watch for Cancelled<'_> {
+    fn is_cancelled(&self) -> bool {
+        Cancelled::is_cancelled(self)
     }
-    future.poll(cx).map(Ok)
+}
+
+impl Watch for CancelledOwned {
+    fn is_cancelled(&self) -> bool {
+        CancelledOwned::is_cancelled(self)
+    }
+}
+
+/// Polls `inner` under the one rule every adapter follows (see `# Fairness`): the scope first.
+///
+/// The scope is looked at without registering a waker, then `inner` is polled, and only if it
+/// is pending is the waker registered with the scope (which looks again, under the scope's
+/// lock: a cancel landing in between is not missed). An adapter whose inner future is ready
+/// at once so never touches the scope's waiter list.
+pub(crate) fn poll_scope_first<T>(
+    cancelled: &mut impl Watch,
+    cx: &mut Context<'_>,
+    inner: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Poll<Result<T, Cause>> {
+    if !cancelled.is_cancelled()
+        && let Poll::Ready(output) = inner(cx)
+    {
+        return Poll::Ready(Ok(output));
+    }
+    Pin::new(cancelled).poll(cx).map(Err)
+}
+
+fn poll_or_cancel<F: Future>(
+    future: Pin<&mut F>,
+    cancelled: &mut impl Watch,
+    cx: &mut Context<'_>,
+) -> Poll<Result<F::Output, Cause>> {
+    poll_scope_first(cancelled, cx, |cx| future.poll(cx))
 }

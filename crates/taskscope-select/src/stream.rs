@@ -1,6 +1,5 @@
 //! [`StreamExt::until_cancelled`]: a stream that ends when its scope is cancelled.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -8,6 +7,8 @@ use futures_core::Stream;
 use futures_core::stream::FusedStream;
 use pin_project_lite::pin_project;
 use taskscope::{Cancelled, CancelledOwned, Cause, Scope};
+
+use crate::or_cancel::{Watch, poll_scope_first};
 
 /// Adapters for any [`Stream`].
 pub trait StreamExt: Stream + Sized {
@@ -170,27 +171,25 @@ impl<S: Stream> FusedStream for UntilCancelledOwned<S> {
     }
 }
 
-/// The one rule both streams follow (see `# Fairness`): the scope first; once ended, fused.
-fn poll_until_cancelled<S, C>(
+/// The rule every adapter follows (see `# Fairness`): the scope first; once ended, fused.
+fn poll_until_cancelled<S: Stream>(
     stream: Pin<&mut S>,
-    cancelled: &mut C,
+    cancelled: &mut impl Watch,
     state: &mut State,
     cx: &mut Context<'_>,
-) -> Poll<Option<S::Item>>
-where
-    S: Stream,
-    C: Future<Output = Cause> + Unpin,
-{
+) -> Poll<Option<S::Item>> {
     if !matches!(state, State::Running) {
         return Poll::Ready(None);
     }
-    if let Poll::Ready(cause) = Pin::new(cancelled).poll(cx) {
-        *state = State::Cancelled(cause);
-        return Poll::Ready(None);
+    match std::task::ready!(poll_scope_first(cancelled, cx, |cx| stream.poll_next(cx))) {
+        Ok(Some(item)) => Poll::Ready(Some(item)),
+        Ok(None) => {
+            *state = State::Exhausted;
+            Poll::Ready(None)
+        }
+        Err(cause) => {
+            *state = State::Cancelled(cause);
+            Poll::Ready(None)
+        }
     }
-    let item = std::task::ready!(stream.poll_next(cx));
-    if item.is_none() {
-        *state = State::Exhausted;
-    }
-    Poll::Ready(item)
 }

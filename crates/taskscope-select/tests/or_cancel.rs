@@ -112,3 +112,67 @@ async fn works_inside_select() {
     };
     assert_eq!(outcome, "STOP");
 }
+
+#[tokio::test(start_paused = true)]
+async fn timeout_with_cause_ends_as_a_deadline_keeping_the_code() {
+    let start = tokio::time::Instant::now();
+    let cause = tokio::time::sleep(Duration::from_secs(30))
+        .timeout_with_cause(
+            Duration::from_secs(2),
+            Cause::new("PAYMENT_TIMEOUT").with_detail("gateway slow"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
+    assert_eq!(cause.code(), "PAYMENT_TIMEOUT");
+    assert_eq!(cause.detail(), Some("gateway slow"));
+    assert!(cause.at().is_some(), "stamped with when");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_with_cause_returns_the_output_in_time() {
+    let output = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        "charged"
+    }
+    .timeout_with_cause(Duration::from_secs(2), Cause::new("PAYMENT_TIMEOUT"))
+    .await;
+    assert_eq!(output.unwrap(), "charged");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_with_cause_of_zero_never_polls_the_future() {
+    let polled = std::sync::atomic::AtomicBool::new(false);
+    let work = async {
+        polled.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let cause = work
+        .timeout_with_cause(Duration::ZERO, Cause::new("NO_BUDGET"))
+        .await
+        .unwrap_err();
+    assert_eq!(cause.code(), "NO_BUDGET");
+    assert!(!polled.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_with_cause_of_an_absurd_duration_is_no_timeout() {
+    let mut waiting =
+        task::spawn(pending::<()>().timeout_with_cause(Duration::MAX, Cause::new("NEVER")));
+    assert_pending!(waiting.poll());
+    tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+    assert_pending!(waiting.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_with_cause_keeps_the_kind_of_a_deadline_cause_it_is_given() {
+    let cause = pending::<()>()
+        .timeout_with_cause(
+            Duration::from_millis(1),
+            Cause::of_kind(CauseKind::DeadlineExceeded),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
+    assert_eq!(cause.code(), "deadline");
+}

@@ -69,6 +69,23 @@ impl CancelledOwned {
     }
 }
 
+impl Cancelled<'_> {
+    /// Whether its scope is cancelled now (or past its deadline), that is whether a poll would
+    /// resolve; registers no waker. Adapters check it before polling what they wrap, and poll
+    /// this future only when that is pending.
+    pub fn is_cancelled(&self) -> bool {
+        self.node.is_cancelled()
+    }
+}
+
+impl CancelledOwned {
+    /// Whether its scope is cancelled now (or past its deadline); see
+    /// [`Cancelled::is_cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        self.node.is_cancelled()
+    }
+}
+
 impl Future for Cancelled<'_> {
     type Output = Cause;
 
