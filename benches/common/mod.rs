@@ -205,6 +205,15 @@ pub fn pair(stats: &[Stats], a: usize, b: usize) -> Pair {
     }
 }
 
+/// Phase `phase` of side `a` against the same phase of side `b`, from one
+/// [`interleaved_phases`] run.
+pub fn phase_pair<const K: usize>(stats: &[[Stats; K]], a: usize, b: usize, phase: usize) -> Pair {
+    Pair {
+        a: stats[a][phase],
+        b: stats[b][phase],
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------------------
