@@ -41,6 +41,8 @@ mod or_cancel;
 #[cfg(all(feature = "signal", any(unix, windows)))]
 pub mod signal;
 mod stream;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use bridge::{ScopeExt, TokenExt};
 pub use or_cancel::{FutureExt, OrCancel, OrCancelOwned};

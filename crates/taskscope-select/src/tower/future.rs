@@ -1,0 +1,89 @@
+//! [`ResponseFuture`]: a request's response, and what its drop means.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use taskscope::{Cause, CauseKind, Scope};
+
+use super::shutdown::Tracked;
+
+/// The [`code`](Cause::code) of the cause a request's scope gets when the client goes away.
+pub const CLIENT_GONE: &str = "client_gone";
+
+/// The cause a request's scope gets when the client goes away before the response: kind
+/// [`Dropped`](CauseKind::Dropped), code [`CLIENT_GONE`].
+///
+/// ```
+/// use taskscope::CauseKind;
+/// use taskscope_select::tower::{CLIENT_GONE, client_gone};
+///
+/// let cause = client_gone();
+/// assert_eq!(cause.kind(), CauseKind::Dropped);
+/// assert_eq!(cause.code(), CLIENT_GONE);
+/// ```
+pub fn client_gone() -> Cause {
+    Cause::of_kind(CauseKind::Dropped)
+        .with_code(CLIENT_GONE)
+        .with_detail("the client went away before the response")
+}
+
+pin_project! {
+    /// The response future of [`RequestScope`](super::RequestScope).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it completes is what "the client went away" means to a server: the
+    /// request's scope is cancelled with [`client_gone`] first, then the inner future is
+    /// dropped.
+    #[must_use = "futures do nothing unless polled"]
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        // Declared before `inner`, so dropped first: the cancel reaches the scope before the
+        // handler's own drop guards (a `TaskGroup`'s "dropped" cause) would.
+        guard: Guard,
+        #[pin]
+        inner: F,
+    }
+}
+
+/// Cancels the request's scope if dropped before the response; ends its tracking either way.
+#[derive(Debug)]
+struct Guard {
+    /// `Some` until the response is ready.
+    scope: Option<Scope>,
+    tracked: Option<Tracked>,
+}
+
+impl<F> ResponseFuture<F> {
+    pub(super) fn new(inner: F, scope: Scope, tracked: Option<Tracked>) -> Self {
+        ResponseFuture {
+            guard: Guard {
+                scope: Some(scope),
+                tracked,
+            },
+            inner,
+        }
+    }
+}
+
+impl<F: Future> Future for ResponseFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        this.guard.scope = None;
+        this.guard.tracked = None;
+        Poll::Ready(output)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            scope.cancel(client_gone());
+        }
+    }
+}

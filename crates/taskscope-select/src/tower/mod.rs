@@ -1,0 +1,20 @@
+//! tower glue for HTTP servers (axum, tonic, hyper), behind the `tower` feature.
+//!
+//! - [`RequestScopeLayer`] gives each request its own child scope, in the request's extensions,
+//!   cancelled when the request's deadline passes (`grpc-timeout` or a configurable header),
+//!   when the client goes away ([`client_gone`]), or when the server shuts down.
+//! - [`GracefulShutdown`] stops the server when an app scope is cancelled, lets in-flight
+//!   requests finish within a grace period, then cancels the rest with the shutdown's cause and
+//!   names them in a [`ShutdownReport`].
+//!
+//! `cargo run --example axum_server` runs both in a real axum server.
+
+mod deadline;
+mod future;
+mod layer;
+mod shutdown;
+
+pub use deadline::{ParseTimeoutError, parse_grpc_timeout, parse_millis_timeout};
+pub use future::{CLIENT_GONE, ResponseFuture, client_gone};
+pub use layer::{RequestScope, RequestScopeLayer};
+pub use shutdown::{GracefulShutdown, InFlightRequest, ShutdownReport, ShutdownSignal};
