@@ -1,0 +1,367 @@
+//! The tower glue: a request's scope, its deadline from headers, *client gone* on drop, the
+//! server's cause, and graceful shutdown with its report. Paused time; no network (the axum
+//! example's test sends real HTTP).
+
+#![cfg(feature = "tower")]
+
+use std::convert::Infallible;
+use std::future::pending;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderName, Request, Response};
+use taskscope::{BoxError, Cause, CauseKind, Scope, TaskGroup};
+use taskscope_select::FutureExt;
+use taskscope_select::tower::{
+    CLIENT_GONE, GracefulShutdown, RequestScopeLayer, parse_grpc_timeout, parse_millis_timeout,
+};
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready, task};
+use tower::{Service, ServiceExt, service_fn};
+use tower_layer::Layer;
+
+type Seen = Arc<Mutex<Vec<Scope>>>;
+
+/// A handler that records its request's scope, then waits for `work` (or the scope's cancel)
+/// and answers 200, 504 on a deadline, 503 otherwise.
+fn handler(
+    seen: &Seen,
+    work: Duration,
+) -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send>
++ Clone
++ use<> {
+    let seen = seen.clone();
+    service_fn(move |request: Request<()>| {
+        let seen = seen.clone();
+        async move {
+            let scope = request
+                .extensions()
+                .get::<Scope>()
+                .expect("a scope")
+                .clone();
+            seen.lock().unwrap().push(scope.clone());
+            let (status, body) = match tokio::time::sleep(work).or_cancel(&scope).await {
+                Ok(()) => (200, "done".to_owned()),
+                Err(cause) if cause.kind() == CauseKind::DeadlineExceeded => {
+                    (504, cause.to_string())
+                }
+                Err(cause) => (503, cause.to_string()),
+            };
+            Ok(Response::builder().status(status).body(body).unwrap())
+        }
+    })
+}
+
+fn get(headers: &[(&str, &str)]) -> Request<()> {
+    let mut request = Request::builder().uri("/orders?page=2");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_request_gets_a_child_scope_of_the_server() {
+    let server = Scope::builder().name("http").build();
+    let seen = Seen::default();
+    let mut service =
+        RequestScopeLayer::new(&server).layer(handler(&seen, Duration::from_millis(1)));
+    for _ in 0..2 {
+        let response = service.ready().await.unwrap().call(get(&[])).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].path(), "http/request");
+    assert!(
+        seen[0].deadline().is_none(),
+        "no header, no default: no deadline"
+    );
+    assert!(
+        !seen[0].is_cancelled(),
+        "a completed request is not cancelled"
+    );
+    assert!(!seen[0].path().to_string().is_empty());
+    server.cancel(Cause::plain());
+    assert!(seen[1].is_cancelled(), "a child of the server");
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_timeout_sets_the_deadline_and_ends_as_a_timeout() {
+    let server = Scope::new();
+    let seen = Seen::default();
+    let mut service =
+        RequestScopeLayer::new(&server).layer(handler(&seen, Duration::from_secs(60)));
+    let start = Instant::now();
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&[("grpc-timeout", "250m")]))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    assert_eq!(response.status(), 504);
+    assert!(response.body().contains("deadline"), "{}", response.body());
+    assert!(
+        !server.is_cancelled(),
+        "a request's deadline stays in the request"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_earliest_header_wins_and_the_cap_bounds_it() {
+    let header = HeaderName::from_static("x-timeout-ms");
+    let cases: [(&[(&str, &str)], Option<u64>); 7] = [
+        (&[("x-timeout-ms", "1500")], Some(1500)),
+        (
+            &[("x-timeout-ms", "1500"), ("grpc-timeout", "1S")],
+            Some(1000),
+        ),
+        (
+            &[("x-timeout-ms", "500"), ("grpc-timeout", "1S")],
+            Some(500),
+        ),
+        (&[("grpc-timeout", "2H")], Some(5000)),
+        (&[], Some(3000)),
+        (&[("x-timeout-ms", "soon")], Some(3000)),
+        (&[("grpc-timeout", "123456789S")], Some(3000)),
+    ];
+    for (headers, expected) in cases {
+        let server = Scope::new();
+        let seen = Seen::default();
+        let mut service = RequestScopeLayer::new(&server)
+            .timeout_header(header.clone())
+            .default_timeout(Duration::from_secs(3))
+            .max_timeout(Duration::from_secs(5))
+            .layer(handler(&seen, Duration::ZERO));
+        let start = Instant::now();
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(get(headers))
+            .await
+            .unwrap();
+        let deadline = seen.lock().unwrap()[0].deadline();
+        assert_eq!(
+            deadline.map(|deadline| (deadline - start).as_millis() as u64),
+            expected,
+            "{headers:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_response_cancels_the_scope_with_client_gone_before_the_handler_drops() {
+    let server = Scope::new();
+    let task_scope = Arc::new(Mutex::new(None::<Scope>));
+    let service = service_fn({
+        let task_scope = task_scope.clone();
+        move |request: Request<()>| {
+            let task_scope = task_scope.clone();
+            async move {
+                let scope = request.extensions().get::<Scope>().unwrap().clone();
+                // Work under a group: dropping the handler drops the group, whose own cause
+                // ("dropped") would win if the request's cause came second.
+                let mut group = TaskGroup::<(), BoxError>::new(&scope);
+                group.spawn("report", move |scope| async move {
+                    *task_scope.lock().unwrap() = Some(scope.clone());
+                    scope.cancelled().await;
+                    Ok(())
+                });
+                let _ = group.join().await;
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        }
+    });
+    let mut service = RequestScopeLayer::new(&server).layer(service);
+    let mut response = task::spawn(service.ready().await.unwrap().call(get(&[])));
+    while task_scope.lock().unwrap().is_none() {
+        assert_pending!(response.poll());
+        tokio::task::yield_now().await;
+    }
+    drop(response); // the client went away
+    let cause = task_scope
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .cause()
+        .expect("cancelled");
+    assert_eq!(cause.code(), CLIENT_GONE);
+    assert_eq!(cause.kind(), CauseKind::Dropped);
+    assert!(!server.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_cancel_reaches_the_request_with_its_cause() {
+    let server = Scope::builder().name("http").build();
+    let seen = Seen::default();
+    let mut service =
+        RequestScopeLayer::new(&server).layer(handler(&seen, Duration::from_secs(60)));
+    let mut response = task::spawn(service.ready().await.unwrap().call(get(&[])));
+    assert_pending!(response.poll());
+    server.cancel(Cause::of_kind(CauseKind::Shutdown).with_code("SIGTERM"));
+    let response = assert_ready!(response.poll()).unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.body().contains("SIGTERM"), "{}", response.body());
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_lets_requests_finish_within_the_grace() {
+    let app = Scope::builder().name("api").build();
+    let shutdown = GracefulShutdown::new(&app, Duration::from_secs(10));
+    let seen = Seen::default();
+    let mut service = shutdown
+        .layer()
+        .layer(handler(&seen, Duration::from_secs(3)));
+    let response = tokio::spawn(service.ready().await.unwrap().call(get(&[])));
+    tokio::task::yield_now().await;
+    assert_eq!(shutdown.in_flight(), 1);
+
+    let mut signal = task::spawn(shutdown.signal());
+    assert_pending!(signal.poll());
+    let start = Instant::now();
+    app.cancel(Cause::of_kind(CauseKind::Shutdown).with_code("SIGTERM"));
+    assert_ready!(signal.poll());
+    assert!(
+        !seen.lock().unwrap()[0].is_cancelled(),
+        "not cancelled during the grace"
+    );
+
+    let report = shutdown.drain().await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(3),
+        "as soon as the last one finished"
+    );
+    assert_eq!(response.await.unwrap().unwrap().status(), 200);
+    assert_eq!(report.in_flight, 1);
+    assert!(report.cut_short.is_empty());
+    assert_eq!(report.cause.code(), "SIGTERM");
+    assert_eq!(shutdown.in_flight(), 0);
+    assert!(
+        report
+            .to_string()
+            .contains("1 request(s) in flight finished"),
+        "{report}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_cancels_and_names_requests_past_the_grace() {
+    let app = Scope::builder().name("api").build();
+    let shutdown = GracefulShutdown::new(&app, Duration::from_secs(2));
+    let seen = Seen::default();
+    let mut quick = shutdown
+        .layer()
+        .layer(handler(&seen, Duration::from_secs(1)));
+    let mut slow = shutdown
+        .layer()
+        .layer(handler(&seen, Duration::from_secs(3600)));
+    let quick = tokio::spawn(quick.ready().await.unwrap().call(get(&[])));
+    let slow = tokio::spawn(
+        slow.ready()
+            .await
+            .unwrap()
+            .call(Request::post("/export").body(()).unwrap()),
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(shutdown.in_flight(), 2);
+
+    let start = Instant::now();
+    app.cancel(Cause::of_kind(CauseKind::Shutdown).with_code("SIGTERM"));
+    let report = shutdown.drain().await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "the grace, then no more"
+    );
+    assert_eq!(quick.await.unwrap().unwrap().status(), 200);
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), 503, "cancelled with the app's cause");
+    assert!(slow.body().contains("SIGTERM"));
+
+    assert_eq!(report.in_flight, 2);
+    assert_eq!(report.cut_short.len(), 1);
+    assert_eq!(report.cut_short[0].method, http::Method::POST);
+    assert_eq!(report.cut_short[0].uri, "/export");
+    assert_eq!(report.cut_short[0].running_for, Duration::from_secs(2));
+    let text = report.to_string();
+    assert!(text.contains("1 of 2 request(s)"), "{text}");
+    assert!(text.contains("POST /export (running for 2s)"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_with_zero_grace_cancels_at_once_and_with_none_in_flight_returns() {
+    let app = Scope::new();
+    let idle = GracefulShutdown::new(&app, Duration::from_secs(10));
+    app.cancel(Cause::plain());
+    let report = idle.drain().await;
+    assert_eq!(report.in_flight, 0);
+    assert_eq!(report.waited, Duration::ZERO);
+
+    let app = Scope::new();
+    let shutdown = GracefulShutdown::new(&app, Duration::ZERO);
+    let seen = Seen::default();
+    let mut service = shutdown
+        .layer()
+        .layer(handler(&seen, Duration::from_secs(60)));
+    let response = tokio::spawn(service.ready().await.unwrap().call(get(&[])));
+    tokio::task::yield_now().await;
+    app.cancel(Cause::new("NOW"));
+    let report = shutdown.drain().await;
+    assert_eq!(report.cut_short.len(), 1);
+    assert_eq!(response.await.unwrap().unwrap().status(), 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_request_is_no_longer_in_flight() {
+    let app = Scope::new();
+    let shutdown = GracefulShutdown::new(&app, Duration::from_secs(10));
+    let mut service = shutdown.layer().layer(service_fn(|_: Request<()>| async {
+        pending::<Result<Response<String>, Infallible>>().await
+    }));
+    let response = service.ready().await.unwrap().call(get(&[]));
+    assert_eq!(shutdown.in_flight(), 1);
+    drop(response);
+    assert_eq!(shutdown.in_flight(), 0);
+}
+
+#[test]
+fn timeout_headers_parse_or_say_why_not() {
+    assert_eq!(parse_grpc_timeout("1H"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_grpc_timeout("2M"), Ok(Duration::from_secs(120)));
+    assert_eq!(
+        parse_grpc_timeout("99999999u"),
+        Ok(Duration::from_micros(99_999_999))
+    );
+    assert_eq!(parse_grpc_timeout("5n"), Ok(Duration::from_nanos(5)));
+    assert_eq!(
+        parse_grpc_timeout("99999999H"),
+        Ok(Duration::from_secs(99_999_999 * 3600))
+    );
+    assert_eq!(
+        parse_millis_timeout("1500"),
+        Ok(Duration::from_millis(1500))
+    );
+    for (bad, why) in [
+        ("", "is empty"),
+        ("S", "has no digits"),
+        ("123456789S", "has too many digits"),
+        ("12s", "does not end in a unit"),
+        ("+1S", "is not a whole number"),
+        ("1.5S", "is not a whole number"),
+        ("1é", "does not end in a unit"),
+    ] {
+        let error = parse_grpc_timeout(bad).unwrap_err();
+        assert!(error.to_string().contains(why), "{bad:?}: {error}");
+    }
+    for bad in ["", "-1", " 1", "1e3", "9999999999999"] {
+        assert!(parse_millis_timeout(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(
+        parse_millis_timeout("soon").unwrap_err().to_string(),
+        "timeout header \"soon\" is not a whole number"
+    );
+}
