@@ -111,7 +111,8 @@ async fn grpc_timeout_sets_the_deadline_and_ends_as_a_timeout() {
 #[tokio::test(start_paused = true)]
 async fn the_earliest_header_wins_and_the_cap_bounds_it() {
     let header = HeaderName::from_static("x-timeout-ms");
-    let cases: [(&[(&str, &str)], Option<u64>); 7] = [
+    type Headers = &'static [(&'static str, &'static str)];
+    let cases: [(Headers, Option<u64>); 7] = [
         (&[("x-timeout-ms", "1500")], Some(1500)),
         (
             &[("x-timeout-ms", "1500"), ("grpc-timeout", "1S")],
@@ -163,7 +164,7 @@ async fn a_dropped_response_cancels_the_scope_with_client_gone_before_the_handle
                 let scope = request.extensions().get::<Scope>().unwrap().clone();
                 // Work under a group: dropping the handler drops the group, whose own cause
                 // ("dropped") would win if the request's cause came second.
-                let mut group = TaskGroup::<(), BoxError>::new(&scope);
+                let group = TaskGroup::<(), BoxError>::new(&scope);
                 group.spawn("report", move |scope| async move {
                     *task_scope.lock().unwrap() = Some(scope.clone());
                     scope.cancelled().await;
