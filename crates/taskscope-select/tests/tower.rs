@@ -290,7 +290,10 @@ async fn graceful_shutdown_cancels_and_names_requests_past_the_grace() {
     assert_eq!(report.cut_short[0].running_for, Duration::from_secs(2));
     let text = report.to_string();
     assert!(text.contains("1 of 2 request(s)"), "{text}");
-    assert!(text.contains("POST /export (running for 2s)"), "{text}");
+    assert!(
+        text.contains("POST /export (running for 2000 ms)"),
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

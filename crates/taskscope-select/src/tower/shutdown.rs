@@ -178,16 +178,17 @@ impl fmt::Display for ShutdownReport {
         if self.cut_short.is_empty() {
             return write!(
                 f,
-                "{} request(s) in flight finished in {:?}",
-                self.in_flight, self.waited
+                "{} request(s) in flight finished in {} ms",
+                self.in_flight,
+                self.waited.as_millis()
             );
         }
         write!(
             f,
-            "{} of {} request(s) in flight still running after the {:?} grace, cancelled:",
+            "{} of {} request(s) in flight still running after the {} ms grace, cancelled:",
             self.cut_short.len(),
             self.in_flight,
-            self.grace
+            self.grace.as_millis()
         )?;
         for request in &self.cut_short {
             write!(f, "\n  {request}")?;
@@ -211,8 +212,10 @@ impl fmt::Display for InFlightRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {} (running for {:?})",
-            self.method, self.uri, self.running_for
+            "{} {} (running for {} ms)",
+            self.method,
+            self.uri,
+            self.running_for.as_millis()
         )
     }
 }
