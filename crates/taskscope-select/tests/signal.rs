@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use taskscope::{BoxError, Cause, CauseKind, ChildSpec, Scope, Supervisor, SupervisorHandle};
-use taskscope_select::signal::{ShutdownOnSignals, Signals, shutdown_on_signals};
+use taskscope_select::ScopeExt;
+use taskscope_select::signal::{self, ShutdownOnSignals, Signals, shutdown_on_signals};
 use tokio::time::Instant;
 
 static SIGNALS: Mutex<()> = Mutex::new(());
@@ -152,8 +153,25 @@ fn second_sigterm_aborts_a_child_that_ignores_the_first() {
 }
 
 #[test]
-fn signal_types_are_send_sync_and_unpin() {
-    fn send_sync_unpin<T: Send + Sync + Unpin>() {}
-    send_sync_unpin::<Signals>();
-    send_sync_unpin::<ShutdownOnSignals>();
+fn cancel_on_a_signal_cancels_the_scope_naming_it() {
+    run_alone(async {
+        let app = Scope::builder().name("app").build();
+        let worker = app.child();
+        let hangup = app.cancel_on(signal::hangup().expect("signal handler"));
+        let terminate = app.cancel_on(signal::terminate().expect("signal handler"));
+        tokio::task::yield_now().await;
+        assert!(!app.is_cancelled());
+
+        raise(libc::SIGHUP);
+        until("the scope to be cancelled", || app.is_cancelled()).await;
+        let cause = worker.cause().expect("cancelled");
+        assert_eq!(cause.kind(), CauseKind::Shutdown);
+        assert_eq!(cause.code(), "SIGHUP");
+        assert_eq!(cause.origin(), Some("app"));
+        assert!(hangup.await.expect("bridge"), "SIGHUP's cause won");
+        assert!(
+            !terminate.await.expect("bridge"),
+            "the other listener ended with the scope"
+        );
+    });
 }
