@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use taskscope::{BoxError, Cause, CauseKind, ChildSpec, Scope, Supervisor, SupervisorHandle};
 use taskscope_select::ScopeExt;
-use taskscope_select::signal::{self, ShutdownOnSignals, Signals, shutdown_on_signals};
+use taskscope_select::signal::{self, Signals, shutdown_on_signals};
 use tokio::time::Instant;
 
 static SIGNALS: Mutex<()> = Mutex::new(());
