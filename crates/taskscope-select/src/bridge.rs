@@ -10,6 +10,10 @@
 //!    is cancelled or freed: the scope's `on_cancel` callback owns the task's `closed` sender
 //!    and drops it either way. So a bridge never keeps a scope alive, and a freed scope never
 //!    leaves a task behind.
+//! 3. A scope notices its deadline only when someone looks (`taskscope`'s design: deadlines
+//!    cost no task of their own). So a bridge to a scope with a deadline looks at the deadline:
+//!    the task of invariant 2 also sleeps until it, then looks, which cancels the scope with
+//!    its deadline cause and runs its callbacks (the token's among them).
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
@@ -23,9 +27,11 @@ use tokio_util::sync::CancellationToken;
 /// Bridges on [`Scope`]: to a [`CancellationToken`], and from any future.
 pub trait ScopeExt {
     /// A [`CancellationToken`] that is cancelled when this scope is (at once if it already
-    /// is), for code that takes a token. No task is spawned: one
-    /// [`on_cancel`](Scope::on_cancel) callback holds the token until the scope is cancelled or
-    /// freed.
+    /// is), by a cancel or by its deadline, for code that takes a token. No task is spawned
+    /// for a scope without a deadline: one [`on_cancel`](Scope::on_cancel) callback holds the
+    /// token until the scope is cancelled or freed. A scope with a deadline (its own or an
+    /// ancestor's) also gets one timer task, as [`cancel_on`](ScopeExt::cancel_on) spawns, that
+    /// wakes at the deadline so the token is cancelled then; it ends with the scope.
     ///
     /// The token follows the scope while the scope lives: keep a handle to the scope for as
     /// long as the token is used. Once its last handle is dropped the scope is freed with its
@@ -41,12 +47,19 @@ pub trait ScopeExt {
     /// use taskscope::{Cause, Scope};
     /// use taskscope_select::ScopeExt;
     ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
     /// let request = Scope::new();
     /// let token = request.to_token();
     /// assert!(!token.is_cancelled());
     /// request.cancel(Cause::new("CLIENT_GONE"));
     /// assert!(token.is_cancelled());
+    /// # }
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// For a scope with a deadline, outside a tokio runtime with time enabled.
     fn to_token(&self) -> CancellationToken;
 
     /// Cancels this scope with the cause `source` resolves to, unless the scope is cancelled
@@ -54,10 +67,12 @@ pub trait ScopeExt {
     /// of cancellation (`scope.cancel_on(signal::terminate()?)`).
     ///
     /// `source` runs in a task spawned here, which ends as soon as the scope is cancelled (by
-    /// anything) or freed, dropping `source`. The task holds the scope weakly: it never keeps
+    /// anything, its deadline included: the task wakes at it) or freed, dropping `source`. The task holds the scope weakly: it never keeps
     /// the scope alive. Its handle resolves to whether `source`'s cause cancelled the scope
     /// (`false` if the scope was cancelled otherwise, or freed); dropping the handle detaches
-    /// the task, as with [`tokio::spawn`], and aborting it stops `source`.
+    /// the task, as with [`tokio::spawn`], and aborting it stops `source` (a small callback
+    /// stays registered on the scope until the scope ends). A `source` that holds a handle of
+    /// the scope itself keeps it alive: give it a [`WeakScope`](taskscope::WeakScope).
     ///
     /// The cause's [`origin`](Cause::origin) is this scope's path; its
     /// [`location`](Cause::location) is inside this crate, not the caller.
@@ -98,6 +113,10 @@ impl ScopeExt for Scope {
             let token = token.clone();
             move |_| token.cancel()
         });
+        // A deadline is noticed when someone looks (invariant 3).
+        if !token.is_cancelled() && self.deadline().is_some() {
+            drop(watch(self, std::future::pending()));
+        }
         token
     }
 
@@ -105,25 +124,46 @@ impl ScopeExt for Scope {
     where
         F: Future<Output = Cause> + Send + 'static,
     {
-        let (closed_tx, closed_rx) = oneshot::channel::<()>();
-        // The callback runs (cancel) or is dropped unrun (scope freed): either way the sender
-        // goes and the task wakes (invariant 2). The handle would keep the scope alive.
-        let _ = self.on_cancel(move |_| drop(closed_tx));
-        let scope = self.downgrade();
-        tokio::spawn(async move {
-            let mut closed = closed_rx;
-            let mut source = pin!(source);
-            // The scope's end first: a source resolving after it changes nothing.
-            let cause = poll_fn(|cx| {
-                if Pin::new(&mut closed).poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                source.as_mut().poll(cx).map(Some)
-            })
-            .await;
-            cause.is_some_and(|cause| scope.upgrade().is_some_and(|scope| scope.cancel(cause)))
-        })
+        watch(self, source)
     }
+}
+
+/// Spawns the task of invariants 2 and 3: it cancels `scope` with `source`'s cause, unless the
+/// scope is cancelled (by anything, its deadline included) or freed first.
+fn watch<F>(scope: &Scope, source: F) -> JoinHandle<bool>
+where
+    F: Future<Output = Cause> + Send + 'static,
+{
+    let (closed_tx, closed_rx) = oneshot::channel::<()>();
+    // The callback runs (cancel) or is dropped unrun (scope freed): either way the sender goes
+    // and the task wakes (invariant 2). The handle would keep the scope alive.
+    let _ = scope.on_cancel(move |_| drop(closed_tx));
+    let mut deadline = scope
+        .deadline()
+        .map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
+    let scope = scope.downgrade();
+    tokio::spawn(async move {
+        let mut closed = closed_rx;
+        let mut source = pin!(source);
+        // The scope's end first: a source resolving after it changes nothing.
+        let cause = poll_fn(|cx| {
+            if Pin::new(&mut closed).poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if let Some(timer) = &mut deadline
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                // Looking cancels the scope with its deadline's cause (invariant 3).
+                if let Some(scope) = scope.upgrade() {
+                    scope.is_cancelled();
+                }
+                return Poll::Ready(None);
+            }
+            source.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        cause.is_some_and(|cause| scope.upgrade().is_some_and(|scope| scope.cancel(cause)))
+    })
 }
 
 /// Bridges on [`CancellationToken`]: to a [`Scope`].

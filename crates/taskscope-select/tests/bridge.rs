@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use taskscope::{Cause, CauseKind, Scope};
 use taskscope_select::{ScopeExt, TokenExt};
@@ -231,4 +232,49 @@ fn cancel_on_agrees_with_the_scope_on_who_won_under_races() {
             assert_eq!(code == "SOURCE", source_won, "round {round}");
         }
     });
+}
+
+#[tokio::test(start_paused = true)]
+async fn to_token_is_cancelled_at_the_scopes_deadline_own_or_inherited() {
+    let root = Scope::new();
+    let request = root.child_with_timeout(Duration::from_millis(100));
+    let own = request.to_token();
+    let child = request.child();
+    let inherited = child.to_token();
+    tokio::time::sleep(Duration::from_millis(99)).await;
+    assert!(!own.is_cancelled());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tokio::task::yield_now().await;
+    assert!(
+        own.is_cancelled(),
+        "nobody looked at the scope: the bridge did"
+    );
+    assert!(inherited.is_cancelled());
+    assert_eq!(request.cause().unwrap().kind(), CauseKind::DeadlineExceeded);
+    until_no_task_is_alive().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_on_ends_at_the_scopes_deadline() {
+    let scope = Scope::new().child_with_timeout(Duration::from_secs(1));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(dropped.clone());
+    let bridge = scope.cancel_on(async move {
+        let _flag = flag;
+        std::future::pending::<Cause>().await
+    });
+    assert!(!bridge.await.unwrap(), "the deadline came first");
+    assert!(dropped.load(Ordering::SeqCst));
+    assert_eq!(scope.cause().unwrap().kind(), CauseKind::DeadlineExceeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_freed_scope_with_a_deadline_leaves_no_timer_task() {
+    let parent = Scope::new();
+    let child = parent.child_with_timeout(Duration::from_secs(3600));
+    let token = child.to_token();
+    assert_eq!(alive_tasks(), 1, "one timer for the deadline");
+    drop(child);
+    until_no_task_is_alive().await;
+    assert!(!token.is_cancelled());
 }
