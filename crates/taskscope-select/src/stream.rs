@@ -148,6 +148,10 @@ impl<S: Stream> Stream for UntilCancelled<'_, S> {
         let this = self.project();
         poll_until_cancelled(this.stream, this.cancelled, this.state, cx)
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        size_hint(&self.state, &self.stream)
+    }
 }
 
 impl<S: Stream> Stream for UntilCancelledOwned<S> {
@@ -156,6 +160,10 @@ impl<S: Stream> Stream for UntilCancelledOwned<S> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.project();
         poll_until_cancelled(this.stream, this.cancelled, this.state, cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        size_hint(&self.state, &self.stream)
     }
 }
 
@@ -168,6 +176,14 @@ impl<S: Stream> FusedStream for UntilCancelled<'_, S> {
 impl<S: Stream> FusedStream for UntilCancelledOwned<S> {
     fn is_terminated(&self) -> bool {
         !matches!(self.state, State::Running)
+    }
+}
+
+/// The inner stream's upper bound; no lower bound, since a cancel can end it at any item.
+fn size_hint<S: Stream>(state: &State, stream: &S) -> (usize, Option<usize>) {
+    match state {
+        State::Running => (0, stream.size_hint().1),
+        State::Exhausted | State::Cancelled(_) => (0, Some(0)),
     }
 }
 

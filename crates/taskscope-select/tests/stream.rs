@@ -95,22 +95,33 @@ async fn a_dropped_next_loses_nothing() {
 #[tokio::test(start_paused = true)]
 async fn the_owned_twin_runs_in_a_spawned_task() {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
     let scope = Scope::new();
     let consumer = tokio::spawn({
         let mut items = UnboundedReceiverStream::new(rx).until_cancelled_owned(scope.child());
         async move {
-            let mut seen = Vec::new();
             while let Some(item) = items.next().await {
-                seen.push(item);
+                seen_tx.send(item).unwrap();
             }
-            (seen, items.cause().cloned())
+            items.cause().cloned()
         }
     });
     tx.send(1).unwrap();
     tx.send(2).unwrap();
-    tokio::task::yield_now().await;
+    assert_eq!(seen_rx.recv().await, Some(1));
+    assert_eq!(seen_rx.recv().await, Some(2));
     scope.cancel(Cause::new("SHUTDOWN"));
-    let (seen, cause) = consumer.await.unwrap();
-    assert_eq!(seen, [1, 2]);
-    assert_eq!(cause.unwrap().code(), "SHUTDOWN");
+    assert_eq!(consumer.await.unwrap().unwrap().code(), "SHUTDOWN");
+    assert_eq!(seen_rx.recv().await, None, "nothing after the cancel");
+}
+
+#[tokio::test(start_paused = true)]
+async fn size_hint_keeps_the_upper_bound_and_is_zero_once_ended() {
+    let scope = Scope::new();
+    let mut items = stream::iter([1, 2, 3]).until_cancelled(&scope);
+    assert_eq!(futures::Stream::size_hint(&items), (0, Some(3)));
+    assert_eq!(items.next().await, Some(1));
+    scope.cancel(Cause::plain());
+    assert_eq!(items.next().await, None);
+    assert_eq!(futures::Stream::size_hint(&items), (0, Some(0)));
 }

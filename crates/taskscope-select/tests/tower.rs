@@ -369,3 +369,36 @@ fn timeout_headers_parse_or_say_why_not() {
         "timeout header \"soon\" is not a whole number"
     );
 }
+
+#[test]
+fn a_panicking_handler_cancels_the_request_as_panicked_not_client_gone() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let server = Scope::new();
+    let request_scope = Arc::new(Mutex::new(None::<Scope>));
+    let service = service_fn({
+        let request_scope = request_scope.clone();
+        move |request: Request<()>| {
+            let request_scope = request_scope.clone();
+            async move {
+                let scope = request.extensions().get::<Scope>().unwrap().clone();
+                // A callback that panics too must not turn the unwinding into an abort.
+                let _ = scope.on_cancel(|_| panic!("callback"));
+                *request_scope.lock().unwrap() = Some(scope);
+                panic!("handler");
+                #[allow(unreachable_code)]
+                Ok::<Response<String>, Infallible>(Response::new(String::new()))
+            }
+        }
+    });
+    let mut service = RequestScopeLayer::new(&server).layer(service);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(service.call(get(&[])))
+    }));
+    assert!(result.is_err(), "the handler's panic reaches the caller");
+    let scope = request_scope.lock().unwrap().clone().unwrap();
+    let cause = scope.cause().expect("cancelled");
+    assert_eq!(cause.kind(), CauseKind::TaskPanicked);
+    assert!(!server.is_cancelled());
+}

@@ -72,7 +72,9 @@ impl CancelledOwned {
 impl Cancelled<'_> {
     /// Whether its scope is cancelled now (or past its deadline), that is whether a poll would
     /// resolve; registers no waker. Adapters check it before polling what they wrap, and poll
-    /// this future only when that is pending.
+    /// this future only when that is pending. Like [`Scope::is_cancelled`], noticing a passed
+    /// deadline cancels the scope that owns it, running its `on_cancel` callbacks on this
+    /// thread.
     pub fn is_cancelled(&self) -> bool {
         self.node.is_cancelled()
     }

@@ -36,7 +36,9 @@ pin_project! {
     ///
     /// Dropping it before it completes is what "the client went away" means to a server: the
     /// request's scope is cancelled with [`client_gone`] first, then the inner future is
-    /// dropped.
+    /// dropped. A middleware *outside* this layer that drops it (a timeout) is seen the same
+    /// way, so put this layer outermost. Dropped while a panic unwinds, it cancels the scope
+    /// with a [`TaskPanicked`](CauseKind::TaskPanicked) cause instead.
     #[must_use = "futures do nothing unless polled"]
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
@@ -82,8 +84,18 @@ impl<F: Future> Future for ResponseFuture<F> {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(scope) = self.scope.take() {
-            scope.cancel(client_gone());
-        }
+        let Some(scope) = self.scope.take() else {
+            return;
+        };
+        // Dropped while unwinding: a panic in the handler (or above it), not a client leaving.
+        let cause = if std::thread::panicking() {
+            Cause::of_kind(CauseKind::TaskPanicked)
+                .with_detail("the request's response future was dropped by a panic")
+        } else {
+            client_gone()
+        };
+        // A drop guard, not `cancel`: it never resumes a callback's panic while unwinding,
+        // which would abort the process.
+        drop(scope.drop_guard(cause));
     }
 }

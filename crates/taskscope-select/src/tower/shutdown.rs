@@ -24,7 +24,9 @@ use super::RequestScopeLayer;
 ///
 /// Requests run under a [detached](Scope::detached_child) child of `app` named `http`, so the
 /// app's cancellation tells the server to stop accepting without cancelling the requests at
-/// once; `drain` passes the app's cause on to them once the grace is over.
+/// once; `drain` passes the app's cause on to them once the grace is over. So **`drain` must
+/// run** alongside the server: without it, the app's cancellation never reaches the requests
+/// (and, being detached, they do not inherit the app's deadline either).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -96,7 +98,9 @@ impl GracefulShutdown {
     /// server returns once the cancelled requests have answered.
     ///
     /// A handler that ignores its scope's cancellation keeps running after this; the report
-    /// names it, and the server's own future does not end until it does.
+    /// names it, and the server's own future does not end until it does. `drain` itself
+    /// resolves only after `app` is cancelled: a server future that ends first (an error) should
+    /// cancel `app` so that a `tokio::join!` of the two ends too.
     ///
     /// # Cancel safety
     ///
@@ -167,8 +171,9 @@ pub struct ShutdownReport {
     pub waited: Duration,
     /// How many requests were in flight when the shutdown began.
     pub in_flight: usize,
-    /// The requests still running when the grace ran out, in the order they arrived; they were
-    /// cancelled with [`cause`](ShutdownReport::cause).
+    /// The requests still running when the grace ran out, in the order they arrived; their
+    /// scopes were then cancelled with [`cause`](ShutdownReport::cause) (one that finished in
+    /// that instant is listed, but finished uncancelled).
     pub cut_short: Vec<InFlightRequest>,
 }
 
