@@ -220,3 +220,41 @@ fn waker_counting(count: Arc<AtomicUsize>) -> std::task::Waker {
     }
     std::task::Waker::from(Arc::new(Count(count)))
 }
+
+/// The adapters' fast path (taskscope-select's `or_cancel`): look with `is_cancelled` (no
+/// waker), poll the wrapped future, and only if that is pending poll `Cancelled` to register.
+/// A cancel landing anywhere in between is seen at the look, at the registration, or wakes
+/// the registered waker: never lost.
+#[test]
+fn look_then_register_races_cancel() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    model(|| {
+        let scope = Scope::new();
+        let canceller = thread::spawn({
+            let scope = scope.clone();
+            move || scope.cancel(Cause::new("X"))
+        });
+        let woken = Arc::new(AtomicUsize::new(0));
+        let waker = waker_counting(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut waiting = pin!(scope.cancelled());
+        // The wrapped future is pending, so both steps of the fast path run.
+        let looked = waiting.is_cancelled();
+        let registered = waiting.as_mut().poll(&mut cx);
+        canceller.join().unwrap();
+        if looked {
+            assert!(registered.is_ready(), "level-triggered: still cancelled");
+        }
+        if registered.is_pending() {
+            assert_eq!(
+                woken.load(Ordering::SeqCst),
+                1,
+                "a pending adapter is woken"
+            );
+            assert!(waiting.as_mut().poll(&mut cx).is_ready());
+        }
+    });
+}
