@@ -63,6 +63,17 @@ impl Server {
         .expect("the event came in time")
     }
 
+    /// The next cancellation logged: the request's URI and its cause.
+    async fn cancelled(&mut self) -> (axum::http::Uri, Cause) {
+        match self
+            .event(|event| matches!(event, Event::Cancelled(..)))
+            .await
+        {
+            Event::Cancelled(uri, cause) => (uri, cause),
+            other => unreachable!("{other:?}"),
+        }
+    }
+
     async fn shut_down(self, cause: Cause) -> ShutdownReport {
         self.scope.cancel(cause);
         tokio::time::timeout(LIMIT, self.served)
@@ -125,12 +136,7 @@ async fn a_request_past_its_deadline_gets_a_timeout_and_its_cause_is_logged() {
     assert_eq!(status, 504);
     assert!(body.starts_with("deadline exceeded"), "{body}");
 
-    let Event::Cancelled(uri, cause) = server
-        .event(|event| matches!(event, Event::Cancelled(..)))
-        .await
-    else {
-        unreachable!()
-    };
+    let (uri, cause) = server.cancelled().await;
     assert_eq!(uri, "/slow?ms=60000");
     assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
     assert_eq!(cause.origin(), Some("api/http/request"));
@@ -144,12 +150,7 @@ async fn a_client_that_hangs_up_cancels_the_handlers_scope_with_client_gone() {
     server.event(is_started("/slow?ms=60000")).await;
     drop(stream); // the client goes away mid-request
 
-    let Event::Cancelled(uri, cause) = server
-        .event(|event| matches!(event, Event::Cancelled(..)))
-        .await
-    else {
-        unreachable!()
-    };
+    let (uri, cause) = server.cancelled().await;
     assert_eq!(uri, "/slow?ms=60000");
     assert_eq!(cause.code(), CLIENT_GONE);
     assert_eq!(cause.kind(), CauseKind::Dropped);
