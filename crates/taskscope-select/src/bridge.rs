@@ -114,7 +114,7 @@ impl ScopeExt for Scope {
             move |_| token.cancel()
         });
         // A deadline is noticed when someone looks (invariant 3).
-        if !token.is_cancelled() && self.deadline().is_some() {
+        if self.deadline().is_some() && !token.is_cancelled() {
             drop(watch(self, std::future::pending()));
         }
         token
