@@ -35,6 +35,11 @@ use super::shutdown::Tracker;
 ///
 /// A request that completes leaves its scope as it is: work the handler left running under it
 /// is not cancelled by the response (join it, as a [`TaskGroup`](taskscope::TaskGroup) does).
+/// "Completes" means the response head is ready: a streaming body is produced after that, and
+/// neither a client leaving mid-body nor [`GracefulShutdown`](super::GracefulShutdown)'s
+/// in-flight count sees it. As with every scope, the deadline is noticed by whoever waits on
+/// the scope (`or_cancel`, `cancelled()`, a bridged token); a handler that never looks at its
+/// scope is not stopped by it.
 ///
 /// ```
 /// use std::time::Duration;
