@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    Pair, Target, drain, interleaved_n, interleaved_phases, pair, print_table, row, runtime,
+    Target, drain, interleaved_n, interleaved_phases, pair, phase_pair, print_table, row, runtime,
 };
 use taskscope::{Backoff, BoxError, Cause, ChildSpec, Outcome, Restart, Scope, Supervisor};
 use taskscope::{SupervisorBuilder, TaskGroup};
@@ -433,10 +433,7 @@ fn main() {
                 &mut || scale_group(&rt, large),
             ],
         );
-        let phase = |a: usize, b: usize, phase: usize| Pair {
-            a: stats[a][phase],
-            b: stats[b][phase],
-        };
+        let phase = |a, b, phase| phase_pair(&stats, a, b, phase);
         for (what, p) in [("start", 0), ("shutdown", 1)] {
             rows.push(row(
                 format!("2. {what}: per child at {large} vs at {small}"),
@@ -484,10 +481,7 @@ fn main() {
                     &mut || scale_group(&rt, large),
                 ],
             );
-            let big_pair = |a: usize, b: usize, phase: usize| Pair {
-                a: big[a][phase],
-                b: big[b][phase],
-            };
+            let big_pair = |a, b, phase| phase_pair(&big, a, b, phase);
             for (what, p) in [("start", 0), ("shutdown", 1)] {
                 rows.push(row(
                     format!("2e. {what}: per child at {largest} vs at {large}"),
