@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    Pair, Stats, Target, drain, interleaved_n, interleaved_samples, pair, print_table, row, runtime,
+    Target, drain, interleaved_n, interleaved_samples, pair, print_table, recorded_pair, row,
+    runtime,
 };
 use taskscope::{BoxError, Cause, Scope, TaskGroup};
 use tokio::runtime::Runtime;
@@ -645,11 +646,7 @@ fn main() {
                 },
             ],
         );
-        let per_task = |d: &Duration| d.as_nanos() as f64 / n as f64;
-        let cancel_only = Pair {
-            a: Stats::of(cancel_a[1..].iter().map(per_task).collect()),
-            b: Stats::of(cancel_b[1..].iter().map(per_task).collect()),
-        };
+        let cancel_only = recorded_pair(&cancel_a, &cancel_b, n);
         rows.push(row(
             format!("3. fan-out {n}: group vs JoinSet+child tokens"),
             "ns/task",

@@ -19,7 +19,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pair, Row, Stats, Target, interleaved, live_bytes_added, print_table, row};
+use common::{Row, Target, interleaved, live_bytes_added, print_table, recorded_pair, row};
 use taskscope::{Cause, Scope};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
@@ -331,11 +331,7 @@ fn main() {
                 sample.total
             },
         );
-        let per_task = |d: &Duration| d.as_nanos() as f64 / n as f64;
-        let cancel_only = Pair {
-            a: Stats::of(cancel_a[1..].iter().map(per_task).collect()),
-            b: Stats::of(cancel_b[1..].iter().map(per_task).collect()),
-        };
+        let cancel_only = recorded_pair(&cancel_a, &cancel_b, n);
         rows.push(row(
             format!("2. cancel fan-out, {n} parked tasks"),
             "ns/task",

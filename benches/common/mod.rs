@@ -205,6 +205,23 @@ pub fn pair(stats: &[Stats], a: usize, b: usize) -> Pair {
     }
 }
 
+/// Times recorded alongside each sample of two sides (the first entry of each being the
+/// warm-up, which is dropped), per operation of the `ops` a sample does.
+pub fn recorded_pair(a: &[Duration], b: &[Duration], ops: usize) -> Pair {
+    let per_op = |samples: &[Duration]| {
+        Stats::of(
+            samples[1..]
+                .iter()
+                .map(|d| d.as_nanos() as f64 / ops as f64)
+                .collect(),
+        )
+    };
+    Pair {
+        a: per_op(a),
+        b: per_op(b),
+    }
+}
+
 /// Phase `phase` of side `a` against the same phase of side `b`, from one
 /// [`interleaved_phases`] run.
 pub fn phase_pair<const K: usize>(stats: &[[Stats; K]], a: usize, b: usize, phase: usize) -> Pair {
