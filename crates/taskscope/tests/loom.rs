@@ -140,34 +140,7 @@ fn on_cancel_races_cancel_and_stop() {
 /// wake-up.
 #[test]
 fn cancelled_future_races_cancel() {
-    use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll};
-
-    model(|| {
-        let scope = Scope::new();
-        let canceller = thread::spawn({
-            let scope = scope.clone();
-            move || scope.cancel(Cause::new("X"))
-        });
-        let woken = Arc::new(AtomicUsize::new(0));
-        let waker = waker_counting(woken.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut waiting = pin!(scope.cancelled());
-        let first = waiting.as_mut().poll(&mut cx);
-        canceller.join().unwrap();
-        match first {
-            Poll::Ready(cause) => assert_eq!(cause.code(), "X"),
-            Poll::Pending => {
-                assert_eq!(
-                    woken.load(Ordering::SeqCst),
-                    1,
-                    "a pending waiter must be woken"
-                );
-                assert!(waiting.as_mut().poll(&mut cx).is_ready());
-            }
-        }
-    });
+    one_waiter_races_cancel(false);
 }
 
 /// Two waiters (one stored inline, one in the listener slab) registering while the scope is
@@ -227,11 +200,18 @@ fn waker_counting(count: Arc<AtomicUsize>) -> std::task::Waker {
 /// the registered waker: never lost.
 #[test]
 fn look_then_register_races_cancel() {
+    one_waiter_races_cancel(true);
+}
+
+/// One `Cancelled` polled while another thread cancels its scope, after a look with
+/// `is_cancelled` if `look_first` (the adapters' fast path: the wrapped future is pending, so
+/// both steps run): ready with the cause, or pending and woken exactly once.
+fn one_waiter_races_cancel(look_first: bool) {
     use std::future::Future;
     use std::pin::pin;
     use std::task::{Context, Poll};
 
-    model(|| {
+    model(move || {
         let scope = Scope::new();
         let canceller = thread::spawn({
             let scope = scope.clone();
@@ -241,20 +221,22 @@ fn look_then_register_races_cancel() {
         let waker = waker_counting(woken.clone());
         let mut cx = Context::from_waker(&waker);
         let mut waiting = pin!(scope.cancelled());
-        // The wrapped future is pending, so both steps of the fast path run.
-        let looked = waiting.is_cancelled();
-        let registered = waiting.as_mut().poll(&mut cx);
+        let looked = look_first && waiting.is_cancelled();
+        let first = waiting.as_mut().poll(&mut cx);
         canceller.join().unwrap();
         if looked {
-            assert!(registered.is_ready(), "level-triggered: still cancelled");
+            assert!(first.is_ready(), "level-triggered: still cancelled");
         }
-        if registered.is_pending() {
-            assert_eq!(
-                woken.load(Ordering::SeqCst),
-                1,
-                "a pending adapter is woken"
-            );
-            assert!(waiting.as_mut().poll(&mut cx).is_ready());
+        match first {
+            Poll::Ready(cause) => assert_eq!(cause.code(), "X"),
+            Poll::Pending => {
+                assert_eq!(
+                    woken.load(Ordering::SeqCst),
+                    1,
+                    "a pending waiter must be woken"
+                );
+                assert!(waiting.as_mut().poll(&mut cx).is_ready());
+            }
         }
     });
 }
