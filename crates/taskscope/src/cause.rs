@@ -8,6 +8,8 @@ use std::panic::{RefUnwindSafe, UnwindSafe};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tokio::time::Instant;
+
 #[cfg(feature = "serde")]
 mod record;
 
@@ -68,6 +70,8 @@ struct Inner {
     source: Option<Arc<dyn Payload>>,
     origin: Option<Arc<str>>,
     at: Option<SystemTime>,
+    /// `at` on tokio's clock, for measuring how long tasks take to stop; not serialised.
+    instant: Option<Instant>,
     location: Option<CallSite>,
 }
 
@@ -233,6 +237,7 @@ impl Cause {
                 source: None,
                 origin: None,
                 at: None,
+                instant: None,
                 location: None,
             }),
         }
@@ -292,6 +297,12 @@ impl Cause {
         self.inner.at
     }
 
+    /// When the cancellation happened on tokio's clock (paused in tests), if it happened in this
+    /// process.
+    pub(crate) fn instant(&self) -> Option<Instant> {
+        self.inner.instant
+    }
+
     /// The call that set this cause: the caller of [`Scope::cancel`](crate::Scope::cancel), or
     /// for a deadline the caller that created the scope with it.
     pub fn location(&self) -> Option<&CallSite> {
@@ -345,7 +356,7 @@ impl Cause {
     pub(crate) fn stamped(
         mut self,
         origin: impl FnOnce() -> Option<Arc<str>>,
-        at: SystemTime,
+        at: (SystemTime, Instant),
         location: &'static std::panic::Location<'static>,
     ) -> Cause {
         let origin = if self.inner.origin.is_none() {
@@ -362,7 +373,8 @@ impl Cause {
         if origin.is_some() {
             inner.origin = origin;
         }
-        inner.at.get_or_insert(at);
+        inner.at.get_or_insert(at.0);
+        inner.instant.get_or_insert(at.1);
         inner.location.get_or_insert_with(|| location.into());
         self
     }

@@ -203,8 +203,8 @@ where
             Shared::pending_start::<F, Fut>,
         );
         match admitted {
-            Admitted::Run(key, task_id, scope, task) => {
-                let next = self.shared.run(key, task_id, scope, task);
+            Admitted::Run(starting, task) => {
+                let next = self.shared.run(starting, task);
                 self.shared.run_next(next);
             }
             Admitted::Tracked => {}
@@ -235,9 +235,9 @@ where
         );
         let id = id.expect("a queueing spawn is never refused");
         match admitted {
-            Admitted::Run(key, task_id, scope, task) => {
-                let started = Some((key, scope.clone()));
-                let next = self.shared.run(key, task_id, scope, task);
+            Admitted::Run(starting, task) => {
+                let started = Some((starting.key, starting.scope.clone()));
+                let next = self.shared.run(starting, task);
                 self.shared.run_next(next);
                 Spawned { id, started }
             }

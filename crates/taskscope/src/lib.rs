@@ -59,6 +59,7 @@ mod cancelled;
 mod cause;
 mod group;
 mod node;
+pub mod observe;
 mod on_cancel;
 mod scope;
 mod slab;

@@ -39,8 +39,9 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use crate::Cause;
+use crate::observe::{self, CancelLost, Observer, ScopeCancelled};
 use crate::slab::{self, Slab};
+use crate::{Cause, ScopePath};
 use crate::sync::{AtomicBool, AtomicU32, Mutex, Ordering, lock};
 
 /// A callback registered with [`Scope::on_cancel`](crate::Scope::on_cancel).
@@ -68,7 +69,14 @@ pub(crate) struct Node {
     /// scope never copies its ancestors' names.
     name: Option<Name>,
     deadline: Option<Arc<Deadline>>,
+    /// Inherited from the parent (detached or not) unless the scope was built with its own.
+    observer: Option<Arc<dyn Observer>>,
 }
+
+// The observer is the one field that is not unwind-safe by its type. A node never relies on its
+// observer's state: every call into it is caught and its panic ignored (`observe::notify`).
+impl std::panic::UnwindSafe for Node {}
+impl std::panic::RefUnwindSafe for Node {}
 
 /// A scope's or a task's name: borrowed when it is a literal, shared otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +135,7 @@ impl Node {
         detached: bool,
         name: Option<Name>,
         own_deadline: Option<(Instant, Cause)>,
+        observer: Option<Arc<dyn Observer>>,
     ) -> Arc<Node> {
         let attached_parent = parent.filter(|_| !detached);
         // Invariant 5.
@@ -153,6 +162,7 @@ impl Node {
                 })),
                 None => inherited.cloned(),
             },
+            observer: observer.or_else(|| parent.and_then(|p| p.observer.clone())),
         });
         let Some(parent) = attached_parent else {
             return node;
@@ -210,6 +220,10 @@ impl Node {
         self.detached
     }
 
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.observer.as_ref()
+    }
+
     pub(crate) fn deadline(&self) -> Option<&Deadline> {
         self.deadline.as_deref()
     }
@@ -262,28 +276,41 @@ impl Node {
     /// node ended up with, and the first panic of a callback or waker, if any.
     pub(crate) fn cancel(&self, cause: Cause, location: &'static Location<'static>) -> Cancel {
         let mut fired = Fired::default();
-        let won = {
+        let (cause, marked) = {
             let root = self.tree_root();
             let _tree = lock(&root.tree_lock);
             // Taken under the tree lock, so the time order of cancellations is their lock order.
             let now = Instant::now();
-            let cause = cause.stamped(|| self.path(), SystemTime::now(), location);
-            let won = match self.mark(&cause, now, &mut fired) {
-                Some(marked) => marked.ptr_eq(&cause),
-                None => false,
-            };
+            let cause = cause.stamped(|| self.path(), (SystemTime::now(), now), location);
+            let marked = self.mark(&cause, now, &mut fired);
             // Descendants, iteratively (trees may be 100 000 deep), each visited once: upgraded,
             // marked and released while its memory is hot.
             while let Some(child) = fired.pending.pop() {
                 let Some(child) = child.upgrade() else {
                     continue;
                 };
-                child.mark(&cause, now, &mut fired);
+                let _ = child.mark(&cause, now, &mut fired);
                 // Released once the locks are: ours may be the last reference (invariant 4).
                 fired.taken.push(child);
             }
-            won
+            (cause, marked)
         };
+        let won = marked.as_ref().is_ok_and(|marked| marked.ptr_eq(&cause));
+        // Before the callbacks, so that what they cause is reported after the cancellation.
+        if let Some(observer) = &self.observer {
+            let scope = ScopePath::of(self);
+            observe::notify(observer, |observer| match &marked {
+                Ok(marked) => observer.scope_cancelled(&ScopeCancelled {
+                    scope,
+                    cause: marked,
+                }),
+                Err(current) => observer.cancel_lost(&CancelLost {
+                    scope,
+                    lost: &cause,
+                    cause: current,
+                }),
+            });
+        }
         Cancel {
             won,
             panic: fired.run(),
@@ -291,11 +318,11 @@ impl Node {
     }
 
     /// Sets this node's cause (its passed deadline's, or `cause`) unless it has one; moves its
-    /// children, wakers and callbacks into `fired`. Returns the cause it set.
-    fn mark(&self, cause: &Cause, now: Instant, fired: &mut Fired) -> Option<Cause> {
+    /// children, wakers and callbacks into `fired`. Returns the cause it set, or the one it had.
+    fn mark(&self, cause: &Cause, now: Instant, fired: &mut Fired) -> Result<Cause, Cause> {
         let mut state = lock(&self.state);
-        if state.cause.is_some() {
-            return None;
+        if let Some(current) = &state.cause {
+            return Err(current.clone());
         }
         let cause = match &self.deadline {
             Some(deadline) if deadline.at <= now => deadline.cause.clone(),
@@ -317,7 +344,7 @@ impl Node {
                 }
             }
         }
-        Some(cause)
+        Ok(cause)
     }
 
     fn tree_root(&self) -> &Node {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::node::{Listener, Name, Node};
+use crate::observe::Observer;
 use crate::{Cancelled, CancelledOwned, Cause, CauseKind, OnCancel};
 
 /// A handle to one node of a cancellation tree. Cloning it gives another handle to the same
@@ -56,7 +57,7 @@ impl Scope {
     /// A new root scope, with no name and no deadline.
     pub fn new() -> Scope {
         Scope {
-            node: Node::new(None, false, None, None),
+            node: Node::new(None, false, None, None, None),
         }
     }
 
@@ -70,14 +71,14 @@ impl Scope {
     /// If this scope is already cancelled, the child is born cancelled with the same cause.
     pub fn child(&self) -> Scope {
         Scope {
-            node: Node::new(Some(&self.node), false, None, None),
+            node: Node::new(Some(&self.node), false, None, None, None),
         }
     }
 
     /// A child named `name`, with no deadline of its own: a task's scope in a group.
     pub(crate) fn named_child(&self, name: Name) -> Scope {
         Scope {
-            node: Node::new(Some(&self.node), false, Some(name), None),
+            node: Node::new(Some(&self.node), false, Some(name), None, None),
         }
     }
 
@@ -476,7 +477,6 @@ impl fmt::Debug for DropGuard {
 }
 
 /// Builds a root scope ([`Scope::builder`]) or a child ([`Scope::child_builder`]).
-#[derive(Debug)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ScopeBuilder<'a> {
     parent: Option<&'a Scope>,
@@ -484,6 +484,24 @@ pub struct ScopeBuilder<'a> {
     deadline: Option<When>,
     deadline_cause: Option<Cause>,
     detached: bool,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+// As for `Node`: the builder only hands its observer to the node it builds.
+impl std::panic::UnwindSafe for ScopeBuilder<'_> {}
+impl std::panic::RefUnwindSafe for ScopeBuilder<'_> {}
+
+impl fmt::Debug for ScopeBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopeBuilder")
+            .field("parent", &self.parent)
+            .field("name", &self.name)
+            .field("deadline", &self.deadline)
+            .field("deadline_cause", &self.deadline_cause)
+            .field("detached", &self.detached)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -500,6 +518,7 @@ impl<'a> ScopeBuilder<'a> {
             deadline: None,
             deadline_cause: None,
             detached: false,
+            observer: None,
         }
     }
 
@@ -538,6 +557,14 @@ impl<'a> ScopeBuilder<'a> {
         self
     }
 
+    /// Reports this scope's lifecycle, and that of every scope, group, task and supervisor made
+    /// under it, to `observer` (see [`observe`](crate::observe)), instead of the observer
+    /// inherited from the parent, if any.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Builds the scope.
     #[track_caller]
     pub fn build(self) -> Scope {
@@ -556,13 +583,13 @@ impl<'a> ScopeBuilder<'a> {
                 .into_deadline()
                 .stamped(
                     || path_of(parent_node.map(|node| &**node), name.as_deref()),
-                    system_time_of(at, now),
+                    (system_time_of(at, now), at),
                     Location::caller(),
                 );
             (at, cause)
         });
         Scope {
-            node: Node::new(parent_node, self.detached, name, deadline),
+            node: Node::new(parent_node, self.detached, name, deadline, self.observer),
         }
     }
 }
@@ -586,7 +613,11 @@ pub struct ScopePath<'a> {
     node: &'a Node,
 }
 
-impl ScopePath<'_> {
+impl<'a> ScopePath<'a> {
+    pub(crate) fn of(node: &'a Node) -> Self {
+        ScopePath { node }
+    }
+
     /// Whether neither the scope nor any ancestor is named.
     pub fn is_empty(&self) -> bool {
         self.node.names().next().is_none()

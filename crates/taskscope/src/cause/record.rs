@@ -101,6 +101,7 @@ impl Record {
                 source: self.source.map(RecordedSource::payload),
                 origin: self.origin.map(Arc::from),
                 at,
+                instant: None,
                 location: self.location.map(|location| CallSite {
                     file: Cow::Owned(location.file),
                     line: location.line,

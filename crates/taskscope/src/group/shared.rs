@@ -39,18 +39,25 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo};
 use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
 use crate::cause::Payload;
+use crate::observe::{
+    self, Attachment, GroupCreated, Observer, TaskFinished, TaskOutcome, TaskSlowToStop,
+    TaskSpawned, TaskStarted,
+};
 use crate::node::Name;
 use crate::slab::Slab;
 use crate::sync::{Mutex, lock};
-use crate::{BoxError, Cause, CauseKind, Scope};
+use crate::{BoxError, Cause, CauseKind, OnCancel, Scope};
 
 pub(crate) struct Shared<T, E> {
+    /// What the scope's observer attached to the group; dropped with it.
+    attachment: Option<Arc<dyn Attachment>>,
     /// The group's scope; every task's scope is a child of it.
     pub(crate) scope: Scope,
     pub(crate) config: Config,
@@ -122,13 +129,21 @@ pub(crate) struct Start<T, E> {
     run: StartFn<T, E>,
 }
 
-type StartFn<T, E> =
-    Box<dyn FnOnce(&Arc<Shared<T, E>>, usize, TaskId, Scope) -> Option<Next<T, E>> + Send>;
+type StartFn<T, E> = Box<dyn FnOnce(&Arc<Shared<T, E>>, Starting) -> Option<Next<T, E>> + Send>;
 
-/// A pending task to start now (its slot was just freed), with its scope.
+/// A task about to start: its slab key, number and scope, and, when the group has an observer,
+/// its description for the observer.
+pub(crate) struct Starting {
+    pub(crate) key: usize,
+    pub(crate) id: TaskId,
+    pub(crate) scope: Scope,
+    observed: Option<TaskInfo>,
+}
+
+/// A pending task to start now (its slot was just freed).
 pub(crate) struct Next<T, E> {
     start: Start<T, E>,
-    scope: Scope,
+    starting: Starting,
 }
 
 /// How a running task ended, before it is reported.
@@ -151,8 +166,8 @@ impl<T, E> Exit<T, E> {
 
 /// What `admit` decided for a new task.
 pub(crate) enum Admitted<F> {
-    /// Start it now, in this scope.
-    Run(usize, TaskId, Scope, F),
+    /// Start it now.
+    Run(Starting, F),
     /// Queued as pending, or recorded as cancelled.
     Tracked,
     /// Refused by `try_spawn`: the group is full (no cause) or cancelled.
@@ -165,7 +180,11 @@ where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
     pub(crate) fn new(scope: Scope, config: Config) -> Arc<Self> {
+        let attachment = scope.node.observer().and_then(|observer| {
+            observe::notify(observer, |o| o.group_created(&GroupCreated { scope: &scope }))
+        });
         let shared = Arc::new(Shared {
+            attachment,
             scope,
             config,
             state: Mutex::new(State {
@@ -207,17 +226,24 @@ where
         // Looked at before locking: it may observe a passed deadline and run our callback, and
         // it sees a cancellation whose callback has not run yet.
         let observed = self.scope.cause();
+        let observer = self.scope.node.observer();
         let mut state = lock(&self.state);
         if let Some(cause) = state.cause.clone().or(observed) {
             if !queue {
                 return (None, Admitted::Refused(task, Some(cause)));
             }
-            let (id, key) = state.insert(name, spawned_at, Stage::Done(Outcome::Cancelled(cause)));
+            let stage = Stage::Done(Outcome::Cancelled(cause.clone()));
+            let (id, key) = state.insert(name, spawned_at, stage);
+            let info = observer.map(|_| state.info(key));
             state.finished.push_back(key);
             state.not_completed += 1;
             let joiner = state.joiner.take();
             drop(state);
             drop(task);
+            if let (Some(observer), Some(info)) = (observer, info) {
+                self.spawned(observer, &info, false);
+                self.never_started(observer, &info, &cause);
+            }
             if let Some(joiner) = joiner {
                 joiner.wake();
             }
@@ -231,14 +257,58 @@ where
             };
             let (id, key) = state.insert(name, spawned_at, running);
             state.running += 1;
-            return (Some(id), Admitted::Run(key, id, scope, task));
+            let observed = observer.map(|_| state.info(key));
+            drop(state);
+            if let (Some(observer), Some(info)) = (observer, &observed) {
+                self.spawned(observer, info, false);
+            }
+            let starting = Starting {
+                key,
+                id,
+                scope,
+                observed,
+            };
+            return (Some(id), Admitted::Run(starting, task));
         }
         if !queue {
             return (None, Admitted::Refused(task, None));
         }
         let (id, key) = state.insert(name, spawned_at, Stage::Pending);
         state.pending.push_back(pending(key, id, task));
+        let info = observer.map(|_| state.info(key));
+        drop(state);
+        if let (Some(observer), Some(info)) = (observer, info) {
+            self.spawned(observer, &info, true);
+        }
         (Some(id), Admitted::Tracked)
+    }
+
+    fn spawned(&self, observer: &Arc<dyn Observer>, task: &TaskInfo, pending: bool) {
+        observe::notify(observer, |o| {
+            o.task_spawned(&TaskSpawned {
+                group: &self.scope,
+                task,
+                pending,
+            })
+        });
+    }
+
+    /// Reports a task that was cancelled before it started.
+    fn never_started(&self, observer: &Arc<dyn Observer>, task: &TaskInfo, cause: &Cause) {
+        observe::notify(observer, |o| {
+            o.task_finished(&TaskFinished {
+                group: &self.scope,
+                group_attachment: self.attachment.as_deref(),
+                task,
+                attachment: None,
+                outcome: TaskOutcome::Cancelled,
+                started: false,
+                error: None,
+                cause: Some(cause),
+                elapsed: Duration::ZERO,
+                cancel_latency: None,
+            })
+        });
     }
 
     /// What starts `task`, recorded at `key`, once it leaves the pending queue.
@@ -250,42 +320,56 @@ where
         Start {
             key,
             id,
-            run: Box::new(move |shared, key, id, scope| shared.run(key, id, scope, task)),
+            run: Box::new(move |shared, starting| shared.run(starting, task)),
         }
     }
 
     /// Starts the task recorded at `key` in `scope`; returns a pending task to start next if
     /// it ended at once and freed its slot.
-    pub(crate) fn run<F, Fut>(
-        self: &Arc<Self>,
-        key: usize,
-        id: TaskId,
-        scope: Scope,
-        task: F,
-    ) -> Option<Next<T, E>>
+    pub(crate) fn run<F, Fut>(self: &Arc<Self>, starting: Starting, task: F) -> Option<Next<T, E>>
     where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        let Starting {
+            key,
+            id,
+            scope,
+            observed,
+        } = starting;
         // A task of a cancelled group never starts (invariant 3): its closure is not called.
         if let Some(cause) = scope.cause() {
             // The closure's captures are dropped here; a panic doing so changes nothing.
             let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(task)));
             drop(scope);
+            if let (Some(observer), Some(info)) = (self.scope.node.observer(), &observed) {
+                self.never_started(observer, info, &cause);
+            }
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
-        let future = match panic::catch_unwind(AssertUnwindSafe(|| task(scope.clone()))) {
-            Ok(future) => future,
-            Err(payload) => {
-                let exit = self.conclude(key, &scope, Err(payload));
-                drop(scope);
-                return self.report(key, exit);
+        let watch = observed.and_then(|info| Watch::start(self, key, info, &scope));
+        let call = || task(scope.clone());
+        let made = match watch.as_ref().and_then(|watch| watch.attachment.as_deref()) {
+            Some(attachment) => {
+                let (mut call, mut made) = (Some(call), None);
+                attachment.enter(&mut || {
+                    made = call.take().map(|call| panic::catch_unwind(AssertUnwindSafe(call)));
+                });
+                made.expect("an attachment runs what it is given")
             }
+            None => panic::catch_unwind(AssertUnwindSafe(call)),
         };
-        let guard = Guard {
+        let mut guard = Guard {
             shared: self.clone(),
             key,
             scope: Some(scope),
+            watch,
+        };
+        let future = match made {
+            Ok(future) => future,
+            Err(payload) => {
+                return guard.report(|shared, key, scope| shared.conclude(key, scope, Err(payload)));
+            }
         };
         let user = User::Running { future };
         // On the caller's runtime, as `tokio::spawn` always is: `spawn`'s caller's, or, for a
@@ -297,8 +381,8 @@ where
 
     /// Starts `next` and whatever its ending frees, iteratively.
     pub(crate) fn run_next(self: &Arc<Self>, mut next: Option<Next<T, E>>) {
-        while let Some(Next { start, scope }) = next {
-            next = (start.run)(self, start.key, start.id, scope);
+        while let Some(Next { start, starting }) = next {
+            next = (start.run)(self, starting);
         }
     }
 
@@ -444,9 +528,14 @@ where
             handle: None,
             abort: false,
         };
-        let scope = self.scope.named_child(record.info.name.clone());
+        let starting = Starting {
+            key: start.key,
+            id: start.id,
+            scope: self.scope.named_child(record.info.name.clone()),
+            observed: self.scope.node.observer().map(|_| record.info.clone()),
+        };
         state.running += 1;
-        Some(Next { start, scope })
+        Some(Next { start, starting })
     }
 
     /// The group scope's `on_cancel` callback (invariant 3).
@@ -469,9 +558,14 @@ where
             state.cut_short = true;
         }
         let drained = mem::take(&mut state.pending);
+        let observer = self.scope.node.observer();
+        let mut observed = Vec::new();
         for start in &drained {
             if let Some(record) = state.tasks.get_mut(start.key) {
                 record.stage = Stage::Done(Outcome::Cancelled(cause.clone()));
+                if observer.is_some() {
+                    observed.push(record.info.clone());
+                }
             }
             state.finished.push_back(start.key);
         }
@@ -479,6 +573,11 @@ where
         let joiner = state.joiner.take();
         drop(state);
         drop(drained);
+        if let Some(observer) = observer {
+            for task in &observed {
+                self.never_started(observer, task, cause);
+            }
+        }
         if let Some(joiner) = joiner {
             joiner.wake();
         }
@@ -540,6 +639,15 @@ where
         if let Some(handle) = handle {
             handle.abort();
         }
+    }
+
+    /// Whether the task `id`, recorded at `key`, is still running.
+    fn is_running(&self, key: usize, id: TaskId) -> bool {
+        let state = lock(&self.state);
+        matches!(
+            state.tasks.get(key),
+            Some(Record { info, stage: Stage::Running { .. } }) if info.id == id
+        )
     }
 
     /// How many tasks are pending or running.
@@ -724,6 +832,11 @@ impl<T, E> State<T, E> {
     fn unfinished(&self) -> usize {
         self.running + self.pending.len()
     }
+
+    /// A copy of the description of the task at `key`, for an observer.
+    fn info(&self, key: usize) -> TaskInfo {
+        self.tasks.get(key).expect("a tracked task has a record").info.clone()
+    }
 }
 
 pin_project! {
@@ -766,7 +879,19 @@ where
         let UserProj::Running { future } = this.user.as_mut().project() else {
             return Poll::Ready(());
         };
-        let mut result = match panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+        let polled = match this.guard.attachment() {
+            Some(attachment) => {
+                let (mut future, mut polled) = (Some(future), None);
+                attachment.enter(&mut || {
+                    polled = future
+                        .take()
+                        .map(|future| panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))));
+                });
+                polled.expect("an attachment runs what it is given")
+            }
+            None => panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))),
+        };
+        let mut result = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(result)) => Ok(result),
             Err(payload) => Err(payload),
@@ -779,12 +904,13 @@ where
         {
             result = Err(payload);
         }
-        this.guard.report(|shared, key, scope| {
+        let next = this.guard.report(|shared, key, scope| {
             // Classifying runs user code (the error's `Display` and `source`); if that panics,
             // the task is reported as having panicked.
             panic::catch_unwind(AssertUnwindSafe(|| shared.conclude(key, scope, result)))
                 .unwrap_or_else(|payload| shared.conclude(key, scope, Err(payload)))
         });
+        this.guard.shared.run_next(next);
         Poll::Ready(())
     }
 }
@@ -800,6 +926,8 @@ where
     key: usize,
     /// The task's scope; taken when the task is reported.
     scope: Option<Scope>,
+    /// What the group's observer needs; `None` without one.
+    watch: Option<Watch>,
 }
 
 impl<T, E> Guard<T, E>
@@ -807,16 +935,27 @@ where
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
-    fn report(&mut self, exit: impl FnOnce(&Shared<T, E>, usize, &Scope) -> Exit<T, E>) {
-        let Some(scope) = self.scope.take() else {
-            return;
-        };
+    fn attachment(&self) -> Option<&dyn Attachment> {
+        self.watch.as_ref()?.attachment.as_deref()
+    }
+
+    /// Reports the task's end, unless it was; returns the pending task that takes its slot,
+    /// for the caller to start.
+    #[must_use]
+    fn report(
+        &mut self,
+        exit: impl FnOnce(&Shared<T, E>, usize, &Scope) -> Exit<T, E>,
+    ) -> Option<Next<T, E>> {
+        let scope = self.scope.take()?;
         let exit = exit(&self.shared, self.key, &scope);
+        // Before the exit becomes visible, so that whoever joins the group has seen it reported.
+        if let Some(watch) = self.watch.take() {
+            watch.finished(&self.shared, &scope, &exit.outcome);
+        }
         // The task's scope goes first, so that it is unlinked from the group's when the exit
         // becomes visible.
         drop(scope);
-        let next = self.shared.report(self.key, exit);
-        self.shared.run_next(next);
+        self.shared.report(self.key, exit)
     }
 }
 
@@ -826,7 +965,124 @@ where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
     fn drop(&mut self) {
-        self.report(|_, _, _| Exit::of(Outcome::Aborted));
+        let next = self.report(|_, _, _| Exit::of(Outcome::Aborted));
+        self.shared.run_next(next);
+    }
+}
+
+/// A running task as its group's observer sees it.
+struct Watch {
+    observer: Arc<dyn Observer>,
+    task: TaskInfo,
+    attachment: Option<Arc<dyn Attachment>>,
+    started: Instant,
+    /// Reports the task if it is slow to stop once its scope is cancelled.
+    slow: Option<OnCancel>,
+}
+
+impl Watch {
+    /// Reports the start of `task`, in `scope`, to the group's observer, if it has one.
+    fn start<T, E>(
+        shared: &Arc<Shared<T, E>>,
+        key: usize,
+        task: TaskInfo,
+        scope: &Scope,
+    ) -> Option<Watch>
+    where
+        T: Send + 'static,
+        E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    {
+        let observer = shared.scope.node.observer()?.clone();
+        let attachment = observe::notify(&observer, |o| {
+            o.task_started(&TaskStarted {
+                group: &shared.scope,
+                group_attachment: shared.attachment.as_deref(),
+                task: &task,
+                scope,
+            })
+        });
+        let slow = observe::notify(&observer, |o| o.slow_to_stop_after())
+            .zip(Handle::try_current().ok())
+            .map(|(after, runtime)| {
+                let shared = Arc::downgrade(shared);
+                let (observer, task, attachment) =
+                    (observer.clone(), task.clone(), attachment.clone());
+                scope.on_cancel(move |cause| {
+                    let cause = cause.clone();
+                    let at = cause.instant().unwrap_or_else(Instant::now);
+                    let Some(report_at) = at.checked_add(after) else {
+                        return;
+                    };
+                    runtime.spawn(async move {
+                        tokio::time::sleep_until(report_at).await;
+                        let Some(shared) = shared.upgrade() else {
+                            return;
+                        };
+                        if !shared.is_running(key, task.id) {
+                            return;
+                        }
+                        observe::notify(&observer, |o| {
+                            o.task_slow_to_stop(&TaskSlowToStop {
+                                group: &shared.scope,
+                                group_attachment: shared.attachment.as_deref(),
+                                task: &task,
+                                attachment: attachment.as_deref(),
+                                cause: &cause,
+                                since_cancel: Instant::now().saturating_duration_since(at),
+                            })
+                        });
+                    });
+                })
+            });
+        Some(Watch {
+            observer,
+            task,
+            attachment,
+            started: Instant::now(),
+            slow,
+        })
+    }
+
+    /// Reports the task's end to the observer.
+    fn finished<T, E>(self, shared: &Shared<T, E>, scope: &Scope, outcome: &Outcome<T, E>)
+    where
+        T: Send + 'static,
+        E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    {
+        let now = Instant::now();
+        if let Some(slow) = self.slow {
+            // Frees the callback now, rather than with the scope.
+            slow.stop();
+        }
+        let (outcome, error, cause): (_, Option<&dyn fmt::Display>, _) = match outcome {
+            Outcome::Completed(_) => (TaskOutcome::Completed, None, scope.cause()),
+            Outcome::Failed(Failure::Error(error)) => {
+                (TaskOutcome::Failed, Some(&**error), scope.cause())
+            }
+            Outcome::Failed(Failure::Panic(message)) => {
+                (TaskOutcome::Panicked, Some(message), scope.cause())
+            }
+            Outcome::Cancelled(cause) => (TaskOutcome::Cancelled, None, Some(cause.clone())),
+            Outcome::Aborted => (TaskOutcome::Aborted, None, scope.cause()),
+        };
+        let cancel_latency = cause
+            .as_ref()
+            .and_then(Cause::instant)
+            .map(|at| now.saturating_duration_since(at));
+        observe::notify(&self.observer, |o| {
+            o.task_finished(&TaskFinished {
+                group: &shared.scope,
+                group_attachment: shared.attachment.as_deref(),
+                task: &self.task,
+                attachment: self.attachment.as_deref(),
+                outcome,
+                started: true,
+                error,
+                cause: cause.as_ref(),
+                elapsed: now.saturating_duration_since(self.started),
+                cancel_latency,
+            })
+        });
     }
 }
 

@@ -42,6 +42,7 @@ use super::spec::{ChildSpec, Nested};
 use super::{Backoff, Restart, Strategy, SupervisorError};
 use crate::group::{Config, Spawned, failure_cause};
 use crate::node::Name;
+use crate::observe::{self, ChildRestarting};
 use crate::sync::{Mutex, lock};
 use crate::{CancelledOwned, Cause, CauseKind, Failure, Outcome, Scope, TaskExit, TaskGroup};
 use crate::{TaskId, TaskInfo};
@@ -572,7 +573,7 @@ where
                                 &*spec.name
                             ))
                         })
-                        .stamped(|| origin, SystemTime::now(), spec.location);
+                        .stamped(|| origin, (SystemTime::now(), Instant::now()), spec.location);
                 let outcome = Outcome::Failed(failure);
                 self.record(child, &task, &outcome, Some(cause.clone()), false);
                 let Outcome::Failed(failure) = outcome else {
@@ -713,6 +714,19 @@ where
         }
         let delay = backoff.delay(self.attempts[child], self.rng.next_f64());
         self.attempts[child] = self.attempts[child].saturating_add(1);
+        if let Some(observer) = self.inner.scope.node.observer() {
+            let mut restarts = 0;
+            self.inner.view(child, |view| restarts = view.restarts);
+            observe::notify(observer, |o| {
+                o.child_restarting(&ChildRestarting {
+                    supervisor: &self.inner.scope,
+                    child: &self.specs[child].name,
+                    restarts,
+                    delay,
+                    cause: failure.as_ref().map(|(_, cause)| cause),
+                })
+            });
+        }
         let at = far_or(now, delay);
         match self.settings.strategy {
             Strategy::OneForOne if delay.is_zero() => {
@@ -751,7 +765,7 @@ where
                 Cause::of_kind(CauseKind::Shutdown)
                     .with_code("restart")
                     .with_detail(format!("restarting after '{}' returned", &*spec.name))
-                    .stamped(|| origin, SystemTime::now(), spec.location)
+                    .stamped(|| origin, (SystemTime::now(), Instant::now()), spec.location)
             }
         };
         let plan = self.plan.get_or_insert_with(|| Plan {
@@ -834,7 +848,7 @@ where
         if let Some(failure_cause) = failure_cause {
             cause = cause.with_source(failure_cause);
         }
-        let cause = cause.stamped(|| origin, SystemTime::now(), spec.location);
+        let cause = cause.stamped(|| origin, (SystemTime::now(), Instant::now()), spec.location);
         self.escalated = Some((task, failure));
         self.runs[child] = Run::Stopped;
         // The supervisor's own scope stays as it is: an escalation is the supervisor failing,
@@ -850,7 +864,7 @@ where
         }
         // Stamped once here (invariant 5): every child is then told this very cause.
         let origin = self.inner.scope.node.path();
-        let cause = cause.stamped(|| origin, SystemTime::now(), self.location);
+        let cause = cause.stamped(|| origin, (SystemTime::now(), Instant::now()), self.location);
         self.shutdown = Some(cause.clone());
         self.plan = None;
         self.timers.clear();
