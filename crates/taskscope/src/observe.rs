@@ -80,9 +80,10 @@ pub trait Observer: Send + Sync + 'static {
         None
     }
 
-    /// A task was spawned into a group: it starts now, waits as pending (over the group's
-    /// limit), or is recorded as cancelled at once (the group is cancelled; then
-    /// [`task_finished`](Observer::task_finished) follows with `started == false`).
+    /// A task was spawned into a group: it starts now, or waits as pending (over the group's
+    /// limit). A task spawned into a cancelled group is reported as pending, and then at once
+    /// as [finished](Observer::task_finished) with `started == false`, like a pending task the
+    /// group's cancellation reached. So every task not yet started is pending, for gauges.
     fn task_spawned(&self, event: &TaskSpawned<'_>) {
         let _ = event;
     }
@@ -171,7 +172,8 @@ pub struct TaskSpawned<'a> {
     pub group: &'a Scope,
     /// The task's name, number and spawn location.
     pub task: &'a TaskInfo,
-    /// Whether it waits as pending, over the group's limit.
+    /// Whether it waits as pending (over the group's limit, or in a cancelled group) rather
+    /// than starting now.
     pub pending: bool,
 }
 
@@ -186,6 +188,8 @@ pub struct TaskStarted<'a> {
     pub task: &'a TaskInfo,
     /// The task's own scope.
     pub scope: &'a Scope,
+    /// Whether it waited as pending (spawned over the group's limit).
+    pub was_pending: bool,
 }
 
 /// A task ended; see [`Observer::task_finished`].
@@ -297,7 +301,7 @@ macro_rules! debug_without_attachments {
 }
 
 debug_without_attachments! {
-    TaskStarted { group, task, scope },
+    TaskStarted { group, task, scope, was_pending },
     TaskSlowToStop { group, task, cause, since_cancel }
 }
 

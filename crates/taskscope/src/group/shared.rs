@@ -137,7 +137,14 @@ pub(crate) struct Starting {
     pub(crate) key: usize,
     pub(crate) id: TaskId,
     pub(crate) scope: Scope,
-    observed: Option<TaskInfo>,
+    observed: Option<Observed>,
+}
+
+/// A task as its group's observer is told of it when it starts.
+struct Observed {
+    task: TaskInfo,
+    /// It waited as pending.
+    was_pending: bool,
 }
 
 /// A pending task to start now (its slot was just freed).
@@ -241,7 +248,8 @@ where
             drop(state);
             drop(task);
             if let (Some(observer), Some(info)) = (observer, info) {
-                self.spawned(observer, &info, false);
+                // Reported as queued and cancelled before it started, like a pending task.
+                self.spawned(observer, &info, true);
                 self.never_started(observer, &info, &cause);
             }
             if let Some(joiner) = joiner {
@@ -257,10 +265,13 @@ where
             };
             let (id, key) = state.insert(name, spawned_at, running);
             state.running += 1;
-            let observed = observer.map(|_| state.info(key));
+            let observed = observer.map(|_| Observed {
+                task: state.info(key),
+                was_pending: false,
+            });
             drop(state);
-            if let (Some(observer), Some(info)) = (observer, &observed) {
-                self.spawned(observer, info, false);
+            if let (Some(observer), Some(observed)) = (observer, &observed) {
+                self.spawned(observer, &observed.task, false);
             }
             let starting = Starting {
                 key,
@@ -342,12 +353,12 @@ where
             // The closure's captures are dropped here; a panic doing so changes nothing.
             let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(task)));
             drop(scope);
-            if let (Some(observer), Some(info)) = (self.scope.node.observer(), &observed) {
-                self.never_started(observer, info, &cause);
+            if let (Some(observer), Some(observed)) = (self.scope.node.observer(), &observed) {
+                self.never_started(observer, &observed.task, &cause);
             }
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
-        let watch = observed.and_then(|info| Watch::start(self, key, info, &scope));
+        let watch = observed.and_then(|observed| Watch::start(self, key, observed, &scope));
         let call = || task(scope.clone());
         let made = match watch.as_ref().and_then(|watch| watch.attachment.as_deref()) {
             Some(attachment) => {
@@ -532,7 +543,10 @@ where
             key: start.key,
             id: start.id,
             scope: self.scope.named_child(record.info.name.clone()),
-            observed: self.scope.node.observer().map(|_| record.info.clone()),
+            observed: self.scope.node.observer().map(|_| Observed {
+                task: record.info.clone(),
+                was_pending: true,
+            }),
         };
         state.running += 1;
         Some(Next { start, starting })
@@ -985,7 +999,7 @@ impl Watch {
     fn start<T, E>(
         shared: &Arc<Shared<T, E>>,
         key: usize,
-        task: TaskInfo,
+        observed: Observed,
         scope: &Scope,
     ) -> Option<Watch>
     where
@@ -993,12 +1007,14 @@ impl Watch {
         E: fmt::Debug + fmt::Display + Send + Sync + 'static,
     {
         let observer = shared.scope.node.observer()?.clone();
+        let Observed { task, was_pending } = observed;
         let attachment = observe::notify(&observer, |o| {
             o.task_started(&TaskStarted {
                 group: &shared.scope,
                 group_attachment: shared.attachment.as_deref(),
                 task: &task,
                 scope,
+                was_pending,
             })
         });
         let slow = observe::notify(&observer, |o| o.slow_to_stop_after())
