@@ -41,8 +41,8 @@ use tokio::time::Instant;
 
 use crate::observe::{self, CancelLost, Observer, ScopeCancelled};
 use crate::slab::{self, Slab};
-use crate::{Cause, ScopePath};
 use crate::sync::{AtomicBool, AtomicU32, Mutex, Ordering, lock};
+use crate::{Cause, ScopePath};
 
 /// A callback registered with [`Scope::on_cancel`](crate::Scope::on_cancel).
 pub(crate) type Callback = Box<dyn FnOnce(&Cause) + Send + 'static>;

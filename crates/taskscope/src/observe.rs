@@ -321,6 +321,9 @@ impl fmt::Debug for TaskFinished<'_> {
 }
 
 /// Delivers an event to `observer`; a panic there is reported by the panic hook and ignored.
-pub(crate) fn notify<R: Default>(observer: &Arc<dyn Observer>, f: impl FnOnce(&dyn Observer) -> R) -> R {
+pub(crate) fn notify<R: Default>(
+    observer: &Arc<dyn Observer>,
+    f: impl FnOnce(&dyn Observer) -> R,
+) -> R {
     panic::catch_unwind(AssertUnwindSafe(|| f(&**observer))).unwrap_or_default()
 }

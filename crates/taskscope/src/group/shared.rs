@@ -46,11 +46,11 @@ use tokio::time::Instant;
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo};
 use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
 use crate::cause::Payload;
+use crate::node::Name;
 use crate::observe::{
     self, Attachment, GroupCreated, Observer, TaskFinished, TaskOutcome, TaskSlowToStop,
     TaskSpawned, TaskStarted,
 };
-use crate::node::Name;
 use crate::slab::Slab;
 use crate::sync::{Mutex, lock};
 use crate::{BoxError, Cause, CauseKind, OnCancel, Scope};
@@ -188,7 +188,9 @@ where
 {
     pub(crate) fn new(scope: Scope, config: Config) -> Arc<Self> {
         let attachment = scope.node.observer().and_then(|observer| {
-            observe::notify(observer, |o| o.group_created(&GroupCreated { scope: &scope }))
+            observe::notify(observer, |o| {
+                o.group_created(&GroupCreated { scope: &scope })
+            })
         });
         let shared = Arc::new(Shared {
             attachment,
@@ -364,7 +366,9 @@ where
             Some(attachment) => {
                 let (mut call, mut made) = (Some(call), None);
                 attachment.enter(&mut || {
-                    made = call.take().map(|call| panic::catch_unwind(AssertUnwindSafe(call)));
+                    made = call
+                        .take()
+                        .map(|call| panic::catch_unwind(AssertUnwindSafe(call)));
                 });
                 made.expect("an attachment runs what it is given")
             }
@@ -379,7 +383,8 @@ where
         let future = match made {
             Ok(future) => future,
             Err(payload) => {
-                return guard.report(|shared, key, scope| shared.conclude(key, scope, Err(payload)));
+                return guard
+                    .report(|shared, key, scope| shared.conclude(key, scope, Err(payload)));
             }
         };
         let user = User::Running { future };
@@ -849,7 +854,11 @@ impl<T, E> State<T, E> {
 
     /// A copy of the description of the task at `key`, for an observer.
     fn info(&self, key: usize) -> TaskInfo {
-        self.tasks.get(key).expect("a tracked task has a record").info.clone()
+        self.tasks
+            .get(key)
+            .expect("a tracked task has a record")
+            .info
+            .clone()
     }
 }
 

@@ -1,0 +1,419 @@
+//! [`TraceObserver`]: taskscope's lifecycle events as `tracing` events and spans.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use taskscope::observe::{
+    Attachment, CancelLost, ChildRestarting, GroupCreated, Observer, ScopeCancelled, TaskFinished,
+    TaskOutcome, TaskSlowToStop, TaskSpawned, TaskStarted,
+};
+use taskscope::{Cause, CauseKind, Scope};
+use tracing::field::Empty;
+use tracing::{Level, Span};
+
+use crate::audit::{AuditLog, AuditRecord};
+
+/// The `target` of scope cancellation events (`scope cancelled`, `cancel lost`).
+pub const CANCEL_TARGET: &str = "taskscope::cancel";
+/// The `target` of task events and of task spans.
+pub const TASK_TARGET: &str = "taskscope::task";
+/// The `target` of group spans.
+pub const GROUP_TARGET: &str = "taskscope::group";
+/// The `target` of supervisor events (`child restarting`).
+pub const SUPERVISOR_TARGET: &str = "taskscope::supervisor";
+
+/// How long a cancelled task may run before it is reported as slow to stop, by default.
+pub const DEFAULT_SLOW_TO_STOP: Duration = Duration::from_secs(2);
+
+/// An [`Observer`] that reports scope and task lifecycle as `tracing` events and spans, and
+/// optionally as metrics (feature `metrics`) and audit records (see the [crate docs](crate)
+/// for the schema).
+///
+/// Install it on the root scope of a service; every scope, group, task and supervisor under it
+/// is reported, with no code in the tasks.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use taskscope::Scope;
+/// use taskscope_trace::TraceObserver;
+///
+/// let observer = TraceObserver::new().slow_to_stop_after(Some(Duration::from_secs(1)));
+/// let service = Scope::builder().name("orders").observer(Arc::new(observer)).build();
+/// ```
+pub struct TraceObserver {
+    slow_to_stop_after: Option<Duration>,
+    audit: Option<AuditLog>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
+    lost_cancels: AtomicU64,
+}
+
+impl TraceObserver {
+    /// An observer that emits events and spans, reports tasks
+    /// [slow to stop](TraceObserver::slow_to_stop_after) after [`DEFAULT_SLOW_TO_STOP`], and
+    /// records neither metrics nor audit records.
+    pub fn new() -> Self {
+        TraceObserver {
+            slow_to_stop_after: Some(DEFAULT_SLOW_TO_STOP),
+            audit: None,
+            #[cfg(feature = "metrics")]
+            metrics: false,
+            lost_cancels: AtomicU64::new(0),
+        }
+    }
+
+    /// Reports a task still running this long after its scope was cancelled, once, at `WARN`;
+    /// `None` reports none (and saves a callback and a timer per task). Zero reports every task
+    /// that has not stopped by the time the check runs, just after its cancellation;
+    /// `Duration::MAX` never reports.
+    pub fn slow_to_stop_after(mut self, after: Option<Duration>) -> Self {
+        self.slow_to_stop_after = after;
+        self
+    }
+
+    /// Writes an [`AuditRecord`] for every scope cancellation and every task a cancellation
+    /// stopped to `log`.
+    pub fn audit(mut self, log: AuditLog) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
+    /// Records metrics through the [`metrics`](https://docs.rs/metrics) facade, to whatever
+    /// recorder is installed (names in the [crate docs](crate#metrics)).
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
+    /// How many cancellations lost to an earlier cause so far ("first cause wins").
+    pub fn lost_cancels(&self) -> u64 {
+        self.lost_cancels.load(Ordering::Relaxed)
+    }
+
+    fn audit_record(&self, record: impl FnOnce() -> AuditRecord) {
+        if let Some(log) = &self.audit {
+            log.write(&record());
+        }
+    }
+}
+
+impl Default for TraceObserver {
+    fn default() -> Self {
+        TraceObserver::new()
+    }
+}
+
+impl fmt::Debug for TraceObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("TraceObserver");
+        debug
+            .field("slow_to_stop_after", &self.slow_to_stop_after)
+            .field("audit", &self.audit);
+        #[cfg(feature = "metrics")]
+        debug.field("metrics", &self.metrics);
+        debug.field("lost_cancels", &self.lost_cancels()).finish()
+    }
+}
+
+/// Emits an event whose level is decided at run time (`event!` needs a constant one).
+macro_rules! event_at {
+    ($level:expr, target: $target:expr, parent: $parent:expr, $($rest:tt)+) => {
+        match $level {
+            Level::ERROR => tracing::event!(target: $target, parent: $parent, Level::ERROR, $($rest)+),
+            Level::WARN => tracing::event!(target: $target, parent: $parent, Level::WARN, $($rest)+),
+            Level::INFO => tracing::event!(target: $target, parent: $parent, Level::INFO, $($rest)+),
+            Level::DEBUG => tracing::event!(target: $target, parent: $parent, Level::DEBUG, $($rest)+),
+            Level::TRACE => tracing::event!(target: $target, parent: $parent, Level::TRACE, $($rest)+),
+        }
+    };
+    ($level:expr, target: $target:expr, $($rest:tt)+) => {
+        match $level {
+            Level::ERROR => tracing::event!(target: $target, Level::ERROR, $($rest)+),
+            Level::WARN => tracing::event!(target: $target, Level::WARN, $($rest)+),
+            Level::INFO => tracing::event!(target: $target, Level::INFO, $($rest)+),
+            Level::DEBUG => tracing::event!(target: $target, Level::DEBUG, $($rest)+),
+            Level::TRACE => tracing::event!(target: $target, Level::TRACE, $($rest)+),
+        }
+    };
+}
+
+/// A cause's fields, recorded on a span.
+fn record_cause(span: &Span, cause: &Cause) {
+    span.record("cause.kind", cause.kind().as_str());
+    span.record("cause.code", cause.code());
+    if let Some(detail) = cause.detail() {
+        span.record("cause.detail", detail);
+    }
+    if let Some(origin) = cause.origin() {
+        span.record("cause.origin", origin);
+    }
+}
+
+/// The path of a task's scope: its group's path and its name.
+pub(crate) struct TaskPath<'a> {
+    pub(crate) group: &'a Scope,
+    pub(crate) name: &'a str,
+}
+
+impl fmt::Display for TaskPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.group.path().is_empty() {
+            f.write_str(self.name)
+        } else {
+            write!(f, "{}/{}", self.group.path(), self.name)
+        }
+    }
+}
+
+pub(crate) fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The span of a group; records the group's cause, if any, when the group is dropped.
+struct GroupSpan {
+    span: Span,
+    scope: Scope,
+}
+
+impl Attachment for GroupSpan {}
+
+impl Drop for GroupSpan {
+    fn drop(&mut self) {
+        if let Some(cause) = self.scope.cause() {
+            record_cause(&self.span, &cause);
+        }
+    }
+}
+
+/// The span of a task, entered around each poll.
+struct TaskSpan(Span);
+
+impl Attachment for TaskSpan {
+    fn enter(&self, f: &mut dyn FnMut()) {
+        self.0.in_scope(f);
+    }
+}
+
+fn span_of(attachment: Option<&dyn Attachment>) -> Option<&Span> {
+    let any: &dyn std::any::Any = attachment?;
+    if let Some(task) = any.downcast_ref::<TaskSpan>() {
+        return Some(&task.0);
+    }
+    any.downcast_ref::<GroupSpan>().map(|group| &group.span)
+}
+
+impl Observer for TraceObserver {
+    fn scope_cancelled(&self, event: &ScopeCancelled<'_>) {
+        let cause = event.cause;
+        let level = match cause.kind() {
+            CauseKind::TaskFailed | CauseKind::TaskPanicked => Level::WARN,
+            _ => Level::INFO,
+        };
+        event_at!(
+            level,
+            target: CANCEL_TARGET,
+            scope = %event.scope,
+            cause.kind = cause.kind().as_str(),
+            cause.code = cause.code(),
+            cause.detail = cause.detail(),
+            cause.origin = cause.origin(),
+            cause.location = cause.location().map(tracing::field::display),
+            "scope cancelled"
+        );
+        #[cfg(feature = "metrics")]
+        if self.metrics {
+            crate::metrics::cancelled(cause);
+        }
+        self.audit_record(|| AuditRecord::scope_cancelled(&event.scope.to_string(), cause));
+    }
+
+    fn cancel_lost(&self, event: &CancelLost<'_>) {
+        self.lost_cancels.fetch_add(1, Ordering::Relaxed);
+        let (lost, winner) = (event.lost, event.cause);
+        tracing::debug!(
+            target: CANCEL_TARGET,
+            scope = %event.scope,
+            cause.kind = lost.kind().as_str(),
+            cause.code = lost.code(),
+            cause.detail = lost.detail(),
+            cause.origin = lost.origin(),
+            cause.location = lost.location().map(tracing::field::display),
+            winner.kind = winner.kind().as_str(),
+            winner.code = winner.code(),
+            winner.origin = winner.origin(),
+            "cancel lost"
+        );
+        #[cfg(feature = "metrics")]
+        if self.metrics {
+            crate::metrics::lost(lost);
+        }
+    }
+
+    fn group_created(&self, event: &GroupCreated<'_>) -> Option<Arc<dyn Attachment>> {
+        let span = tracing::info_span!(
+            target: GROUP_TARGET,
+            "taskscope.group",
+            scope = %event.scope.path(),
+            cause.kind = Empty,
+            cause.code = Empty,
+            cause.detail = Empty,
+            cause.origin = Empty,
+        );
+        if span.is_disabled() {
+            return None;
+        }
+        Some(Arc::new(GroupSpan {
+            span,
+            scope: event.scope.clone(),
+        }))
+    }
+
+    fn task_spawned(&self, event: &TaskSpawned<'_>) {
+        let task = event.task;
+        tracing::trace!(
+            target: TASK_TARGET,
+            scope = %TaskPath { group: event.group, name: task.name() },
+            task.name = task.name(),
+            task.id = task.id().get(),
+            task.spawned_at = %task.spawned_at(),
+            task.pending = event.pending,
+            "task spawned"
+        );
+        #[cfg(feature = "metrics")]
+        if self.metrics {
+            crate::metrics::spawned(event.pending);
+        }
+    }
+
+    fn task_started(&self, event: &TaskStarted<'_>) -> Option<Arc<dyn Attachment>> {
+        let task = event.task;
+        #[cfg(feature = "metrics")]
+        if self.metrics {
+            crate::metrics::started(event.was_pending);
+        }
+        let span = tracing::info_span!(
+            target: TASK_TARGET,
+            parent: span_of(event.group_attachment).and_then(Span::id),
+            "taskscope.task",
+            scope = %event.scope.path(),
+            task.name = task.name(),
+            task.id = task.id().get(),
+            task.spawned_at = %task.spawned_at(),
+            task.outcome = Empty,
+            cause.kind = Empty,
+            cause.code = Empty,
+            cause.detail = Empty,
+            cause.origin = Empty,
+            cancel.latency_us = Empty,
+        );
+        tracing::trace!(
+            target: TASK_TARGET,
+            parent: &span,
+            scope = %event.scope.path(),
+            task.name = task.name(),
+            task.id = task.id().get(),
+            task.spawned_at = %task.spawned_at(),
+            "task started"
+        );
+        if span.is_disabled() {
+            return None;
+        }
+        Some(Arc::new(TaskSpan(span)))
+    }
+
+    fn task_finished(&self, event: &TaskFinished<'_>) {
+        let task = event.task;
+        let cause = event.cause;
+        let latency = event.cancel_latency.map(micros);
+        if let Some(span) = span_of(event.attachment) {
+            span.record("task.outcome", event.outcome.as_str());
+            if let Some(cause) = cause {
+                record_cause(span, cause);
+            }
+            if let Some(latency) = latency {
+                span.record("cancel.latency_us", latency);
+            }
+        }
+        let level = match event.outcome {
+            TaskOutcome::Failed | TaskOutcome::Panicked | TaskOutcome::Aborted => Level::WARN,
+            _ => Level::DEBUG,
+        };
+        event_at!(
+            level,
+            target: TASK_TARGET,
+            parent: span_of(event.attachment).and_then(Span::id),
+            scope = %TaskPath { group: event.group, name: task.name() },
+            task.name = task.name(),
+            task.id = task.id().get(),
+            task.spawned_at = %task.spawned_at(),
+            task.outcome = event.outcome.as_str(),
+            task.elapsed_us = micros(event.elapsed),
+            task.error = event.error.map(tracing::field::display),
+            cause.kind = cause.map(|cause| cause.kind().as_str()),
+            cause.code = cause.map(Cause::code),
+            cause.detail = cause.and_then(Cause::detail),
+            cause.origin = cause.and_then(Cause::origin),
+            cancel.latency_us = latency,
+            "task finished"
+        );
+        #[cfg(feature = "metrics")]
+        if self.metrics {
+            crate::metrics::finished(event);
+        }
+        if let (Some(cause), TaskOutcome::Cancelled | TaskOutcome::Aborted) = (cause, event.outcome)
+        {
+            self.audit_record(|| AuditRecord::task_stopped(event.group, task, event, cause));
+        }
+    }
+
+    fn task_slow_to_stop(&self, event: &TaskSlowToStop<'_>) {
+        let (task, cause) = (event.task, event.cause);
+        tracing::warn!(
+            target: TASK_TARGET,
+            parent: span_of(event.attachment).and_then(Span::id),
+            scope = %TaskPath { group: event.group, name: task.name() },
+            task.name = task.name(),
+            task.id = task.id().get(),
+            task.spawned_at = %task.spawned_at(),
+            cause.kind = cause.kind().as_str(),
+            cause.code = cause.code(),
+            cause.detail = cause.detail(),
+            cause.origin = cause.origin(),
+            cancel.elapsed_us = micros(event.since_cancel),
+            "task slow to stop: still running {:?} after its scope was cancelled",
+            event.since_cancel
+        );
+        #[cfg(feature = "metrics")]
+        if self.metrics {
+            crate::metrics::slow_to_stop();
+        }
+    }
+
+    fn child_restarting(&self, event: &ChildRestarting<'_>) {
+        let cause = event.cause;
+        tracing::info!(
+            target: SUPERVISOR_TARGET,
+            scope = %event.supervisor.path(),
+            child.name = event.child,
+            child.restarts = event.restarts,
+            restart.delay_us = micros(event.delay),
+            cause.kind = cause.map(|cause| cause.kind().as_str()),
+            cause.code = cause.map(Cause::code),
+            cause.detail = cause.and_then(Cause::detail),
+            cause.origin = cause.and_then(Cause::origin),
+            "child restarting"
+        );
+        #[cfg(feature = "metrics")]
+        if self.metrics {
+            crate::metrics::restarting();
+        }
+    }
+
+    fn slow_to_stop_after(&self) -> Option<Duration> {
+        self.slow_to_stop_after
+    }
+}
