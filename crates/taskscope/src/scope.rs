@@ -568,6 +568,8 @@ impl<'a> ScopeBuilder<'a> {
     /// Builds the scope.
     #[track_caller]
     pub fn build(self) -> Scope {
+        // Read here: a closure does not pass on `track_caller`.
+        let caller = Location::caller();
         let parent_node = self.parent.map(|parent| &parent.node);
         let name = self.name.map(|name| Name::Shared(Arc::from(name)));
         let now = Instant::now();
@@ -584,7 +586,7 @@ impl<'a> ScopeBuilder<'a> {
                 .stamped(
                     || path_of(parent_node.map(|node| &**node), name.as_deref()),
                     (system_time_of(at, now), at),
-                    Location::caller(),
+                    caller,
                 );
             (at, cause)
         });

@@ -232,3 +232,19 @@ async fn deadline_cause_is_stamped_at_the_deadline() {
         "at() is the deadline, not the observation"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_cause_is_located_where_the_scope_was_built() {
+    let line = line!() + 1;
+    let scope = Scope::builder().timeout(Duration::from_secs(1)).build();
+    let child = scope.child_with_timeout(Duration::from_millis(10));
+    advance(Duration::from_secs(2)).await;
+    let location = scope.cause().unwrap().location().cloned().unwrap();
+    assert_eq!((location.file(), location.line()), (file!(), line));
+    let location = child.cause().unwrap().location().cloned().unwrap();
+    assert_eq!(
+        location.file(),
+        file!(),
+        "child_with_timeout passes on its caller"
+    );
+}
