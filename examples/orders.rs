@@ -8,12 +8,21 @@
 //! Stories: an order that completes; an inventory shortage that cancels the payment step; a
 //! payment gateway too slow for the order's deadline, compensated in a detached scope that reads
 //! the cause; and a shutdown that reaches an order still in flight.
+//!
+//! Every cancellation is reported by `taskscope-trace` with no code in the steps: as `tracing`
+//! events on stderr (`RUST_LOG` filters them; `taskscope::cancel=info` by default) and as audit
+//! records, one JSON line each, in the file named by `ORDERS_AUDIT` (by default
+//! `taskscope-orders-audit.jsonl` in the temporary directory).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use taskscope::{Cause, CauseKind, Scope};
 use taskscope_select::FutureExt;
+use taskscope_trace::{AuditEvent, AuditLog, AuditRecord, TraceObserver};
 use tokio::time::sleep;
+use tracing_subscriber::EnvFilter;
 
 /// What the simulated backends do for one order.
 #[derive(Clone, Copy)]
@@ -24,8 +33,23 @@ struct Plan {
 }
 
 #[tokio::main]
-async fn main() {
-    let orders = Scope::builder().name("orders").build();
+async fn main() -> std::io::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("taskscope::cancel=info,taskscope::task=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let audit_path = std::env::var_os("ORDERS_AUDIT").map_or_else(
+        || std::env::temp_dir().join("taskscope-orders-audit.jsonl"),
+        PathBuf::from,
+    );
+    let audit = AuditLog::to_writer(std::fs::File::create(&audit_path)?);
+    let observer = TraceObserver::new().audit(audit.clone());
+    let orders = Scope::builder()
+        .name("orders")
+        .observer(Arc::new(observer))
+        .build();
     let plans = [
         (
             1,
@@ -86,6 +110,21 @@ async fn main() {
             ),
         }
     }
+
+    println!("\naudit records ({})", audit_path.display());
+    for line in std::fs::read_to_string(&audit_path)?.lines() {
+        let record = AuditRecord::parse(line).map_err(std::io::Error::other)?;
+        if record.event == AuditEvent::ScopeCancelled {
+            println!(
+                "  {}: {} {}",
+                record.scope,
+                record.cause.kind().as_str(),
+                record.cause.code()
+            );
+        }
+    }
+    assert_eq!(audit.write_errors(), 0, "every audit record was written");
+    Ok(())
 }
 
 fn ms(ms: u64) -> Duration {
