@@ -296,8 +296,10 @@ impl Node {
             (cause, marked)
         };
         let won = marked.as_ref().is_ok_and(|marked| marked.ptr_eq(&cause));
-        // Before the callbacks, so that what they cause is reported after the cancellation.
-        if let Some(observer) = &self.observer {
+        // Before the callbacks, so that what they cause is reported after the cancellation. The
+        // very cause losing to itself (a deadline noticed twice at once) is no news.
+        let echo = marked.as_ref().is_err_and(|current| current.ptr_eq(&cause));
+        if let (Some(observer), false) = (&self.observer, echo) {
             let scope = ScopePath::of(self);
             observe::notify(observer, |observer| match &marked {
                 Ok(marked) => observer.scope_cancelled(&ScopeCancelled {

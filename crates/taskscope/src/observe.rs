@@ -90,7 +90,9 @@ pub trait Observer: Send + Sync + 'static {
 
     /// A task starts: its closure is about to be called. What this returns is kept while the
     /// task runs and [entered](Attachment::enter) around its closure and each poll of its
-    /// future.
+    /// future. (A task whose group is cancelled in the instant between its spawn and its start,
+    /// from another thread, is reported as started and at once as cancelled, without its
+    /// closure being called.)
     fn task_started(&self, event: &TaskStarted<'_>) -> Option<Arc<dyn Attachment>> {
         let _ = event;
         None

@@ -34,7 +34,7 @@ use std::future::Future;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -354,10 +354,22 @@ where
         if let Some(cause) = scope.cause() {
             // The closure's captures are dropped here; a panic doing so changes nothing.
             let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(task)));
-            drop(scope);
-            if let (Some(observer), Some(observed)) = (self.scope.node.observer(), &observed) {
-                self.never_started(observer, &observed.task, &cause);
+            match observed {
+                Some(observed) if observed.was_pending => {
+                    if let Some(observer) = self.scope.node.observer() {
+                        self.never_started(observer, &observed.task, &cause);
+                    }
+                }
+                // Reported as running since its spawn: it starts and ends at once, without its
+                // closure being called.
+                Some(observed) => {
+                    if let Some(watch) = Watch::start(self, key, observed, &scope) {
+                        watch.finished(self, &scope, &Outcome::Cancelled(cause.clone()));
+                    }
+                }
+                None => {}
             }
+            drop(scope);
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
         let watch = observed.and_then(|observed| Watch::start(self, key, observed, &scope));
@@ -1030,8 +1042,9 @@ impl Watch {
             .zip(Handle::try_current().ok())
             .map(|(after, runtime)| {
                 let shared = Arc::downgrade(shared);
-                let (observer, task, attachment) =
-                    (observer.clone(), task.clone(), attachment.clone());
+                // Weak: the attachment (a span) must end with the task, not with this check.
+                let attachment = attachment.as_ref().map(Arc::downgrade);
+                let (observer, task) = (observer.clone(), task.clone());
                 scope.on_cancel(move |cause| {
                     let cause = cause.clone();
                     let at = cause.instant().unwrap_or_else(Instant::now);
@@ -1046,6 +1059,7 @@ impl Watch {
                         if !shared.is_running(key, task.id) {
                             return;
                         }
+                        let attachment = attachment.as_ref().and_then(Weak::upgrade);
                         observe::notify(&observer, |o| {
                             o.task_slow_to_stop(&TaskSlowToStop {
                                 group: &shared.scope,
