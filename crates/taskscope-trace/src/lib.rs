@@ -100,6 +100,16 @@ mod audit;
 pub mod metrics;
 mod observer;
 
+// The code of the crate README and of the concepts guide (whose last section uses this crate)
+// is tested as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/concepts.md")]
+struct ConceptsDoctests;
+
 pub use audit::{
     AUDIT_TARGET, AUDIT_VERSION, AuditEvent, AuditLog, AuditParseError, AuditRecord, AuditTask,
 };

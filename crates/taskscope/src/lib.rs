@@ -81,11 +81,7 @@ pub use supervisor::{
     SupervisorJoin, SupervisorSnapshot, SupervisorState,
 };
 
-// The code blocks of the README and the guides are tested as doctests.
+// The code of the README is tested as doctests (the guides, in taskscope-trace).
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
-
-#[cfg(doctest)]
-#[doc = include_str!("../../../docs/concepts.md")]
-struct ConceptsDoctests;
