@@ -212,7 +212,8 @@ pub struct TaskFinished<'a> {
     /// The task's error or panic message, for [`Failed`](TaskOutcome::Failed) and
     /// [`Panicked`](TaskOutcome::Panicked).
     pub error: Option<&'a dyn fmt::Display>,
-    /// The cause of the task's scope, if it was cancelled before the task ended.
+    /// The cause of the task's scope, if it was cancelled before the task ended (not by the
+    /// task's own failure).
     pub cause: Option<&'a Cause>,
     /// How long it ran, from its start; zero if it never started.
     pub elapsed: Duration,

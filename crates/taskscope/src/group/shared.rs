@@ -364,7 +364,7 @@ where
                 // closure being called.
                 Some(observed) => {
                     if let Some(watch) = Watch::start(self, key, observed, &scope) {
-                        watch.finished(self, &scope, &Outcome::Cancelled(cause.clone()));
+                        watch.finished(self, &scope, &Outcome::Cancelled(cause.clone()), false);
                     }
                 }
                 None => {}
@@ -985,7 +985,7 @@ where
         let exit = exit(&self.shared, self.key, &scope);
         // Before the exit becomes visible, so that whoever joins the group has seen it reported.
         if let Some(watch) = self.watch.take() {
-            watch.finished(&self.shared, &scope, &exit.outcome);
+            watch.finished(&self.shared, &scope, &exit.outcome, exit.won);
         }
         // The task's scope goes first, so that it is unlinked from the group's when the exit
         // becomes visible.
@@ -1082,9 +1082,15 @@ impl Watch {
         })
     }
 
-    /// Reports the task's end to the observer.
-    fn finished<T, E>(self, shared: &Shared<T, E>, scope: &Scope, outcome: &Outcome<T, E>)
-    where
+    /// Reports the task's end to the observer. `won`: its failure cancelled the group, so
+    /// its own scope's cause is the task's doing, not what stopped it.
+    fn finished<T, E>(
+        self,
+        shared: &Shared<T, E>,
+        scope: &Scope,
+        outcome: &Outcome<T, E>,
+        won: bool,
+    ) where
         T: Send + 'static,
         E: fmt::Debug + fmt::Display + Send + Sync + 'static,
     {
@@ -1095,12 +1101,16 @@ impl Watch {
         }
         let (outcome, error, cause): (_, Option<&dyn fmt::Display>, _) = match outcome {
             Outcome::Completed(_) => (TaskOutcome::Completed, None, scope.cause()),
-            Outcome::Failed(Failure::Error(error)) => {
-                (TaskOutcome::Failed, Some(&**error), scope.cause())
-            }
-            Outcome::Failed(Failure::Panic(message)) => {
-                (TaskOutcome::Panicked, Some(message), scope.cause())
-            }
+            Outcome::Failed(Failure::Error(error)) => (
+                TaskOutcome::Failed,
+                Some(&**error),
+                scope.cause().filter(|_| !won),
+            ),
+            Outcome::Failed(Failure::Panic(message)) => (
+                TaskOutcome::Panicked,
+                Some(message),
+                scope.cause().filter(|_| !won),
+            ),
             Outcome::Cancelled(cause) => (TaskOutcome::Cancelled, None, Some(cause.clone())),
             Outcome::Aborted => (TaskOutcome::Aborted, None, scope.cause()),
         };
