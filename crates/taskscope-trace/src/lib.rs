@@ -66,6 +66,14 @@
 //! become span attributes. Spans are made at `INFO` level: a subscriber that disables them
 //! costs no allocation.
 //!
+//! # When tasks are reported
+//!
+//! Scope events are always reported. A group's tasks (their events, spans, slow-to-stop checks)
+//! are reported when, at the time the group is made, a subscriber is interested in `WARN` events
+//! of `taskscope::task`, or [metrics](TraceObserver::metrics) or an [audit
+//! log](TraceObserver::audit) are on: with nothing listening, tasks cost nothing extra. Install
+//! the subscriber before building long-lived groups and supervisors.
+//!
 //! # Slow to stop
 //!
 //! A task still running [`slow_to_stop_after`](TraceObserver::slow_to_stop_after) (default

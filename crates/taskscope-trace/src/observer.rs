@@ -272,6 +272,17 @@ impl Observer for TraceObserver {
         }))
     }
 
+    /// Tasks are reported when something listens: a subscriber interested in `WARN` events of
+    /// [`TASK_TARGET`] when the group is made, metrics, or an audit log. Otherwise a group's
+    /// tasks cost nothing (and get no spans, no slow-to-stop checks).
+    fn observes_tasks(&self, _group: &GroupCreated<'_>) -> bool {
+        #[cfg(feature = "metrics")]
+        if self.metrics {
+            return true;
+        }
+        self.audit.is_some() || tracing::enabled!(target: TASK_TARGET, Level::WARN)
+    }
+
     fn task_spawned(&self, event: &TaskSpawned<'_>) {
         let task = event.task;
         tracing::trace!(

@@ -246,6 +246,13 @@ where
         }
     }
 
+    /// Reports the task `id`, recorded at `key`, to the observer if it is still running a
+    /// while after now, when its scope was cancelled with `cause`.
+    pub(crate) fn check_slow(&self, key: usize, id: TaskId, cause: &Cause) {
+        self.shared
+            .check_slow(Instant::now(), Some((key, id)), cause);
+    }
+
     /// Aborts the task `id`, recorded at `key`, if it is still running.
     pub(crate) fn abort_task(&self, key: usize, id: TaskId) {
         self.shared.abort_task(key, id);

@@ -80,6 +80,15 @@ pub trait Observer: Send + Sync + 'static {
         None
     }
 
+    /// Whether to report the tasks of the group just [created](Observer::group_created) (the
+    /// `task_*` events); asked once per group. `true` by default. An observer that has nobody
+    /// listening for task events (no subscriber interested, no metrics) answers `false`, and
+    /// the group's tasks then cost it nothing.
+    fn observes_tasks(&self, group: &GroupCreated<'_>) -> bool {
+        let _ = group;
+        true
+    }
+
     /// A task was spawned into a group: it starts now, or waits as pending (over the group's
     /// limit). A task spawned into a cancelled group is reported as pending, and then at once
     /// as [finished](Observer::task_finished) with `started == false`, like a pending task the
@@ -105,7 +114,10 @@ pub trait Observer: Send + Sync + 'static {
     }
 
     /// A task is still running [`slow_to_stop_after`](Observer::slow_to_stop_after) after its
-    /// scope was cancelled: reported once per task, while it runs.
+    /// scope was cancelled: reported once per task, while it runs. Checked for the tasks of a
+    /// cancelled group (one timer per group, whether or not anyone joins it) and for a
+    /// supervisor's children as it stops them; not for a task whose own scope alone is
+    /// cancelled.
     fn task_slow_to_stop(&self, event: &TaskSlowToStop<'_>) {
         let _ = event;
     }
@@ -116,8 +128,8 @@ pub trait Observer: Send + Sync + 'static {
     }
 
     /// How long a cancelled task may run before [`task_slow_to_stop`](Observer::task_slow_to_stop)
-    /// reports it; `None` (the default) reports nothing and costs nothing. Read when a task
-    /// starts; a task then needs the tokio runtime's time driver.
+    /// reports it; `None` (the default) reports nothing and costs nothing. Read once per group
+    /// observed for its tasks; the check then needs the tokio runtime's time driver.
     fn slow_to_stop_after(&self) -> Option<Duration> {
         None
     }

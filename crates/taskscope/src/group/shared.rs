@@ -53,11 +53,13 @@ use crate::observe::{
 };
 use crate::slab::Slab;
 use crate::sync::{Mutex, lock};
-use crate::{BoxError, Cause, CauseKind, OnCancel, Scope};
+use crate::{BoxError, Cause, CauseKind, Scope};
 
 pub(crate) struct Shared<T, E> {
     /// What the scope's observer attached to the group; dropped with it.
     attachment: Option<Arc<dyn Attachment>>,
+    /// The observer of the group's tasks, if the scope has one and it observes tasks.
+    watcher: Option<Watcher>,
     /// The group's scope; every task's scope is a child of it.
     pub(crate) scope: Scope,
     pub(crate) config: Config,
@@ -118,6 +120,9 @@ enum Stage<T, E> {
         handle: Option<JoinHandle<()>>,
         /// Abort the task as soon as its handle arrives.
         abort: bool,
+        /// With a watcher: the task's attachment, held weakly, and whether it was reported
+        /// slow to stop.
+        watched: Option<Box<Watched>>,
     },
     Done(Outcome<T, E>),
 }
@@ -187,13 +192,13 @@ where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
     pub(crate) fn new(scope: Scope, config: Config) -> Arc<Self> {
-        let attachment = scope.node.observer().and_then(|observer| {
-            observe::notify(observer, |o| {
-                o.group_created(&GroupCreated { scope: &scope })
-            })
-        });
+        let (attachment, watcher) = match scope.node.observer() {
+            Some(observer) => Watcher::new(observer, &scope),
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             attachment,
+            watcher,
             scope,
             config,
             state: Mutex::new(State {
@@ -235,7 +240,7 @@ where
         // Looked at before locking: it may observe a passed deadline and run our callback, and
         // it sees a cancellation whose callback has not run yet.
         let observed = self.scope.cause();
-        let observer = self.scope.node.observer();
+        let observer = self.watcher.as_ref().map(|watcher| &watcher.observer);
         let mut state = lock(&self.state);
         if let Some(cause) = state.cause.clone().or(observed) {
             if !queue {
@@ -264,6 +269,7 @@ where
             let running = Stage::Running {
                 handle: None,
                 abort: false,
+                watched: None,
             };
             let (id, key) = state.insert(name, spawned_at, running);
             state.running += 1;
@@ -356,14 +362,14 @@ where
             let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(task)));
             match observed {
                 Some(observed) if observed.was_pending => {
-                    if let Some(observer) = self.scope.node.observer() {
-                        self.never_started(observer, &observed.task, &cause);
+                    if let Some(watcher) = &self.watcher {
+                        self.never_started(&watcher.observer, &observed.task, &cause);
                     }
                 }
                 // Reported as running since its spawn: it starts and ends at once, without its
                 // closure being called.
                 Some(observed) => {
-                    if let Some(watch) = Watch::start(self, key, observed, &scope) {
+                    if let Some(watch) = Watch::start(self, observed, &scope) {
                         watch.finished(self, &scope, &Outcome::Cancelled(cause.clone()), false);
                     }
                 }
@@ -372,7 +378,7 @@ where
             drop(scope);
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
-        let watch = observed.and_then(|observed| Watch::start(self, key, observed, &scope));
+        let watch = observed.and_then(|observed| Watch::start(self, observed, &scope));
         let call = || task(scope.clone());
         let made = match watch.as_ref().and_then(|watch| watch.attachment.as_deref()) {
             Some(attachment) => {
@@ -402,8 +408,9 @@ where
         let user = User::Running { future };
         // On the caller's runtime, as `tokio::spawn` always is: `spawn`'s caller's, or, for a
         // pending task, that of the task whose end freed its slot.
+        let attachment = guard.attachment_weak();
         let handle = tokio::spawn(TaskFuture { user, guard });
-        self.set_handle(key, id, handle);
+        self.set_handle(key, id, handle, attachment);
         None
     }
 
@@ -414,7 +421,13 @@ where
         }
     }
 
-    fn set_handle(&self, key: usize, id: TaskId, handle: JoinHandle<()>) {
+    fn set_handle(
+        &self,
+        key: usize,
+        id: TaskId,
+        handle: JoinHandle<()>,
+        attachment: Option<Weak<dyn Attachment>>,
+    ) {
         let mut state = lock(&self.state);
         let stage = match state.tasks.get_mut(key) {
             Some(record) if record.info.id == id => Some(&mut record.stage),
@@ -425,8 +438,15 @@ where
             Some(Stage::Running {
                 handle: slot,
                 abort: false,
+                watched,
             }) => {
                 *slot = Some(handle);
+                if self.watcher.is_some() {
+                    *watched = Some(Box::new(Watched {
+                        attachment,
+                        reported_slow: false,
+                    }));
+                }
                 return;
             }
             Some(Stage::Running { abort: true, .. }) => true,
@@ -555,12 +575,13 @@ where
         record.stage = Stage::Running {
             handle: None,
             abort: false,
+            watched: None,
         };
         let starting = Starting {
             key: start.key,
             id: start.id,
             scope: self.scope.named_child(record.info.name.clone()),
-            observed: self.scope.node.observer().map(|_| Observed {
+            observed: self.watcher.as_ref().map(|_| Observed {
                 task: record.info.clone(),
                 was_pending: true,
             }),
@@ -570,7 +591,7 @@ where
     }
 
     /// The group scope's `on_cancel` callback (invariant 3).
-    fn cancelled(&self, cause: &Cause) {
+    fn cancelled(self: &Arc<Self>, cause: &Cause) {
         let now = Instant::now();
         // A deadline counts from when it passed, not from when someone noticed.
         let at = match self.scope.deadline() {
@@ -589,7 +610,7 @@ where
             state.cut_short = true;
         }
         let drained = mem::take(&mut state.pending);
-        let observer = self.scope.node.observer();
+        let observer = self.watcher.as_ref().map(|watcher| &watcher.observer);
         let mut observed = Vec::new();
         for start in &drained {
             if let Some(record) = state.tasks.get_mut(start.key) {
@@ -602,11 +623,15 @@ where
         }
         state.not_completed += drained.len();
         let joiner = state.joiner.take();
+        let running = state.running > 0;
         drop(state);
         drop(drained);
         if let Some(observer) = observer {
             for task in &observed {
                 self.never_started(observer, task, cause);
+            }
+            if running {
+                self.check_slow(at, None, cause);
             }
         }
         if let Some(joiner) = joiner {
@@ -640,7 +665,7 @@ where
         {
             let mut state = lock(&self.state);
             for record in state.tasks.iter_mut() {
-                if let Stage::Running { handle, abort } = &mut record.stage {
+                if let Stage::Running { handle, abort, .. } = &mut record.stage {
                     *abort = true;
                     handles.extend(handle.take());
                 }
@@ -659,7 +684,7 @@ where
             match state.tasks.get_mut(key) {
                 Some(Record {
                     info,
-                    stage: Stage::Running { handle, abort },
+                    stage: Stage::Running { handle, abort, .. },
                 }) if info.id == id => {
                     *abort = true;
                     handle.take()
@@ -672,13 +697,77 @@ where
         }
     }
 
-    /// Whether the task `id`, recorded at `key`, is still running.
-    fn is_running(&self, key: usize, id: TaskId) -> bool {
-        let state = lock(&self.state);
-        matches!(
-            state.tasks.get(key),
-            Some(Record { info, stage: Stage::Running { .. } }) if info.id == id
-        )
+    /// Reports the tasks still running [`slow_to_stop_after`](Observer::slow_to_stop_after)
+    /// after `since`, when their scopes were cancelled with `cause`: every running task, or
+    /// only the task `only`. Spawns one timer; each task is reported once.
+    pub(crate) fn check_slow(
+        self: &Arc<Self>,
+        since: Instant,
+        only: Option<(usize, TaskId)>,
+        cause: &Cause,
+    ) {
+        let Some(watcher) = &self.watcher else {
+            return;
+        };
+        let (Some(after), Some(runtime)) = (watcher.slow_after, watcher.runtime()) else {
+            return;
+        };
+        let Some(at) = since.checked_add(after) else {
+            return;
+        };
+        let shared = Arc::downgrade(self);
+        let cause = cause.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.report_slow(since, only, &cause);
+            }
+        });
+    }
+
+    fn report_slow(&self, since: Instant, only: Option<(usize, TaskId)>, cause: &Cause) {
+        let Some(watcher) = &self.watcher else {
+            return;
+        };
+        let mut slow = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            let records: Box<dyn Iterator<Item = &mut Record<T, E>>> = match only {
+                Some((key, id)) => Box::new(
+                    state
+                        .tasks
+                        .get_mut(key)
+                        .filter(|record| record.info.id == id)
+                        .into_iter(),
+                ),
+                None => Box::new(state.tasks.iter_mut()),
+            };
+            for record in records {
+                if let Stage::Running {
+                    watched: Some(watched),
+                    ..
+                } = &mut record.stage
+                    && !watched.reported_slow
+                {
+                    watched.reported_slow = true;
+                    let attachment = watched.attachment.as_ref().and_then(Weak::upgrade);
+                    slow.push((record.info.clone(), attachment));
+                }
+            }
+        }
+        let since_cancel = Instant::now().saturating_duration_since(since);
+        for (task, attachment) in &slow {
+            observe::notify(&watcher.observer, |o| {
+                o.task_slow_to_stop(&TaskSlowToStop {
+                    group: &self.scope,
+                    group_attachment: self.attachment.as_deref(),
+                    task,
+                    attachment: attachment.as_deref(),
+                    cause,
+                    since_cancel,
+                })
+            });
+        }
     }
 
     /// How many tasks are pending or running.
@@ -961,8 +1050,8 @@ where
     key: usize,
     /// The task's scope; taken when the task is reported.
     scope: Option<Scope>,
-    /// What the group's observer needs; `None` without one.
-    watch: Option<Watch>,
+    /// What the group's watcher needs; `None` without one.
+    watch: Option<Box<Watch>>,
 }
 
 impl<T, E> Guard<T, E>
@@ -972,6 +1061,10 @@ where
 {
     fn attachment(&self) -> Option<&dyn Attachment> {
         self.watch.as_ref()?.attachment.as_deref()
+    }
+
+    fn attachment_weak(&self) -> Option<Weak<dyn Attachment>> {
+        self.watch.as_ref()?.attachment.as_ref().map(Arc::downgrade)
     }
 
     /// Reports the task's end, unless it was; returns the pending task that takes its slot,
@@ -1005,31 +1098,64 @@ where
     }
 }
 
-/// A running task as its group's observer sees it.
-struct Watch {
+/// A group's observer of tasks, and what it asked for.
+struct Watcher {
     observer: Arc<dyn Observer>,
+    /// How long after its cancellation a running task is reported slow to stop.
+    slow_after: Option<Duration>,
+    /// Where slow-to-stop checks run when the group is cancelled off its runtime.
+    runtime: Option<Handle>,
+}
+
+impl Watcher {
+    /// Tells `observer` of the group made on `scope`; returns its attachment, and a watcher
+    /// if it observes the group's tasks.
+    fn new(
+        observer: &Arc<dyn Observer>,
+        scope: &Scope,
+    ) -> (Option<Arc<dyn Attachment>>, Option<Watcher>) {
+        let group = GroupCreated { scope };
+        let attachment = observe::notify(observer, |o| o.group_created(&group));
+        if !observe::notify(observer, |o| o.observes_tasks(&group)) {
+            return (attachment, None);
+        }
+        let slow_after = observe::notify(observer, |o| o.slow_to_stop_after());
+        let watcher = Watcher {
+            observer: observer.clone(),
+            slow_after,
+            runtime: slow_after.and_then(|_| Handle::try_current().ok()),
+        };
+        (attachment, Some(watcher))
+    }
+
+    fn runtime(&self) -> Option<Handle> {
+        Handle::try_current().ok().or_else(|| self.runtime.clone())
+    }
+}
+
+/// What a running task's record keeps for its group's watcher.
+struct Watched {
+    attachment: Option<Weak<dyn Attachment>>,
+    reported_slow: bool,
+}
+
+/// A running task as its group's watcher sees it.
+struct Watch {
     task: TaskInfo,
     attachment: Option<Arc<dyn Attachment>>,
     started: Instant,
-    /// Reports the task if it is slow to stop once its scope is cancelled.
-    slow: Option<OnCancel>,
 }
 
 impl Watch {
-    /// Reports the start of `task`, in `scope`, to the group's observer, if it has one.
-    fn start<T, E>(
-        shared: &Arc<Shared<T, E>>,
-        key: usize,
-        observed: Observed,
-        scope: &Scope,
-    ) -> Option<Watch>
+    /// Reports the start of `task`, in `scope`, to the group's watcher, if it has one.
+    fn start<T, E>(shared: &Shared<T, E>, observed: Observed, scope: &Scope) -> Option<Box<Watch>>
     where
         T: Send + 'static,
         E: fmt::Debug + fmt::Display + Send + Sync + 'static,
     {
-        let observer = shared.scope.node.observer()?.clone();
+        let watcher = shared.watcher.as_ref()?;
         let Observed { task, was_pending } = observed;
-        let attachment = observe::notify(&observer, |o| {
+        let attachment = observe::notify(&watcher.observer, |o| {
             o.task_started(&TaskStarted {
                 group: &shared.scope,
                 group_attachment: shared.attachment.as_deref(),
@@ -1038,54 +1164,17 @@ impl Watch {
                 was_pending,
             })
         });
-        let slow = observe::notify(&observer, |o| o.slow_to_stop_after())
-            .zip(Handle::try_current().ok())
-            .map(|(after, runtime)| {
-                let shared = Arc::downgrade(shared);
-                // Weak: the attachment (a span) must end with the task, not with this check.
-                let attachment = attachment.as_ref().map(Arc::downgrade);
-                let (observer, task) = (observer.clone(), task.clone());
-                scope.on_cancel(move |cause| {
-                    let cause = cause.clone();
-                    let at = cause.instant().unwrap_or_else(Instant::now);
-                    let Some(report_at) = at.checked_add(after) else {
-                        return;
-                    };
-                    runtime.spawn(async move {
-                        tokio::time::sleep_until(report_at).await;
-                        let Some(shared) = shared.upgrade() else {
-                            return;
-                        };
-                        if !shared.is_running(key, task.id) {
-                            return;
-                        }
-                        let attachment = attachment.as_ref().and_then(Weak::upgrade);
-                        observe::notify(&observer, |o| {
-                            o.task_slow_to_stop(&TaskSlowToStop {
-                                group: &shared.scope,
-                                group_attachment: shared.attachment.as_deref(),
-                                task: &task,
-                                attachment: attachment.as_deref(),
-                                cause: &cause,
-                                since_cancel: Instant::now().saturating_duration_since(at),
-                            })
-                        });
-                    });
-                })
-            });
-        Some(Watch {
-            observer,
+        Some(Box::new(Watch {
             task,
             attachment,
             started: Instant::now(),
-            slow,
-        })
+        }))
     }
 
     /// Reports the task's end to the observer. `won`: its failure cancelled the group, so
     /// its own scope's cause is the task's doing, not what stopped it.
     fn finished<T, E>(
-        self,
+        self: Box<Self>,
         shared: &Shared<T, E>,
         scope: &Scope,
         outcome: &Outcome<T, E>,
@@ -1094,11 +1183,10 @@ impl Watch {
         T: Send + 'static,
         E: fmt::Debug + fmt::Display + Send + Sync + 'static,
     {
+        let Some(watcher) = &shared.watcher else {
+            return;
+        };
         let now = Instant::now();
-        if let Some(slow) = self.slow {
-            // Frees the callback now, rather than with the scope.
-            slow.stop();
-        }
         let (outcome, error, cause): (_, Option<&dyn fmt::Display>, _) = match outcome {
             Outcome::Completed(_) => (TaskOutcome::Completed, None, scope.cause()),
             Outcome::Failed(Failure::Error(error)) => (
@@ -1118,7 +1206,7 @@ impl Watch {
             .as_ref()
             .and_then(Cause::instant)
             .map(|at| now.saturating_duration_since(at));
-        observe::notify(&self.observer, |o| {
+        observe::notify(&watcher.observer, |o| {
             o.task_finished(&TaskFinished {
                 group: &shared.scope,
                 group_attachment: shared.attachment.as_deref(),

@@ -928,9 +928,10 @@ where
                 .expect("children stop for a shutdown or a plan");
             let spec = &self.specs[child];
             let key = task.as_ref().map(|(key, _)| *key);
-            if let Some((_, scope)) = task {
+            if let Some((key, scope)) = task {
                 // A callback panicking here was reported by the panic hook.
-                let _ = scope.node.cancel(cause, spec.location);
+                let _ = scope.node.cancel(cause.clone(), spec.location);
+                self.group.check_slow(key, id, &cause);
             }
             self.runs[child] = Run::Stopping { id, key };
             self.inner
