@@ -1174,7 +1174,7 @@ impl Watch {
     /// Reports the task's end to the observer. `won`: its failure cancelled the group, so
     /// its own scope's cause is the task's doing, not what stopped it.
     fn finished<T, E>(
-        self: Box<Self>,
+        &self,
         shared: &Shared<T, E>,
         scope: &Scope,
         outcome: &Outcome<T, E>,
