@@ -275,6 +275,16 @@ impl Node {
     /// Cancels this node and its subtree with `cause`; returns whether `cause` is the one this
     /// node ended up with, and the first panic of a callback or waker, if any.
     pub(crate) fn cancel(&self, cause: Cause, location: &'static Location<'static>) -> Cancel {
+        // A deadline of this node that has passed came first (invariant 6): it cancels its
+        // owner, whose whole subtree and callbacks see it, and `cause` then loses to it. (The
+        // owner's own cancellation is that deadline: no further look.)
+        if let Some(deadline) = &self.deadline
+            && !deadline.cause.ptr_eq(&cause)
+            && !self.is_marked()
+            && deadline.at <= Instant::now()
+        {
+            self.observe_deadline();
+        }
         let mut fired = Fired::default();
         let (cause, marked) = {
             let root = self.tree_root();

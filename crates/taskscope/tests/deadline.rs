@@ -248,3 +248,33 @@ async fn a_deadline_cause_is_located_where_the_scope_was_built() {
         "child_with_timeout passes on its caller"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_descendant_past_an_inherited_deadline_cancels_the_deadlines_owner() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let payment = Scope::builder()
+        .name("payment")
+        .timeout(Duration::from_secs(1))
+        .build();
+    let charge = payment.child_builder().name("charge").build();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _watch = payment.on_cancel({
+        let calls = calls.clone();
+        move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    advance(Duration::from_secs(2)).await;
+
+    assert!(
+        !charge.cancel(Cause::new("USER_CANCELLED")),
+        "the deadline came first"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the owner's callback ran");
+    let cause = payment.cause().unwrap();
+    assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
+    assert_eq!(cause.origin(), Some("payment"));
+    assert!(charge.cause().unwrap().ptr_eq(&cause));
+}
