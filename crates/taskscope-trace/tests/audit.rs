@@ -235,6 +235,24 @@ async fn an_aborted_task_is_recorded_as_aborted() {
     assert_eq!(record.cause.origin(), Some("orders/sync"));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_detail_with_newlines_and_quotes_stays_on_one_line() {
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    let buf = SharedBuf::default();
+    let log = AuditLog::to_writer(buf.clone());
+    let orders = orders(&log);
+    let detail = "line one\nline \"two\"\r\n\ttab \u{1F600} \\ end";
+    orders.cancel(Cause::new("ODD").with_detail(detail));
+
+    let lines = buf.lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(!lines[0].contains(r#""task""#), "{}", lines[0]);
+    let record = AuditRecord::parse(&lines[0]).unwrap();
+    assert_eq!(record.scope, "orders");
+    assert_eq!(record.cause.detail(), Some(detail));
+}
+
 /// A writer that always fails.
 struct Broken;
 

@@ -131,6 +131,42 @@ async fn a_deadline_is_reported_when_noticed_with_its_owner_as_origin() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deadline_noticed_late_counts_latency_from_when_it_passed() {
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    let orders = orders(TraceObserver::new());
+    let payment = orders
+        .child_builder()
+        .name("payment")
+        .timeout(Duration::from_secs(1))
+        .build();
+    let group: TaskGroup<()> = TaskGroup::builder(&payment).name("charge").build();
+    group.spawn("card", |scope| async move {
+        // Busy for 1.5 s, then looks: the deadline passed 0.5 s ago.
+        sleep(ms(1500)).await;
+        scope.check()?;
+        Ok(())
+    });
+    // Nobody joins the group meanwhile: the task is the first to notice.
+    capture.wait_for_event(TASK_TARGET, "task finished").await;
+    let _ = group.join().await.unwrap_err();
+
+    let events = cancel_events(&capture);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].field("scope"), "orders/payment");
+    assert_eq!(events[0].field("cause.kind"), "deadline_exceeded");
+    // Noticed by the task's code, so inside its span.
+    assert_eq!(events[0].parent_name(), Some("taskscope.task"));
+    let card = finished(&capture, "card");
+    assert_eq!(card.field("task.outcome"), "cancelled");
+    assert_eq!(card.field("cause.kind"), "deadline_exceeded");
+    assert_eq!(card.field("cause.code"), "deadline");
+    assert_eq!(card.field("cause.origin"), "orders/payment");
+    assert_eq!(card.u64("task.elapsed_us"), 1_500_000);
+    assert_eq!(card.u64("cancel.latency_us"), 500_000);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_task_failure_is_a_warning_with_the_code_of_the_task_s_own_cause() {
     let capture = Capture::new();
     let _guard = capture.set_default();
@@ -445,6 +481,157 @@ async fn a_cancel_that_loses_is_a_debug_event_and_is_counted() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_task_failing_after_its_group_was_cancelled_loses_and_keeps_the_winner_as_cause() {
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    let observer = Arc::new(TraceObserver::new());
+    let orders = Scope::builder()
+        .name("orders")
+        .observer(observer.clone() as Arc<dyn Observer>)
+        .build();
+    let group: TaskGroup<()> = TaskGroup::builder(&orders).name("order-17").build();
+    group.spawn("payment", |scope| async move {
+        scope.cancelled().await;
+        sleep(ms(20)).await;
+        Err("gateway closed the connection".into())
+    });
+    tokio::task::yield_now().await;
+    group.scope().cancel(Cause::new("USER_CANCELLED"));
+    let error = group.join().await.unwrap_err();
+    assert_eq!(error.cause().unwrap().code(), "USER_CANCELLED");
+
+    assert_eq!(capture.events_of(CANCEL_TARGET, "scope cancelled").len(), 1);
+    let lost = capture.events_of(CANCEL_TARGET, "cancel lost");
+    assert_eq!(lost.len(), 1, "{lost:#?}");
+    assert_eq!(lost[0].field("scope"), "orders/order-17");
+    assert_eq!(lost[0].field("cause.kind"), "task_failed");
+    assert_eq!(lost[0].field("cause.code"), "task_failed");
+    assert_eq!(lost[0].field("cause.origin"), "orders/order-17/payment");
+    assert_eq!(
+        lost[0].field("cause.detail"),
+        "task 'payment' failed: gateway closed the connection"
+    );
+    assert_eq!(lost[0].field("winner.kind"), "explicit");
+    assert_eq!(lost[0].field("winner.code"), "USER_CANCELLED");
+    assert_eq!(lost[0].field("winner.origin"), "orders/order-17");
+    assert_eq!(observer.lost_cancels(), 1);
+
+    // A failure, though the cancellation came first: the cause is the winner's.
+    let payment = finished(&capture, "payment");
+    assert_eq!(payment.level, Level::WARN);
+    assert_eq!(payment.field("task.outcome"), "failed");
+    assert_eq!(payment.field("task.error"), "gateway closed the connection");
+    assert_eq!(payment.field("cause.code"), "USER_CANCELLED");
+    assert_eq!(payment.u64("cancel.latency_us"), 20_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_losing_to_a_passed_deadline_is_a_lost_cancel() {
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    let observer = Arc::new(TraceObserver::new());
+    let orders = Scope::builder()
+        .name("orders")
+        .observer(observer.clone() as Arc<dyn Observer>)
+        .build();
+    let payment = orders
+        .child_builder()
+        .name("payment")
+        .timeout(Duration::from_secs(1))
+        .build();
+    // The deadline passes; nobody looks.
+    sleep(Duration::from_secs(2)).await;
+    let won = payment.cancel(Cause::new("USER_CANCELLED"));
+    // First cause wins, by time: the deadline.
+    assert!(!won);
+    assert_eq!(payment.cause().unwrap().kind(), CauseKind::DeadlineExceeded);
+
+    let cancelled = capture.events_of(CANCEL_TARGET, "scope cancelled");
+    assert_eq!(cancelled.len(), 1, "{cancelled:#?}");
+    assert_eq!(cancelled[0].field("cause.kind"), "deadline_exceeded");
+    // `cancel` said it lost; the observer should hear of it.
+    let lost = capture.events_of(CANCEL_TARGET, "cancel lost");
+    assert_eq!(lost.len(), 1, "{:#?}", capture.events());
+    assert_eq!(lost[0].field("cause.code"), "USER_CANCELLED");
+    assert_eq!(lost[0].field("winner.code"), "deadline");
+    assert_eq!(observer.lost_cancels(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passed_deadline_is_reported_once_for_its_owner_when_a_descendant_is_cancelled() {
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    let orders = orders(TraceObserver::new());
+    let payment = orders
+        .child_builder()
+        .name("payment")
+        .timeout(Duration::from_secs(1))
+        .build();
+    let charge = payment.child_builder().name("charge").build();
+    let fired = Arc::new(AtomicU32::new(0));
+    let _on_cancel = payment.on_cancel({
+        let fired = fired.clone();
+        move |_| {
+            fired.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    sleep(Duration::from_secs(2)).await;
+    assert!(!charge.cancel(Cause::new("USER_CANCELLED")));
+    // The cancellation reached a scope past its (inherited) deadline: that notices the
+    // deadline, which cancels its owner with its subtree and callbacks (concepts guide).
+    assert_eq!(fired.load(Ordering::Relaxed), 1, "the owner's callback ran");
+    let cancelled = capture.events_of(CANCEL_TARGET, "scope cancelled");
+    assert_eq!(cancelled.len(), 1, "{cancelled:#?}");
+    assert!(payment.is_cancelled());
+
+    let cancelled = capture.events_of(CANCEL_TARGET, "scope cancelled");
+    let scopes: Vec<_> = cancelled.iter().map(|event| event.field("scope")).collect();
+    assert_eq!(
+        scopes,
+        ["orders/payment"],
+        "one deadline, one report, for its owner: {cancelled:#?}"
+    );
+    assert_eq!(capture.events_of(CANCEL_TARGET, "cancel lost").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_that_returned_ok_is_restarted_without_a_cause() {
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    let orders = orders(TraceObserver::new());
+    let ticks = Arc::new(AtomicU32::new(0));
+    let tick = ChildSpec::new("tick", {
+        let ticks = ticks.clone();
+        move |_: Scope| {
+            ticks.fetch_add(1, Ordering::Relaxed);
+            async {
+                sleep(ms(500)).await;
+                Ok(())
+            }
+        }
+    });
+    let supervisor = Supervisor::builder()
+        .name("cron")
+        .backoff(Backoff::exponential(ms(100)).factor(1.0))
+        .child(tick)
+        .start(&orders)
+        .unwrap();
+    capture
+        .wait_for_event(SUPERVISOR_TARGET, "child restarting")
+        .await;
+    supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
+    supervisor.join().await.unwrap();
+
+    let restart = &capture.events_of(SUPERVISOR_TARGET, "child restarting")[0];
+    assert_eq!(restart.field("child.name"), "tick");
+    assert_eq!(restart.u64("child.restarts"), 0);
+    for field in ["cause.kind", "cause.code", "cause.detail", "cause.origin"] {
+        assert!(!restart.has(field), "{field}: {restart:#?}");
+    }
+    assert!(ticks.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_supervisor_restart_is_an_info_event_naming_the_child_and_the_failure() {
     let capture = Capture::new();
     let _guard = capture.set_default();
@@ -510,12 +697,15 @@ async fn group_and_task_spans_nest_and_record_how_the_task_ended() {
     let group: TaskGroup<()> =
         request.in_scope(|| TaskGroup::builder(&orders).name("order-17").build());
     let line = line!() + 1;
-    group.spawn("payment", |scope| async move {
-        tracing::info!(target: "orders::payment", "charging card");
-        let cause = scope.cancelled().await;
-        sleep(ms(40)).await;
-        tracing::info!(target: "orders::payment", "refunding");
-        Err(cause.into())
+    group.spawn("payment", |scope| {
+        tracing::info!(target: "orders::payment", "preparing");
+        async move {
+            tracing::info!(target: "orders::payment", "charging card");
+            let cause = scope.cancelled().await;
+            sleep(ms(40)).await;
+            tracing::info!(target: "orders::payment", "refunding");
+            Err(cause.into())
+        }
     });
     capture
         .wait_for_event("orders::payment", "charging card")
@@ -551,8 +741,8 @@ async fn group_and_task_spans_nest_and_record_how_the_task_ended() {
         .cancel(Cause::new("USER_CANCELLED").with_detail("customer clicked cancel"));
     let _ = group.join().await.unwrap_err();
 
-    // The task's own events nest under its span, in every poll.
-    for message in ["charging card", "refunding"] {
+    // The task's own events nest under its span: in its closure and in every poll.
+    for message in ["preparing", "charging card", "refunding"] {
         let events = capture.events_of("orders::payment", message);
         assert_eq!(events.len(), 1, "{events:#?}");
         let parent = events[0].parent.as_ref().expect("a parent span");
@@ -664,6 +854,48 @@ async fn a_pending_task_cancelled_before_it_starts_is_cancelled_without_a_span()
     let tasks = capture.spans_named("taskscope.task");
     assert_eq!(tasks.len(), 1, "only the task that started: {tasks:#?}");
     assert_eq!(tasks[0].field("task.name"), "first");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_listener_for_task_events_tasks_are_not_reported_but_scopes_are() {
+    // Everything but the `taskscope::task` target.
+    let capture = Capture::filtered(|metadata| metadata.target() != TASK_TARGET);
+    let _guard = capture.set_default();
+    let orders = orders(TraceObserver::new().slow_to_stop_after(Some(ms(100))));
+    let group: TaskGroup<()> = TaskGroup::builder(&orders).name("order-17").build();
+    group.spawn("inventory", |_| async {
+        tracing::info!(target: "orders::inventory", "reserving");
+        sleep(ms(10)).await;
+        Err(Cause::new("INVENTORY_SHORTAGE").into())
+    });
+    group.spawn("slow", |_| async {
+        sleep(Duration::from_secs(1)).await;
+        Ok(())
+    });
+    let error = group.join().await.unwrap_err();
+    assert_eq!(error.cause().unwrap().code(), "INVENTORY_SHORTAGE");
+
+    let cancelled = cancel_events(&capture);
+    assert_eq!(cancelled.len(), 1, "{cancelled:#?}");
+    assert_eq!(cancelled[0].field("cause.code"), "INVENTORY_SHORTAGE");
+    assert_eq!(
+        cancelled[0].field("cause.origin"),
+        "orders/order-17/inventory"
+    );
+    assert!(
+        capture
+            .events()
+            .iter()
+            .all(|event| event.target != TASK_TARGET),
+        "{:#?}",
+        capture.events()
+    );
+    assert!(capture.spans_named("taskscope.task").is_empty());
+    // The group span is still made; the task's own events have no task span to nest in.
+    let group_span = &capture.spans_named("taskscope.group")[0];
+    assert_eq!(group_span.recorded("cause.code"), "INVENTORY_SHORTAGE");
+    let reserving = &capture.events_of("orders::inventory", "reserving")[0];
+    assert_eq!(reserving.parent, None);
 }
 
 #[tokio::test(start_paused = true)]

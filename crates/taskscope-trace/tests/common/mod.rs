@@ -133,7 +133,8 @@ struct State {
 #[derive(Clone)]
 pub struct Capture {
     state: Arc<Mutex<State>>,
-    enabled: bool,
+    /// Which spans and events the layer enables; all when `None`.
+    filter: Option<fn(&Metadata<'_>) -> bool>,
 }
 
 impl Default for Capture {
@@ -147,15 +148,20 @@ impl Capture {
     pub fn new() -> Capture {
         Capture {
             state: Arc::default(),
-            enabled: true,
+            filter: None,
         }
     }
 
     /// A capture whose layer disables every span and event (`enabled` is false), and records
     /// whatever reaches it anyway.
     pub fn disabled() -> Capture {
+        Capture::filtered(|_| false)
+    }
+
+    /// A capture whose layer enables only the spans and events `filter` accepts.
+    pub fn filtered(filter: fn(&Metadata<'_>) -> bool) -> Capture {
         Capture {
-            enabled: false,
+            filter: Some(filter),
             ..Capture::new()
         }
     }
@@ -330,8 +336,8 @@ where
         Interest::sometimes()
     }
 
-    fn enabled(&self, _: &Metadata<'_>, _: Context<'_, S>) -> bool {
-        self.0.enabled
+    fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        self.0.filter.is_none_or(|filter| filter(metadata))
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
