@@ -85,7 +85,7 @@
 //!
 //! With the `metrics` feature and [`TraceObserver::metrics`], through the
 //! [`metrics`](https://docs.rs/metrics) facade to whatever recorder (Prometheus exporter, …) is
-//! installed. Names are in the [`metrics`](crate::metrics) module: cancellations by `code` and
+//! installed. Names are in the [`metrics`] module: cancellations by `code` and
 //! `kind`, lost cancels, cancel→exit latency histogram, running and pending task gauges, ended
 //! tasks by `outcome`, aborted and slow-to-stop tasks, supervisor restarts. Labels are bounded
 //! by cause codes, never details.
@@ -98,7 +98,7 @@
 //!
 //! # Features
 //!
-//! - `metrics`: [`TraceObserver::metrics`] and the [`metrics`](crate::metrics) names.
+//! - `metrics`: [`TraceObserver::metrics`] and the [`metrics`] names.
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]

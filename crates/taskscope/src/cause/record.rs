@@ -112,7 +112,8 @@ impl Record {
     }
 }
 
-/// Serialises the stable record described in the [module docs](self).
+/// Serialises the stable, versioned record described under the crate's `serde`
+/// [feature](crate#features).
 impl Serialize for Cause {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         Record::from_cause(self).serialize(serializer)
