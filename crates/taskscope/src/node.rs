@@ -32,6 +32,7 @@
 //!    from any node that has it cancels the deadline's owner. Nothing runs in the background; a
 //!    waiting `Cancelled` future holds the only timer, released when it resolves or is dropped.
 
+use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::sync::{Arc, Weak};
 use std::task::Waker;
@@ -299,7 +300,16 @@ impl Node {
                 let Some(child) = child.upgrade() else {
                     continue;
                 };
-                let _ = child.mark(&cause, now, &mut fired);
+                let marked = child.mark(&cause, now, &mut fired);
+                // A descendant whose own deadline had passed takes that instead (invariant 6):
+                // a cancellation of its own, reported as one.
+                if let Ok(own) = marked
+                    && child.observer.is_some()
+                    && !own.ptr_eq(&cause)
+                    && child.owns_deadline()
+                {
+                    fired.deadlines.push((child.clone(), own));
+                }
                 // Released once the locks are: ours may be the last reference (invariant 4).
                 fired.taken.push(child);
             }
@@ -322,6 +332,15 @@ impl Node {
                     cause: current,
                 }),
             });
+        }
+        for (node, own) in mem::take(&mut fired.deadlines) {
+            if let Some(observer) = &node.observer {
+                let scope = ScopePath::of(&node);
+                observe::notify(observer, |o| {
+                    o.scope_cancelled(&ScopeCancelled { scope, cause: &own })
+                });
+            }
+            fired.taken.push(node);
         }
         Cancel {
             won,
@@ -357,6 +376,13 @@ impl Node {
             }
         }
         Ok(cause)
+    }
+
+    /// Whether this node's deadline is its own, not inherited.
+    fn owns_deadline(&self) -> bool {
+        self.deadline
+            .as_ref()
+            .is_some_and(|deadline| std::ptr::eq(deadline.owner.as_ptr(), self))
     }
 
     fn tree_root(&self) -> &Node {
@@ -480,6 +506,8 @@ struct Fired {
     taken: Vec<Arc<Node>>,
     wakers: Vec<Waker>,
     callbacks: Vec<(Callback, Cause)>,
+    /// Observed descendants that took their own passed deadline's cause, to report.
+    deadlines: Vec<(Arc<Node>, Cause)>,
 }
 
 impl Fired {

@@ -41,8 +41,10 @@
 //!
 //! Synchronously, on the thread where the event happens, after taskscope released its locks:
 //! an observer may look at scopes and cancel them, but it should be quick, since it runs inside
-//! `cancel`, `spawn` and the tasks' own polls. A panic in an observer is not caught specially: it
-//! unwinds like a panic at that point in the caller's code (a task's panic, a cancel's panic).
+//! `cancel`, `spawn` and the tasks' own polls. A panic in an observer is reported by the panic
+//! hook and otherwise ignored: it never changes what happens to a scope or a task. (A method
+//! that returns something then counts as having returned the default: no attachment, tasks not
+//! observed, no slow-to-stop check.)
 //!
 //! With no observer installed, each hook point costs one branch on a field the code already
 //! reads.
@@ -61,7 +63,8 @@ use crate::{Cause, Scope, ScopePath, TaskInfo};
 pub trait Observer: Send + Sync + 'static {
     /// A scope was cancelled by a call to [`cancel`](crate::Scope::cancel) on it (or by its
     /// group, supervisor or deadline): reported once, for the scope the cancellation was aimed
-    /// at, not for each descendant it reached. A deadline is reported when it is noticed (see
+    /// at, not for each descendant it reached (except a descendant whose own deadline had
+    /// already passed: it takes its deadline's cause, and that is reported for it). A deadline is reported when it is noticed (see
     /// [`Scope`]'s deadlines); its cause's [`at`](Cause::at) says when it passed.
     fn scope_cancelled(&self, event: &ScopeCancelled<'_>) {
         let _ = event;
