@@ -246,11 +246,10 @@ where
         }
     }
 
-    /// Reports the task `id`, recorded at `key`, to the observer if it is still running a
-    /// while after now, when its scope was cancelled with `cause`.
-    pub(crate) fn check_slow(&self, key: usize, id: TaskId, cause: &Cause) {
-        self.shared
-            .check_slow(Instant::now(), Some((key, id)), cause);
+    /// The task `id`, recorded at `key`, was stopped alone (by its supervisor) with `cause`:
+    /// tells the observer's bookkeeping (cancel latency, slow to stop).
+    pub(crate) fn child_stopped(&self, key: usize, id: TaskId, cause: &Cause) {
+        self.shared.child_stopped(key, id, cause);
     }
 
     /// Aborts the task `id`, recorded at `key`, if it is still running.

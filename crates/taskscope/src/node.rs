@@ -279,12 +279,15 @@ impl Node {
         // A deadline of this node that has passed came first (invariant 6): it cancels its
         // owner, whose whole subtree and callbacks see it, and `cause` then loses to it. (The
         // owner's own cancellation is that deadline: no further look.)
+        let mut first_panic = None;
         if let Some(deadline) = &self.deadline
             && !deadline.cause.ptr_eq(&cause)
             && !self.is_marked()
             && deadline.at <= Instant::now()
         {
-            self.observe_deadline();
+            let owner = deadline.owner.upgrade();
+            let target = owner.as_deref().unwrap_or(self);
+            first_panic = target.cancel(deadline.cause.clone(), location).panic;
         }
         let mut fired = Fired::default();
         let (cause, marked) = {
@@ -342,9 +345,10 @@ impl Node {
             }
             fired.taken.push(node);
         }
+        let panic = fired.run();
         Cancel {
             won,
-            panic: fired.run(),
+            panic: first_panic.or(panic),
         }
     }
 

@@ -83,6 +83,13 @@ pub trait Observer: Send + Sync + 'static {
         None
     }
 
+    /// A group's scope was cancelled (by a call on it, an ancestor, a deadline, a failing
+    /// task, its drop): the group now stops its tasks. Reported once per group, whichever
+    /// scope the cancellation was aimed at.
+    fn group_cancelled(&self, event: &GroupCancelled<'_>) {
+        let _ = event;
+    }
+
     /// Whether to report the tasks of the group just [created](Observer::group_created) (the
     /// `task_*` events); asked once per group. `true` by default. An observer that has nobody
     /// listening for task events (no subscriber interested, no metrics) answers `false`, and
@@ -181,6 +188,26 @@ pub struct GroupCreated<'a> {
     pub scope: &'a Scope,
 }
 
+/// A group was cancelled; see [`Observer::group_cancelled`].
+#[non_exhaustive]
+pub struct GroupCancelled<'a> {
+    /// The group's scope.
+    pub scope: &'a Scope,
+    /// What the observer attached to the group.
+    pub attachment: Option<&'a dyn Attachment>,
+    /// The group's cause.
+    pub cause: &'a Cause,
+}
+
+impl fmt::Debug for GroupCancelled<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupCancelled")
+            .field("scope", &self.scope)
+            .field("cause", &self.cause)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A task was spawned; see [`Observer::task_spawned`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -232,8 +259,9 @@ pub struct TaskFinished<'a> {
     pub cause: Option<&'a Cause>,
     /// How long it ran, from its start; zero if it never started.
     pub elapsed: Duration,
-    /// How long it took to end after its scope was cancelled, on tokio's clock; `None` if it
-    /// was not cancelled, or its cause does not say when it took effect.
+    /// How long it took to end after its scope was cancelled (by its group's cancellation, by
+    /// its supervisor stopping it, …), on tokio's clock; `None` if it was not cancelled, never
+    /// started, or its cause does not say when it took effect (a cause decoded from a record).
     pub cancel_latency: Option<Duration>,
 }
 

@@ -8,8 +8,10 @@
 //!
 //! 1. A record's stage only moves forward: `Pending -> Running -> Done`, or straight to `Done`
 //!    (cancelled before it started). It becomes `Done` exactly once, and its key is pushed onto
-//!    `finished` at that moment, so `finished` holds every `Done` record not yet taken, in the
-//!    order the tasks ended. Only `Done` records are removed, so a key a task holds while not
+//!    `finished` at that moment (for a task cancelled before it started in a group with an
+//!    observer: once the observer has heard of it, meanwhile counted in `reporting`), so
+//!    `finished` holds every `Done` record not yet taken and reported, in the order the tasks
+//!    ended. Only `Done` records are removed, so a key a task holds while not
 //!    `Done` always names its own record; a key held after that may be reused, so late
 //!    accesses check the record's id.
 //! 2. A running task reports exactly once, through its guard: as soon as its future completes
@@ -48,8 +50,8 @@ use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
 use crate::cause::Payload;
 use crate::node::Name;
 use crate::observe::{
-    self, Attachment, GroupCreated, Observer, TaskFinished, TaskOutcome, TaskSlowToStop,
-    TaskSpawned, TaskStarted,
+    self, Attachment, GroupCancelled, GroupCreated, Observer, TaskFinished, TaskOutcome,
+    TaskSlowToStop, TaskSpawned, TaskStarted,
 };
 use crate::slab::Slab;
 use crate::sync::{Mutex, lock};
@@ -87,6 +89,9 @@ struct State<T, E> {
     pending: VecDeque<Start<T, E>>,
     /// Keys of `Done` records not yet taken, in the order the tasks ended (invariant 1).
     finished: VecDeque<usize>,
+    /// Tasks cancelled before they started that are being reported to the observer; their
+    /// keys join `finished` once they are. Counted as unfinished meanwhile.
+    reporting: usize,
     /// How many of those did not complete (failed, cancelled, aborted).
     not_completed: usize,
     /// The group was cancelled before its last task ended (or before it had any): `join`
@@ -207,6 +212,7 @@ where
                 running: 0,
                 pending: VecDeque::new(),
                 finished: VecDeque::new(),
+                reporting: 0,
                 not_completed: 0,
                 cut_short: false,
                 joiner: None,
@@ -248,20 +254,25 @@ where
             }
             let stage = Stage::Done(Outcome::Cancelled(cause.clone()));
             let (id, key) = state.insert(name, spawned_at, stage);
-            let info = observer.map(|_| state.info(key));
-            state.finished.push_back(key);
             state.not_completed += 1;
-            let joiner = state.joiner.take();
+            let Some(observer) = observer else {
+                state.finished.push_back(key);
+                let joiner = state.joiner.take();
+                drop(state);
+                drop(task);
+                if let Some(joiner) = joiner {
+                    joiner.wake();
+                }
+                return (Some(id), Admitted::Tracked);
+            };
+            let info = state.info(key);
+            state.reporting += 1;
             drop(state);
             drop(task);
-            if let (Some(observer), Some(info)) = (observer, info) {
-                // Reported as queued and cancelled before it started, like a pending task.
-                self.spawned(observer, &info, true);
-                self.never_started(observer, &info, &cause);
-            }
-            if let Some(joiner) = joiner {
-                joiner.wake();
-            }
+            // Reported as queued and cancelled before it started, like a pending task.
+            self.spawned(observer, &info, true);
+            self.never_started(observer, &info, &cause);
+            self.reported(&[key]);
             return (Some(id), Admitted::Tracked);
         }
         if state.running < self.config.limit {
@@ -369,7 +380,7 @@ where
                 // Reported as running since its spawn: it starts and ends at once, without its
                 // closure being called.
                 Some(observed) => {
-                    if let Some(watch) = Watch::start(self, observed, &scope) {
+                    if let Some(watch) = Watch::start(self, key, observed, &scope) {
                         watch.finished(self, &scope, &Outcome::Cancelled(cause.clone()), false);
                     }
                 }
@@ -378,20 +389,15 @@ where
             drop(scope);
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
-        let watch = observed.and_then(|observed| Watch::start(self, observed, &scope));
-        let call = || task(scope.clone());
-        let made = match watch.as_ref().and_then(|watch| watch.attachment.as_deref()) {
-            Some(attachment) => {
-                let (mut call, mut made) = (Some(call), None);
-                attachment.enter(&mut || {
-                    made = call
-                        .take()
-                        .map(|call| panic::catch_unwind(AssertUnwindSafe(call)));
-                });
-                made.expect("an attachment runs what it is given")
+        let watch = observed.and_then(|observed| Watch::start(self, key, observed, &scope));
+        let mut call = Some(|| task(scope.clone()));
+        let mut made = None;
+        entered(watch.as_ref(), &mut || {
+            if let Some(call) = call.take() {
+                made = Some(panic::catch_unwind(AssertUnwindSafe(call)));
             }
-            None => panic::catch_unwind(AssertUnwindSafe(call)),
-        };
+        });
+        let made = made.expect("`entered` runs what it is given");
         let mut guard = Guard {
             shared: self.clone(),
             key,
@@ -445,6 +451,7 @@ where
                     *watched = Some(Box::new(Watched {
                         attachment,
                         reported_slow: false,
+                        stopped_at: None,
                     }));
                 }
                 return;
@@ -616,24 +623,51 @@ where
             if let Some(record) = state.tasks.get_mut(start.key) {
                 record.stage = Stage::Done(Outcome::Cancelled(cause.clone()));
                 if observer.is_some() {
-                    observed.push(record.info.clone());
+                    observed.push((start.key, record.info.clone()));
                 }
             }
-            state.finished.push_back(start.key);
+            if observer.is_none() {
+                state.finished.push_back(start.key);
+            }
         }
         state.not_completed += drained.len();
+        state.reporting += observed.len();
         let joiner = state.joiner.take();
         let running = state.running > 0;
         drop(state);
         drop(drained);
+        if let Some(observer) = self.scope.node.observer() {
+            observe::notify(observer, |o| {
+                o.group_cancelled(&GroupCancelled {
+                    scope: &self.scope,
+                    attachment: self.attachment.as_deref(),
+                    cause,
+                })
+            });
+        }
         if let Some(observer) = observer {
-            for task in &observed {
+            for (_, task) in &observed {
                 self.never_started(observer, task, cause);
             }
+            let keys: Vec<usize> = observed.iter().map(|(key, _)| *key).collect();
+            self.reported(&keys);
             if running {
                 self.check_slow(at, None, cause);
             }
         }
+        if let Some(joiner) = joiner {
+            joiner.wake();
+        }
+    }
+
+    /// The tasks at `keys`, ended without starting, have been reported to the observer: their
+    /// exits become visible (so `join` never returns before an observer heard of them).
+    fn reported(&self, keys: &[usize]) {
+        let mut state = lock(&self.state);
+        state.finished.extend(keys);
+        state.reporting -= keys.len();
+        let joiner = state.joiner.take();
+        drop(state);
         if let Some(joiner) = joiner {
             joiner.wake();
         }
@@ -697,15 +731,28 @@ where
         }
     }
 
+    /// The task `id`, recorded at `key`, was stopped alone (by its supervisor) with `cause`:
+    /// notes when, for its cancel latency, and checks that it stops in time.
+    pub(crate) fn child_stopped(self: &Arc<Self>, key: usize, id: TaskId, cause: &Cause) {
+        if self.watcher.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(watched) = lock(&self.state).watched(key, id) {
+            watched.stopped_at = Some(now);
+        }
+        self.check_slow(now, Some((key, id)), cause);
+    }
+
+    /// When the task `id`, recorded at `key`, was stopped alone, if it was.
+    fn stopped_at(&self, key: usize, id: TaskId) -> Option<Instant> {
+        lock(&self.state).watched(key, id)?.stopped_at
+    }
+
     /// Reports the tasks still running [`slow_to_stop_after`](Observer::slow_to_stop_after)
     /// after `since`, when their scopes were cancelled with `cause`: every running task, or
     /// only the task `only`. Spawns one timer; each task is reported once.
-    pub(crate) fn check_slow(
-        self: &Arc<Self>,
-        since: Instant,
-        only: Option<(usize, TaskId)>,
-        cause: &Cause,
-    ) {
+    fn check_slow(self: &Arc<Self>, since: Instant, only: Option<(usize, TaskId)>, cause: &Cause) {
         let Some(watcher) = &self.watcher else {
             return;
         };
@@ -950,7 +997,22 @@ impl<T, E> State<T, E> {
     }
 
     fn unfinished(&self) -> usize {
-        self.running + self.pending.len()
+        self.running + self.pending.len() + self.reporting
+    }
+
+    /// What the watcher keeps for the running task `id`, recorded at `key`.
+    fn watched(&mut self, key: usize, id: TaskId) -> Option<&mut Watched> {
+        match self.tasks.get_mut(key) {
+            Some(Record {
+                info,
+                stage:
+                    Stage::Running {
+                        watched: Some(watched),
+                        ..
+                    },
+            }) if info.id == id => Some(watched),
+            _ => None,
+        }
     }
 
     /// A copy of the description of the task at `key`, for an observer.
@@ -1003,18 +1065,13 @@ where
         let UserProj::Running { future } = this.user.as_mut().project() else {
             return Poll::Ready(());
         };
-        let polled = match this.guard.attachment() {
-            Some(attachment) => {
-                let (mut future, mut polled) = (Some(future), None);
-                attachment.enter(&mut || {
-                    polled = future
-                        .take()
-                        .map(|future| panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))));
-                });
-                polled.expect("an attachment runs what it is given")
+        let (mut future, mut polled) = (Some(future), None);
+        entered(this.guard.watch.as_ref(), &mut || {
+            if let Some(future) = future.take() {
+                polled = Some(panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))));
             }
-            None => panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))),
-        };
+        });
+        let polled = polled.expect("`entered` runs what it is given");
         let mut result = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(result)) => Ok(result),
@@ -1059,10 +1116,6 @@ where
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
-    fn attachment(&self) -> Option<&dyn Attachment> {
-        self.watch.as_ref()?.attachment.as_deref()
-    }
-
     fn attachment_weak(&self) -> Option<Weak<dyn Attachment>> {
         self.watch.as_ref()?.attachment.as_ref().map(Arc::downgrade)
     }
@@ -1096,6 +1149,16 @@ where
         let next = self.report(|_, _, _| Exit::of(Outcome::Aborted));
         self.shared.run_next(next);
     }
+}
+
+/// Runs `f` (which runs at most once) inside the task's attachment, if it has one. A panic of
+/// the attachment's `enter` is ignored like any observer's; if `enter` did not run `f`, it runs
+/// here.
+fn entered(watch: Option<&Box<Watch>>, f: &mut dyn FnMut()) {
+    if let Some(attachment) = watch.and_then(|watch| watch.attachment.as_deref()) {
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| attachment.enter(f)));
+    }
+    f();
 }
 
 /// A group's observer of tasks, and what it asked for.
@@ -1137,10 +1200,13 @@ impl Watcher {
 struct Watched {
     attachment: Option<Weak<dyn Attachment>>,
     reported_slow: bool,
+    /// When its supervisor cancelled its scope, stopping it alone.
+    stopped_at: Option<Instant>,
 }
 
 /// A running task as its group's watcher sees it.
 struct Watch {
+    key: usize,
     task: TaskInfo,
     attachment: Option<Arc<dyn Attachment>>,
     started: Instant,
@@ -1148,7 +1214,12 @@ struct Watch {
 
 impl Watch {
     /// Reports the start of `task`, in `scope`, to the group's watcher, if it has one.
-    fn start<T, E>(shared: &Shared<T, E>, observed: Observed, scope: &Scope) -> Option<Box<Watch>>
+    fn start<T, E>(
+        shared: &Shared<T, E>,
+        key: usize,
+        observed: Observed,
+        scope: &Scope,
+    ) -> Option<Box<Watch>>
     where
         T: Send + 'static,
         E: fmt::Debug + fmt::Display + Send + Sync + 'static,
@@ -1165,6 +1236,7 @@ impl Watch {
             })
         });
         Some(Box::new(Watch {
+            key,
             task,
             attachment,
             started: Instant::now(),
@@ -1187,24 +1259,33 @@ impl Watch {
             return;
         };
         let now = Instant::now();
+        // A deadline that passed before the task ended cut it short (time order decides), as
+        // `join` reports it: noticed here, if nobody did.
+        let looked = || scope.cause();
         let (outcome, error, cause): (_, Option<&dyn fmt::Display>, _) = match outcome {
-            Outcome::Completed(_) => (TaskOutcome::Completed, None, scope.cause()),
+            Outcome::Completed(_) => (TaskOutcome::Completed, None, looked()),
             Outcome::Failed(Failure::Error(error)) => (
                 TaskOutcome::Failed,
                 Some(&**error),
-                scope.cause().filter(|_| !won),
+                looked().filter(|_| !won),
             ),
             Outcome::Failed(Failure::Panic(message)) => (
                 TaskOutcome::Panicked,
                 Some(message),
-                scope.cause().filter(|_| !won),
+                looked().filter(|_| !won),
             ),
             Outcome::Cancelled(cause) => (TaskOutcome::Cancelled, None, Some(cause.clone())),
-            Outcome::Aborted => (TaskOutcome::Aborted, None, scope.cause()),
+            Outcome::Aborted => (TaskOutcome::Aborted, None, looked()),
         };
+        // From when this task's scope was cancelled: when its supervisor stopped it, or when
+        // the cause took effect.
         let cancel_latency = cause
             .as_ref()
-            .and_then(Cause::instant)
+            .and_then(|cause| {
+                shared
+                    .stopped_at(self.key, self.task.id)
+                    .or(cause.instant())
+            })
             .map(|at| now.saturating_duration_since(at));
         observe::notify(&watcher.observer, |o| {
             o.task_finished(&TaskFinished {

@@ -931,7 +931,7 @@ where
             if let Some((key, scope)) = task {
                 // A callback panicking here was reported by the panic hook.
                 let _ = scope.node.cancel(cause.clone(), spec.location);
-                self.group.check_slow(key, id, &cause);
+                self.group.child_stopped(key, id, &cause);
             }
             self.runs[child] = Run::Stopping { id, key };
             self.inner
