@@ -40,7 +40,7 @@
 //! | `taskscope::task` | `TRACE` | `task spawned` | `scope`, `task.name`, `task.id`, `task.spawned_at`, `task.pending` |
 //! | `taskscope::task` | `TRACE` | `task started` | `scope`, `task.name`, `task.id`, `task.spawned_at` |
 //! | `taskscope::task` | `WARN` if failed, panicked or aborted, else `DEBUG` | `task finished` | `scope`, `task.name`, `task.id`, `task.spawned_at`, `task.outcome`, `task.elapsed_us`, `task.error`\*, `cause.*`\*, `cancel.latency_us`\* |
-//! | `taskscope::task` | `WARN` | `task slow to stop: …` | `scope`, `task.name`, `task.id`, `task.spawned_at`, `cause.*`, `cancel.elapsed_us` |
+//! | `taskscope::task` | `WARN` | `task slow to stop` | `scope`, `task.name`, `task.id`, `task.spawned_at`, `cause.*`, `cancel.elapsed_us` |
 //! | `taskscope::supervisor` | `INFO` | `child restarting` | `scope` (the supervisor's), `child.name`, `child.restarts`, `restart.delay_us`, `cause.*`\* |
 //! | `taskscope::audit` | `INFO` | `audit record` | `record` (one [`AuditRecord`] as JSON), with [`AuditLog::tracing`] |
 //!
@@ -58,8 +58,8 @@
 //!
 //! | target | name | fields | parent |
 //! |---|---|---|---|
-//! | `taskscope::group` | `taskscope.group` | `scope`; `cause.kind`, `cause.code`, `cause.detail`, `cause.origin` recorded when the group ends, if it was cancelled | the current span where the group is built |
-//! | `taskscope::task` | `taskscope.task` | `scope`, `task.name`, `task.id`, `task.spawned_at`; `task.outcome`, `cause.*`, `cancel.latency_us` recorded when the task ends | its group's span |
+//! | `taskscope::group` | `taskscope.group` | `scope`; `cause.kind`, `cause.code`, `cause.detail`, `cause.origin` recorded when the group is cancelled | the current span where the group is built |
+//! | `taskscope::task` | `taskscope.task` | `scope`, `task.name`, `task.id`, `task.spawned_at`; `task.outcome`, `cause.*`, `cancel.latency_us` recorded when the task ends | its group's span (the current span where it starts, if the group has none) |
 //!
 //! A task's span is entered around its closure and every poll of its future, so the events
 //! and spans of the task's own code nest under it; with `tracing-opentelemetry`, the fields
@@ -70,7 +70,7 @@
 //!
 //! Scope events are always reported. A group's tasks (their events, spans, slow-to-stop checks)
 //! are reported when, at the time the group is made, a subscriber is interested in `WARN` events
-//! of `taskscope::task`, or [metrics](TraceObserver::metrics) or an [audit
+//! of `taskscope::task`, or metrics (`TraceObserver::metrics`) or an [audit
 //! log](TraceObserver::audit) are on: with nothing listening, tasks cost nothing extra. Install
 //! the subscriber before building long-lived groups and supervisors.
 //!
@@ -83,9 +83,9 @@
 //!
 //! # Metrics
 //!
-//! With the `metrics` feature and [`TraceObserver::metrics`], through the
+//! With the `metrics` feature and `TraceObserver::metrics`, through the
 //! [`metrics`](https://docs.rs/metrics) facade to whatever recorder (Prometheus exporter, …) is
-//! installed. Names are in the [`metrics`] module: cancellations by `code` and
+//! installed. Names are in the `metrics` module: cancellations by `code` and
 //! `kind`, lost cancels, cancel→exit latency histogram, running and pending task gauges, ended
 //! tasks by `outcome`, aborted and slow-to-stop tasks, supervisor restarts. Labels are bounded
 //! by cause codes, never details.
@@ -98,7 +98,7 @@
 //!
 //! # Features
 //!
-//! - `metrics`: [`TraceObserver::metrics`] and the [`metrics`] names.
+//! - `metrics`: `TraceObserver::metrics` and the `metrics` module of metric names.
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]

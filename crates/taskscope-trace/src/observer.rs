@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use taskscope::observe::{
-    Attachment, CancelLost, ChildRestarting, GroupCreated, Observer, ScopeCancelled, TaskFinished,
-    TaskOutcome, TaskSlowToStop, TaskSpawned, TaskStarted,
+    Attachment, CancelLost, ChildRestarting, GroupCancelled, GroupCreated, Observer,
+    ScopeCancelled, TaskFinished, TaskOutcome, TaskSlowToStop, TaskSpawned, TaskStarted,
 };
 use taskscope::{Cause, CauseKind, Scope};
+use tracing::Id;
 use tracing::field::Empty;
 use tracing::{Level, Span};
 
@@ -66,7 +67,7 @@ impl TraceObserver {
     }
 
     /// Reports a task still running this long after its scope was cancelled, once, at `WARN`;
-    /// `None` reports none (and saves a callback and a timer per task). Zero reports every task
+    /// `None` reports none (and saves a timer per cancelled group). Zero reports every task
     /// that has not stopped by the time the check runs, just after its cancellation;
     /// `Duration::MAX` never reports.
     pub fn slow_to_stop_after(mut self, after: Option<Duration>) -> Self {
@@ -82,7 +83,7 @@ impl TraceObserver {
     }
 
     /// Records metrics through the [`metrics`](https://docs.rs/metrics) facade, to whatever
-    /// recorder is installed (names in the [crate docs](crate#metrics)).
+    /// recorder is installed (names in the `metrics` module).
     #[cfg(feature = "metrics")]
     pub fn metrics(mut self) -> Self {
         self.metrics = true;
@@ -173,21 +174,12 @@ pub(crate) fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The span of a group; records the group's cause, if any, when the group is dropped.
+/// The span of a group; its cause is recorded when the group is cancelled.
 struct GroupSpan {
     span: Span,
-    scope: Scope,
 }
 
 impl Attachment for GroupSpan {}
-
-impl Drop for GroupSpan {
-    fn drop(&mut self) {
-        if let Some(cause) = self.scope.cause() {
-            record_cause(&self.span, &cause);
-        }
-    }
-}
 
 /// The span of a task, entered around each poll.
 struct TaskSpan(Span);
@@ -196,6 +188,13 @@ impl Attachment for TaskSpan {
     fn enter(&self, f: &mut dyn FnMut()) {
         self.0.in_scope(f);
     }
+}
+
+/// The parent of what is reported about a task or group: its span, else the current span.
+fn parent_of(attachment: Option<&dyn Attachment>) -> Option<Id> {
+    span_of(attachment)
+        .and_then(Span::id)
+        .or_else(|| Span::current().id())
 }
 
 fn span_of(attachment: Option<&dyn Attachment>) -> Option<&Span> {
@@ -266,10 +265,7 @@ impl Observer for TraceObserver {
         if span.is_disabled() {
             return None;
         }
-        Some(Arc::new(GroupSpan {
-            span,
-            scope: event.scope.clone(),
-        }))
+        Some(Arc::new(GroupSpan { span }))
     }
 
     /// Tasks are reported when something listens: a subscriber interested in `WARN` events of
@@ -281,6 +277,12 @@ impl Observer for TraceObserver {
             return true;
         }
         self.audit.is_some() || tracing::enabled!(target: TASK_TARGET, Level::WARN)
+    }
+
+    fn group_cancelled(&self, event: &GroupCancelled<'_>) {
+        if let Some(span) = span_of(event.attachment) {
+            record_cause(span, event.cause);
+        }
     }
 
     fn task_spawned(&self, event: &TaskSpawned<'_>) {
@@ -308,7 +310,7 @@ impl Observer for TraceObserver {
         }
         let span = tracing::info_span!(
             target: TASK_TARGET,
-            parent: span_of(event.group_attachment).and_then(Span::id),
+            parent: parent_of(event.group_attachment),
             "taskscope.task",
             scope = %event.scope.path(),
             task.name = task.name(),
@@ -323,7 +325,7 @@ impl Observer for TraceObserver {
         );
         tracing::trace!(
             target: TASK_TARGET,
-            parent: &span,
+            parent: span.id().or_else(|| Span::current().id()),
             scope = %event.scope.path(),
             task.name = task.name(),
             task.id = task.id().get(),
@@ -356,7 +358,7 @@ impl Observer for TraceObserver {
         event_at!(
             level,
             target: TASK_TARGET,
-            parent: span_of(event.attachment).and_then(Span::id),
+            parent: parent_of(event.attachment),
             scope = %TaskPath { group: event.group, name: task.name() },
             task.name = task.name(),
             task.id = task.id().get(),
@@ -385,7 +387,7 @@ impl Observer for TraceObserver {
         let (task, cause) = (event.task, event.cause);
         tracing::warn!(
             target: TASK_TARGET,
-            parent: span_of(event.attachment).and_then(Span::id),
+            parent: parent_of(event.attachment),
             scope = %TaskPath { group: event.group, name: task.name() },
             task.name = task.name(),
             task.id = task.id().get(),
@@ -395,8 +397,7 @@ impl Observer for TraceObserver {
             cause.detail = cause.detail(),
             cause.origin = cause.origin(),
             cancel.elapsed_us = micros(event.since_cancel),
-            "task slow to stop: still running {:?} after its scope was cancelled",
-            event.since_cancel
+            "task slow to stop"
         );
         #[cfg(feature = "metrics")]
         if self.metrics {
