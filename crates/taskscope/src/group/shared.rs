@@ -392,7 +392,7 @@ where
         let watch = observed.and_then(|observed| Watch::start(self, key, observed, &scope));
         let mut call = Some(|| task(scope.clone()));
         let mut made = None;
-        entered(watch.as_ref(), &mut || {
+        entered(watch.as_deref(), &mut || {
             if let Some(call) = call.take() {
                 made = Some(panic::catch_unwind(AssertUnwindSafe(call)));
             }
@@ -1066,7 +1066,7 @@ where
             return Poll::Ready(());
         };
         let (mut future, mut polled) = (Some(future), None);
-        entered(this.guard.watch.as_ref(), &mut || {
+        entered(this.guard.watch.as_deref(), &mut || {
             if let Some(future) = future.take() {
                 polled = Some(panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))));
             }
@@ -1154,7 +1154,7 @@ where
 /// Runs `f` (which runs at most once) inside the task's attachment, if it has one. A panic of
 /// the attachment's `enter` is ignored like any observer's; if `enter` did not run `f`, it runs
 /// here.
-fn entered(watch: Option<&Box<Watch>>, f: &mut dyn FnMut()) {
+fn entered(watch: Option<&Watch>, f: &mut dyn FnMut()) {
     if let Some(attachment) = watch.and_then(|watch| watch.attachment.as_deref()) {
         let _ = panic::catch_unwind(AssertUnwindSafe(|| attachment.enter(f)));
     }
