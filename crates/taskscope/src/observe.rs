@@ -132,7 +132,10 @@ pub trait Observer: Send + Sync + 'static {
         let _ = event;
     }
 
-    /// A supervisor is restarting a child.
+    /// A supervisor decided to restart a child: after the child failed (or returned, for
+    /// [`Restart::Always`](crate::Restart::Always)), or as a sibling stopped to restart with a
+    /// failing child (one-for-all, rest-for-one). A shutdown during the delay can still prevent
+    /// the restart.
     fn child_restarting(&self, event: &ChildRestarting<'_>) {
         let _ = event;
     }

@@ -1483,6 +1483,44 @@ async fn a_restarting_child_is_reported_with_its_restart_count_and_failure() {
     assert_eq!(delays, [ms(100), ms(200)]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn siblings_restarted_with_a_failing_child_are_reported_too() {
+    let recorder = Recorder::new();
+    let app = observed_root("app", &recorder);
+    let supervisor = Supervisor::builder()
+        .name("workers")
+        .strategy(taskscope::Strategy::OneForAll)
+        .backoff(Backoff::exponential(ms(100)))
+        .child(ChildSpec::new("steady", |scope: Scope| async move {
+            scope.cancelled().await;
+            Ok(())
+        }))
+        .child(flaky("feed", 1))
+        .start(&app)
+        .unwrap();
+    recorder
+        .wait_until("both restarted", |r| {
+            r.started_of("feed").len() == 2 && r.started_of("steady").len() == 2
+        })
+        .await;
+    supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
+    supervisor.join().await.unwrap();
+
+    let restarts = recorder.restarts();
+    let children: Vec<&str> = restarts.iter().map(|e| e.child.as_str()).collect();
+    assert_eq!(children, ["feed", "steady"], "{restarts:#?}");
+    let (feed, steady) = (&restarts[0], &restarts[1]);
+    assert_eq!(steady.delay, ms(100), "restarts with the failing child");
+    assert!(
+        steady
+            .cause
+            .as_ref()
+            .unwrap()
+            .ptr_eq(feed.cause.as_ref().unwrap()),
+        "told the failure's cause"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Observers that panic
 

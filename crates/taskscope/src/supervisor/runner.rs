@@ -718,19 +718,7 @@ where
         }
         let delay = backoff.delay(self.attempts[child], self.rng.next_f64());
         self.attempts[child] = self.attempts[child].saturating_add(1);
-        if let Some(observer) = self.inner.scope.node.observer() {
-            let mut restarts = 0;
-            self.inner.view(child, |view| restarts = view.restarts);
-            observe::notify(observer, |o| {
-                o.child_restarting(&ChildRestarting {
-                    supervisor: &self.inner.scope,
-                    child: &self.specs[child].name,
-                    restarts,
-                    delay,
-                    cause: failure.as_ref().map(|(_, cause)| cause),
-                })
-            });
-        }
+        self.report_restart(child, delay, failure.as_ref().map(|(_, cause)| cause));
         let at = far_or(now, delay);
         match self.settings.strategy {
             Strategy::OneForOne if delay.is_zero() => {
@@ -749,6 +737,24 @@ where
             Strategy::OneForAll => self.plan_restart(child, 0, at, failure),
             Strategy::RestForOne => self.plan_restart(child, child, at, failure),
         }
+    }
+
+    /// Tells the observer that `child` will restart after `delay`, because of `cause`.
+    fn report_restart(&self, child: usize, delay: Duration, cause: Option<&Cause>) {
+        let Some(observer) = self.inner.scope.node.observer() else {
+            return;
+        };
+        let mut restarts = 0;
+        self.inner.view(child, |view| restarts = view.restarts);
+        observe::notify(observer, |o| {
+            o.child_restarting(&ChildRestarting {
+                supervisor: &self.inner.scope,
+                child: &self.specs[child].name,
+                restarts,
+                delay,
+                cause,
+            })
+        });
     }
 
     /// Restarts `child` and its running siblings from `from` on together, once they have
@@ -788,6 +794,7 @@ where
         self.runs[child] = Run::Held;
         self.inner
             .view(child, |view| view.status = Status::Restarting(None));
+        let mut siblings = Vec::new();
         for sibling in from..count {
             if plan.members[sibling] {
                 continue;
@@ -799,8 +806,14 @@ where
                 }
                 Run::Stopping { .. } | Run::Held => plan.members[sibling] = true,
                 // Waiting only happens one-for-one; a stopped child has ended for good.
-                Run::Waiting { .. } | Run::Stopped => {}
+                Run::Waiting { .. } | Run::Stopped => continue,
             }
+            siblings.push(sibling);
+        }
+        let (at, cause) = (plan.at, plan.cause.clone());
+        for sibling in siblings {
+            let delay = at.saturating_duration_since(Instant::now());
+            self.report_restart(sibling, delay, Some(&cause));
         }
         self.stop_queue.sort_unstable();
         self.stop_queue.dedup();
