@@ -1521,6 +1521,40 @@ async fn siblings_restarted_with_a_failing_child_are_reported_too() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn each_child_stopped_at_shutdown_counts_its_latency_from_its_own_stop() {
+    let recorder = Recorder::new();
+    let app = observed_root("app", &recorder);
+    let takes_a_second = |name| {
+        ChildSpec::new(name, |scope: Scope| async move {
+            scope.cancelled().await;
+            sleep(Duration::from_secs(1)).await;
+            Ok(())
+        })
+    };
+    let supervisor = Supervisor::builder()
+        .name("workers")
+        .child(takes_a_second("a"))
+        .child(takes_a_second("b"))
+        .start(&app)
+        .unwrap();
+    recorder
+        .wait_until("both started", |r| r.started_of("b").len() == 1)
+        .await;
+    supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
+    supervisor.join().await.unwrap();
+
+    // b stops first (1 s), then a (1 s more): each took a second after its own stop.
+    assert_about(
+        recorder.finished_once("b").cancel_latency.unwrap(),
+        Duration::from_secs(1),
+    );
+    assert_about(
+        recorder.finished_once("a").cancel_latency.unwrap(),
+        Duration::from_secs(1),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Observers that panic
 
@@ -1749,4 +1783,86 @@ async fn a_panicking_observer_does_not_stop_a_supervisor_from_restarting() {
     supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
     supervisor.join().await.unwrap();
     assert!(observer.panicked_in().contains("child_restarting"));
+}
+
+/// An attachment whose `enter` panics without running the task.
+struct BrokenEnter;
+
+impl Attachment for BrokenEnter {
+    fn enter(&self, _: &mut dyn FnMut()) {
+        panic!("{OBSERVER_BUG}");
+    }
+}
+
+struct BrokenSpans;
+
+impl Observer for BrokenSpans {
+    fn task_started(&self, _: &TaskStarted<'_>) -> Option<Arc<dyn Attachment>> {
+        Some(Arc::new(BrokenEnter))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attachment_whose_enter_panics_does_not_change_how_a_task_runs() {
+    let _quiet = QuietObserverPanics::install();
+    let scope = Scope::builder().observer(Arc::new(BrokenSpans)).build();
+    let group: TaskGroup<u32> = TaskGroup::new(&scope);
+    group.spawn("answer", |_| async {
+        tokio::task::yield_now().await;
+        Ok(42)
+    });
+    let values = tokio::time::timeout(Duration::from_secs(10), group.join())
+        .await
+        .expect("join ends")
+        .unwrap();
+    assert_eq!(values, [42]);
+}
+
+/// Counts `task_finished`, slowly: a report takes a while, as an audit log flushed per record.
+#[derive(Default)]
+struct SlowCounter {
+    finished: AtomicUsize,
+}
+
+impl Observer for SlowCounter {
+    fn task_finished(&self, _: &TaskFinished<'_>) {
+        std::thread::sleep(Duration::from_millis(5));
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn join_returns_only_once_every_task_has_been_reported() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        let counter = Arc::new(SlowCounter::default());
+        let scope = Scope::builder().observer(counter.clone()).build();
+        let group: Group = TaskGroup::builder(&scope).limit(limit(1)).build();
+        let (ready, running) = std::sync::mpsc::channel();
+        runtime.block_on(async {
+            group.spawn("running", move |scope| async move {
+                ready.send(()).unwrap();
+                Err(scope.cancelled().await.into())
+            });
+            group.spawn("pending-1", until_cancelled);
+            group.spawn("pending-2", until_cancelled);
+        });
+        running.recv().unwrap();
+        let canceller = std::thread::spawn({
+            let scope = group.scope().clone();
+            move || scope.cancel(Cause::new("STOP"))
+        });
+        let error = runtime.block_on(group.join()).unwrap_err();
+        assert_eq!(error.cancelled().len(), 3);
+        assert_eq!(
+            counter.finished.load(Ordering::SeqCst),
+            3,
+            "every task was reported before join returned"
+        );
+        canceller.join().unwrap();
+    }
 }
