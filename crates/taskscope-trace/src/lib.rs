@@ -44,7 +44,9 @@
 //! | `taskscope::supervisor` | `INFO` | `child restarting` | `scope` (the supervisor's), `child.name`, `child.restarts`, `restart.delay_us`, `cause.*`\* |
 //! | `taskscope::audit` | `INFO` | `audit record` | `record` (one [`AuditRecord`] as JSON), with [`AuditLog::tracing`] |
 //!
-//! \* if any. `scope` is a scope path (`orders/order-17/payment`; a task's scope is its group's
+//! \* if any. `cause.*` stands for `cause.kind`, `cause.code`, `cause.detail`\*,
+//! `cause.origin`\* (`cause.location` is only on `scope cancelled` and `cancel lost`).
+//! `scope` is a scope path (`orders/order-17/payment`; a task's scope is its group's
 //! path and its name). `cause.kind` is [`CauseKind::as_str`](taskscope::CauseKind::as_str): one
 //! of `explicit`, `deadline_exceeded`, `task_failed`, `task_panicked`, `shutdown`, `dropped`.
 //! `task.outcome` is [`TaskOutcome::as_str`](taskscope::observe::TaskOutcome::as_str): one of

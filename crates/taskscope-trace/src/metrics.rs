@@ -8,7 +8,9 @@ use metrics::{counter, gauge, histogram};
 use taskscope::Cause;
 use taskscope::observe::{TaskFinished, TaskOutcome};
 
-/// Counter of scope cancellations, labelled `code` and `kind`.
+/// Counter of scope cancellations, labelled `code` and `kind`: one per scope a cancellation
+/// was aimed at (a supervisor's ordered shutdown counts once for the supervisor and once for
+/// each child it stops, since it cancels each in turn).
 pub const CANCELLATIONS: &str = "taskscope_cancellations_total";
 /// Counter of cancellations that lost to an earlier cause, labelled `code` and `kind` (of the
 /// cause that lost).
