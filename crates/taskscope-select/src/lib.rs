@@ -146,3 +146,12 @@ pub mod tower;
 pub use bridge::{ScopeExt, TokenExt};
 pub use or_cancel::{FutureExt, OrCancel, OrCancelOwned};
 pub use stream::{StreamExt, UntilCancelled, UntilCancelledOwned};
+
+// The code of the Go migration and cancel safety guides is tested as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/go-migration.md")]
+struct GoMigrationDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/cancel-safety.md")]
+struct CancelSafetyDoctests;
