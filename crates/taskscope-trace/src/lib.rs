@@ -120,6 +120,10 @@ struct ReadmeDoctests;
 #[doc = include_str!("../../../docs/concepts.md")]
 struct ConceptsDoctests;
 
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/operations.md")]
+struct OperationsDoctests;
+
 pub use audit::{
     AUDIT_TARGET, AUDIT_VERSION, AuditEvent, AuditLog, AuditParseError, AuditRecord, AuditTask,
 };
