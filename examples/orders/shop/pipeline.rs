@@ -1,0 +1,299 @@
+//! One order: validate, then reserve ∥ charge ∥ fraud-check as a task group under the order's
+//! deadline, then confirm; on any cancellation, compensate in a detached scope that knows why.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use taskscope::{BoxError, Cause, Scope, TaskGroup};
+use taskscope_select::{FutureExt, ScopeExt};
+use tokio::time::sleep;
+
+use super::gateway::Gateway;
+use super::plan::{Fate, OrderPlan};
+use super::store::Store;
+
+/// The code of an order's own deadline.
+pub const ORDER_DEADLINE: &str = "ORDER_DEADLINE";
+/// The code of a payment the gateway did not answer in time.
+pub const PAYMENT_TIMEOUT: &str = "PAYMENT_TIMEOUT";
+/// The code of a cancellation by the customer.
+pub const USER_CANCELLED: &str = "USER_CANCELLED";
+
+/// What every order shares.
+pub struct Ctx {
+    pub store: Store,
+    pub gateway: Gateway,
+    /// Each order's deadline, from its start.
+    pub deadline: Duration,
+    /// How long the gateway may take to authorize.
+    pub payment_timeout: Duration,
+    /// How long an order's steps may take to stop once it is cancelled, before they are
+    /// aborted.
+    pub grace: Duration,
+    /// The time budget of an order's compensation.
+    pub compensation_budget: Duration,
+}
+
+/// How one order ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct OrderReport {
+    pub id: i64,
+    /// `completed`, `cancelled`, or `not_started` (the run stopped before it began).
+    pub outcome: &'static str,
+    /// Why it was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<CauseSummary>,
+    /// What its compensation undid, if it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<Compensation>,
+    /// Steps aborted because they did not stop within the grace.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aborted: Vec<String>,
+}
+
+/// A cause as the summary shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CauseSummary {
+    pub kind: &'static str,
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl CauseSummary {
+    fn of(cause: &Cause) -> CauseSummary {
+        CauseSummary {
+            kind: cause.kind().as_str(),
+            code: cause.code().to_owned(),
+            origin: cause.origin().map(str::to_owned),
+            detail: cause.detail().map(str::to_owned),
+        }
+    }
+}
+
+/// What an order's compensation did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Compensation {
+    /// Units put back into stock.
+    pub released: u32,
+    /// Whether a payment authorization was voided.
+    pub voided: bool,
+    /// Why it could not finish, if it could not (the invariants will say what was left).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+impl OrderReport {
+    /// An order that never started: the run was stopped first.
+    pub fn not_started(id: i64) -> OrderReport {
+        OrderReport {
+            id,
+            outcome: "not_started",
+            cause: None,
+            compensation: None,
+            aborted: Vec::new(),
+        }
+    }
+}
+
+/// What the steps of an order produce.
+enum Step {
+    Reserved,
+    Authorized,
+    Cleared,
+}
+
+/// Runs order `plan` in `scope` (its task's scope in the intake group).
+///
+/// # Cancel safety
+///
+/// Not cancel-safe: dropped half-way, an order can be left open with its stock reserved. It
+/// is meant to run to its end, which a cancellation of `scope` brings about quickly (through
+/// compensation).
+pub async fn run_order(ctx: Arc<Ctx>, scope: Scope, plan: OrderPlan) -> OrderReport {
+    let order = scope
+        .child_builder()
+        .timeout(ctx.deadline)
+        .deadline_cause(Cause::new(ORDER_DEADLINE).with_detail(format!(
+            "order {} not done within {} ms",
+            plan.id,
+            ctx.deadline.as_millis()
+        )))
+        .build();
+    if let Some(after) = plan.cancel_after {
+        // The customer, pressing "cancel" in the app. The watcher holds the order weakly and
+        // ends with it.
+        let _customer = order.cancel_on(async move {
+            sleep(after).await;
+            Cause::new(USER_CANCELLED).with_detail("the customer cancelled the order")
+        });
+    }
+    let authorization = Arc::new(Mutex::new(None));
+
+    let failure = match checkout(&ctx, &order, &plan, &authorization).await {
+        Ok(aborted) => {
+            return OrderReport {
+                id: plan.id,
+                outcome: "completed",
+                cause: None,
+                compensation: None,
+                aborted,
+            };
+        }
+        Err(failure) => failure,
+    };
+    // The order's cause is the one truth: the failure cancels it, unless something else
+    // cancelled it first (first cause wins).
+    order.cancel(failure.cause);
+    let cause = order.cause().expect("the order was just cancelled");
+    let authorization = authorization
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let compensation = compensate(&ctx, &order, plan.id, authorization).await;
+    OrderReport {
+        id: plan.id,
+        outcome: "cancelled",
+        cause: Some(CauseSummary::of(&cause)),
+        compensation: Some(compensation),
+        aborted: failure.aborted,
+    }
+}
+
+/// Why an order's checkout stopped.
+struct Failure {
+    cause: Cause,
+    aborted: Vec<String>,
+}
+
+impl From<Cause> for Failure {
+    fn from(cause: Cause) -> Failure {
+        Failure {
+            cause,
+            aborted: Vec::new(),
+        }
+    }
+}
+
+/// Validate, reserve ∥ charge ∥ fraud-check, confirm. `Ok` with the steps aborted on the way
+/// (none, for an order that completes).
+async fn checkout(
+    ctx: &Arc<Ctx>,
+    order: &Scope,
+    plan: &OrderPlan,
+    authorization: &Arc<Mutex<Option<String>>>,
+) -> Result<Vec<String>, Failure> {
+    ctx.store
+        .open_order(order, plan.id, plan.sku, plan.qty)
+        .await?;
+
+    let steps: TaskGroup<Step, BoxError> = TaskGroup::builder(order).grace(ctx.grace).build();
+    steps.spawn("reserve", {
+        let (store, plan) = (ctx.store.clone(), plan.clone());
+        move |scope| async move {
+            store.reserve(&scope, plan.id).await?;
+            if plan.fate == Fate::Panic {
+                panic!("inventory worker: bin layout of {} is corrupt", plan.sku);
+            }
+            Ok(Step::Reserved)
+        }
+    });
+    steps.spawn("charge", {
+        let (gateway, plan, slot) = (ctx.gateway.clone(), plan.clone(), authorization.clone());
+        let timeout = ctx.payment_timeout;
+        move |scope| async move {
+            let too_slow = Cause::new(PAYMENT_TIMEOUT).with_detail(format!(
+                "payment gateway did not answer within {} ms",
+                timeout.as_millis()
+            ));
+            // The outer `Err` is this step's cancellation (an echo, not a failure); the middle
+            // one the payment timeout; the inner one the gateway's answer.
+            let auth = gateway
+                .authorize(&plan)
+                .timeout_with_cause(timeout, too_slow)
+                .or_cancel(&scope)
+                .await???;
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(auth);
+            Ok(Step::Authorized)
+        }
+    });
+    steps.spawn("fraud-check", {
+        let plan = plan.clone();
+        move |scope| async move {
+            if plan.fate == Fate::Stuck {
+                // A legacy client that never looks at its scope: the group's grace is what
+                // stops it.
+                sleep(Duration::from_secs(3600)).await;
+            }
+            sleep(plan.fraud_latency).or_cancel(&scope).await?;
+            Ok(Step::Cleared)
+        }
+    });
+    match steps.join().await {
+        Ok(done) => debug_assert!(matches!(
+            done.as_slice(),
+            [Step::Reserved, Step::Authorized, Step::Cleared]
+        )),
+        Err(error) => {
+            let cause = error
+                .cause()
+                .cloned()
+                .unwrap_or_else(|| Cause::new("CHECKOUT_FAILED").with_detail(error.to_string()));
+            return Err(Failure {
+                cause,
+                aborted: error
+                    .aborted()
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .collect(),
+            });
+        }
+    }
+
+    let auth = authorization
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .expect("the charge step authorized");
+    ctx.store.confirm(order, plan.id, auth).await?;
+    Ok(Vec::new())
+}
+
+/// Undoes what a cancelled order did, in a detached scope: it runs *because* the order was
+/// cancelled, so it is not cancelled with it, and has a time budget of its own.
+async fn compensate(
+    ctx: &Ctx,
+    order: &Scope,
+    id: i64,
+    authorization: Option<String>,
+) -> Compensation {
+    let detached = order.child_builder().name("compensate").detached().build();
+    let budget = detached.child_with_timeout(ctx.compensation_budget);
+    // Read live from the order: why it was cancelled, as of now.
+    let cause = detached
+        .parent_cause()
+        .expect("compensation runs for a cancelled order");
+    let mut compensation = Compensation {
+        released: 0,
+        voided: false,
+        failed: None,
+    };
+    match ctx
+        .store
+        .compensate(&budget, id, order.path().to_string(), cause)
+        .await
+    {
+        Ok(undone) => compensation.released = undone.map_or(0, |undone| undone.released),
+        Err(cause) => compensation.failed = Some(cause.to_string()),
+    }
+    if let Some(authorization) = authorization {
+        match ctx.gateway.void(&authorization).or_cancel(&budget).await {
+            Ok(()) => compensation.voided = true,
+            Err(cause) => compensation.failed = Some(cause.to_string()),
+        }
+    }
+    compensation
+}
