@@ -125,9 +125,12 @@ enum Stage<T, E> {
         handle: Option<JoinHandle<()>>,
         /// Abort the task as soon as its handle arrives.
         abort: bool,
-        /// With a watcher: the task's attachment, held weakly, and whether it was reported
-        /// slow to stop.
-        watched: Option<Box<Watched>>,
+        /// Set with the handle when the group has a watcher: the task is watched for slow
+        /// stops and cancel latency.
+        watched: bool,
+        /// What the watcher keeps for the task. Boxed only once there is something to keep
+        /// (an attachment, a stop): most watched tasks never need it.
+        kept: Option<Box<Watched>>,
     },
     Done(Outcome<T, E>),
 }
@@ -280,7 +283,8 @@ where
             let running = Stage::Running {
                 handle: None,
                 abort: false,
-                watched: None,
+                watched: false,
+                kept: None,
             };
             let (id, key) = state.insert(name, spawned_at, running);
             state.running += 1;
@@ -445,14 +449,17 @@ where
                 handle: slot,
                 abort: false,
                 watched,
+                kept,
             }) => {
                 *slot = Some(handle);
                 if self.watcher.is_some() {
-                    *watched = Some(Box::new(Watched {
-                        attachment,
-                        reported_slow: false,
-                        stopped_at: None,
-                    }));
+                    *watched = true;
+                    if attachment.is_some() {
+                        *kept = Some(Box::new(Watched {
+                            attachment,
+                            ..Watched::default()
+                        }));
+                    }
                 }
                 return;
             }
@@ -582,7 +589,8 @@ where
         record.stage = Stage::Running {
             handle: None,
             abort: false,
-            watched: None,
+            watched: false,
+            kept: None,
         };
         let starting = Starting {
             key: start.key,
@@ -746,7 +754,15 @@ where
 
     /// When the task `id`, recorded at `key`, was stopped alone, if it was.
     fn stopped_at(&self, key: usize, id: TaskId) -> Option<Instant> {
-        lock(&self.state).watched(key, id)?.stopped_at
+        match lock(&self.state).tasks.get(key) {
+            Some(Record {
+                info,
+                stage: Stage::Running {
+                    kept: Some(kept), ..
+                },
+            }) if info.id == id => kept.stopped_at,
+            _ => None,
+        }
     }
 
     /// Reports the tasks still running [`slow_to_stop_after`](Observer::slow_to_stop_after)
@@ -791,14 +807,17 @@ where
             };
             for record in records {
                 if let Stage::Running {
-                    watched: Some(watched),
+                    watched: true,
+                    kept,
                     ..
                 } = &mut record.stage
-                    && !watched.reported_slow
                 {
-                    watched.reported_slow = true;
-                    let attachment = watched.attachment.as_ref().and_then(Weak::upgrade);
-                    slow.push((record.info.clone(), attachment));
+                    let kept = kept.get_or_insert_default();
+                    if !kept.reported_slow {
+                        kept.reported_slow = true;
+                        let attachment = kept.attachment.as_ref().and_then(Weak::upgrade);
+                        slow.push((record.info.clone(), attachment));
+                    }
                 }
             }
         }
@@ -1000,17 +1019,19 @@ impl<T, E> State<T, E> {
         self.running + self.pending.len() + self.reporting
     }
 
-    /// What the watcher keeps for the running task `id`, recorded at `key`.
+    /// What the watcher keeps for the running task `id`, recorded at `key`, if it is watched;
+    /// boxed now if it was not yet (an allocation: no user code, invariant 4 holds).
     fn watched(&mut self, key: usize, id: TaskId) -> Option<&mut Watched> {
         match self.tasks.get_mut(key) {
             Some(Record {
                 info,
                 stage:
                     Stage::Running {
-                        watched: Some(watched),
+                        watched: true,
+                        kept,
                         ..
                     },
-            }) if info.id == id => Some(watched),
+            }) if info.id == id => Some(kept.get_or_insert_default()),
             _ => None,
         }
     }
@@ -1197,6 +1218,7 @@ impl Watcher {
 }
 
 /// What a running task's record keeps for its group's watcher.
+#[derive(Default)]
 struct Watched {
     attachment: Option<Weak<dyn Attachment>>,
     reported_slow: bool,
