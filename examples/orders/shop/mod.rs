@@ -367,7 +367,7 @@ impl Running {
             .scope()
             .cause()
             .filter(|cause| cause.code() != RUN_COMPLETE)
-            .map(|cause| format!("{} ({})", cause.code(), cause.kind()));
+            .map(|cause| format!("{} ({})", cause.code(), cause.kind().as_str()));
         drop(self.root);
         Ok(Summary::new(SummaryInput {
             planned: self.plans,
