@@ -384,8 +384,9 @@ where
                 // Reported as running since its spawn: it starts and ends at once, without its
                 // closure being called.
                 Some(observed) => {
-                    if let Some(watch) = Watch::start(self, key, observed, &scope) {
-                        watch.finished(self, &scope, &Outcome::Cancelled(cause.clone()), false);
+                    if let Some(watch) = Watch::start(self, observed, &scope) {
+                        let cancelled = Outcome::Cancelled(cause.clone());
+                        watch.finished(self, key, &scope, &cancelled, false);
                     }
                 }
                 None => {}
@@ -393,10 +394,10 @@ where
             drop(scope);
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
-        let watch = observed.and_then(|observed| Watch::start(self, key, observed, &scope));
+        let watch = observed.and_then(|observed| Watch::start(self, observed, &scope));
         let mut call = Some(|| task(scope.clone()));
         let mut made = None;
-        entered(watch.as_deref(), &mut || {
+        entered(watch.as_ref(), &mut || {
             if let Some(call) = call.take() {
                 made = Some(panic::catch_unwind(AssertUnwindSafe(call)));
             }
@@ -1087,7 +1088,7 @@ where
             return Poll::Ready(());
         };
         let (mut future, mut polled) = (Some(future), None);
-        entered(this.guard.watch.as_deref(), &mut || {
+        entered(this.guard.watch.as_ref(), &mut || {
             if let Some(future) = future.take() {
                 polled = Some(panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))));
             }
@@ -1128,8 +1129,9 @@ where
     key: usize,
     /// The task's scope; taken when the task is reported.
     scope: Option<Scope>,
-    /// What the group's watcher needs; `None` without one.
-    watch: Option<Box<Watch>>,
+    /// What the group's watcher needs; `None` without one. Not boxed: an allocation per task
+    /// costs more than the bytes it would save in the task.
+    watch: Option<Watch>,
 }
 
 impl<T, E> Guard<T, E>
@@ -1152,7 +1154,7 @@ where
         let exit = exit(&self.shared, self.key, &scope);
         // Before the exit becomes visible, so that whoever joins the group has seen it reported.
         if let Some(watch) = self.watch.take() {
-            watch.finished(&self.shared, &scope, &exit.outcome, exit.won);
+            watch.finished(&self.shared, self.key, &scope, &exit.outcome, exit.won);
         }
         // The task's scope goes first, so that it is unlinked from the group's when the exit
         // becomes visible.
@@ -1228,7 +1230,6 @@ struct Watched {
 
 /// A running task as its group's watcher sees it.
 struct Watch {
-    key: usize,
     task: TaskInfo,
     attachment: Option<Arc<dyn Attachment>>,
     started: Instant,
@@ -1236,12 +1237,7 @@ struct Watch {
 
 impl Watch {
     /// Reports the start of `task`, in `scope`, to the group's watcher, if it has one.
-    fn start<T, E>(
-        shared: &Shared<T, E>,
-        key: usize,
-        observed: Observed,
-        scope: &Scope,
-    ) -> Option<Box<Watch>>
+    fn start<T, E>(shared: &Shared<T, E>, observed: Observed, scope: &Scope) -> Option<Watch>
     where
         T: Send + 'static,
         E: fmt::Debug + fmt::Display + Send + Sync + 'static,
@@ -1257,19 +1253,19 @@ impl Watch {
                 was_pending,
             })
         });
-        Some(Box::new(Watch {
-            key,
+        Some(Watch {
             task,
             attachment,
             started: Instant::now(),
-        }))
+        })
     }
 
-    /// Reports the task's end to the observer. `won`: its failure cancelled the group, so
-    /// its own scope's cause is the task's doing, not what stopped it.
+    /// Reports the end of the task recorded at `key` to the observer. `won`: its failure
+    /// cancelled the group, so its own scope's cause is the task's doing, not what stopped it.
     fn finished<T, E>(
         &self,
         shared: &Shared<T, E>,
+        key: usize,
         scope: &Scope,
         outcome: &Outcome<T, E>,
         won: bool,
@@ -1303,11 +1299,7 @@ impl Watch {
         // the cause took effect.
         let cancel_latency = cause
             .as_ref()
-            .and_then(|cause| {
-                shared
-                    .stopped_at(self.key, self.task.id)
-                    .or(cause.instant())
-            })
+            .and_then(|cause| shared.stopped_at(key, self.task.id).or(cause.instant()))
             .map(|at| now.saturating_duration_since(at));
         observe::notify(&watcher.observer, |o| {
             o.task_finished(&TaskFinished {
