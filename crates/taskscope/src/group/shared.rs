@@ -1129,8 +1129,10 @@ where
     key: usize,
     /// The task's scope; taken when the task is reported.
     scope: Option<Scope>,
-    /// What the group's watcher needs; `None` without one. Not boxed: an allocation per task
-    /// costs more than the bytes it would save in the task.
+    /// What the group's watcher needs; `None` without one. Inline rather than boxed: a box
+    /// costs an observed task a malloc and a free (about 35 ns), inline costs every task's
+    /// future 64 B (the guard is 96 B instead of 32), which can move its tokio cell up a size
+    /// class.
     watch: Option<Watch>,
 }
 
