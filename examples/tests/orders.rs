@@ -157,6 +157,16 @@ async fn the_default_scenario_ends_as_its_seed_planned_and_the_ledger_balances()
     assert_eq!(stuck.aborted, ["fraud-check"]);
 }
 
+/// A cancelled order joined with its audit row.
+struct AuditRow {
+    id: i64,
+    order_code: String,
+    code: String,
+    kind: String,
+    scope: String,
+    record: String,
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_cancelled_order_has_one_audit_row_holding_its_cause_record() {
     let (config, _dir) = config("audit");
@@ -171,22 +181,30 @@ async fn every_cancelled_order_has_one_audit_row_holding_its_cause_record() {
              WHERE o.state = 'cancelled' ORDER BY o.id",
         )
         .unwrap();
-    let rows: Vec<(i64, String, String, String, String, String)> = rows
+    let rows = rows
         .query_map([], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-            ))
+            Ok(AuditRow {
+                id: row.get(0)?,
+                order_code: row.get(1)?,
+                code: row.get(2)?,
+                kind: row.get(3)?,
+                scope: row.get(4)?,
+                record: row.get(5)?,
+            })
         })
         .unwrap()
-        .collect::<Result<_, _>>()
+        .collect::<Result<Vec<_>, _>>()
         .unwrap();
     assert_eq!(rows.len() as u64, summary.cancelled);
-    for (id, order_code, code, kind, scope, record) in rows {
+    for AuditRow {
+        id,
+        order_code,
+        code,
+        kind,
+        scope,
+        record,
+    } in rows
+    {
         assert_eq!(order_code, code, "order {id}");
         assert_eq!(scope, format!("shop/workers/intake/orders/order-{id}"));
         // The record is taskscope's cause record: it reads back as the same cause.
