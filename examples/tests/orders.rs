@@ -260,9 +260,12 @@ async fn ctrl_c_mid_run_stops_in_order_and_compensates_orders_in_flight() {
     assert_eq!(sigint.kind, "shutdown");
 }
 
+/// Makes a config invalid.
+type Break = fn(&mut Config);
+
 #[test]
 fn bad_flags_are_clear_errors_and_nothing_starts() {
-    let cases: [(&str, fn(&mut Config)); 7] = [
+    let cases: [(&str, Break); 7] = [
         ("--orders 0 is not in 1..=1000000", |c| c.orders = 0),
         ("--concurrency 0 is not in 1..=10000", |c| c.concurrency = 0),
         ("--deadline-ms 0 is not in 1..=3600000", |c| {
