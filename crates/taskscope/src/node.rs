@@ -71,8 +71,12 @@ pub(crate) struct Node {
     name: Option<Name>,
     deadline: Option<Arc<Deadline>>,
     /// Inherited from the parent (detached or not) unless the scope was built with its own.
-    observer: Option<Arc<dyn Observer>>,
+    /// A thin pointer: every scope has this field, few install an observer.
+    observer: Option<Arc<Installed>>,
 }
+
+/// An observer installed on a scope, shared by the scopes that inherit it.
+struct Installed(Arc<dyn Observer>);
 
 // The observer is the one field that is not unwind-safe by its type. A node never relies on its
 // observer's state: every call into it is caught and its panic ignored (`observe::notify`).
@@ -163,7 +167,10 @@ impl Node {
                 })),
                 None => inherited.cloned(),
             },
-            observer: observer.or_else(|| parent.and_then(|p| p.observer.clone())),
+            observer: match observer {
+                Some(own) => Some(Arc::new(Installed(own))),
+                None => parent.and_then(|p| p.observer.clone()),
+            },
         });
         let Some(parent) = attached_parent else {
             return node;
@@ -222,7 +229,7 @@ impl Node {
     }
 
     pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
-        self.observer.as_ref()
+        self.observer.as_deref().map(|installed| &installed.0)
     }
 
     pub(crate) fn deadline(&self) -> Option<&Deadline> {
@@ -322,7 +329,7 @@ impl Node {
         // Before the callbacks, so that what they cause is reported after the cancellation. The
         // very cause losing to itself (a deadline noticed twice at once) is no news.
         let echo = marked.as_ref().is_err_and(|current| current.ptr_eq(&cause));
-        if let (Some(observer), false) = (&self.observer, echo) {
+        if let (Some(observer), false) = (self.observer(), echo) {
             let scope = ScopePath::of(self);
             observe::notify(observer, |observer| match &marked {
                 Ok(marked) => observer.scope_cancelled(&ScopeCancelled {
@@ -337,7 +344,7 @@ impl Node {
             });
         }
         for (node, own) in mem::take(&mut fired.deadlines) {
-            if let Some(observer) = &node.observer {
+            if let Some(observer) = node.observer() {
                 let scope = ScopePath::of(&node);
                 observe::notify(observer, |o| {
                     o.scope_cancelled(&ScopeCancelled { scope, cause: &own })
