@@ -53,7 +53,7 @@ use crate::observe::{
     self, Attachment, GroupCancelled, GroupCreated, Observer, TaskFinished, TaskOutcome,
     TaskSlowToStop, TaskSpawned, TaskStarted,
 };
-use crate::slab::Slab;
+use crate::slab::{self, Slab};
 use crate::sync::{Mutex, lock};
 use crate::{BoxError, Cause, CauseKind, Scope};
 
@@ -109,7 +109,12 @@ struct State<T, E> {
     winner: Option<TaskId>,
     /// The first panic, kept for `resume_panics`.
     panic: Option<(TaskId, PanicPayload)>,
+    /// What the watcher keeps for running tasks that need it, at the key in their record.
+    kept: Slab<Watched>,
 }
+
+/// The `kept` key of a running task that has nothing kept.
+const NOT_KEPT: u32 = u32::MAX;
 
 type PanicPayload = Box<dyn Any + Send + 'static>;
 
@@ -129,8 +134,9 @@ enum Stage<T, E> {
         /// stops and cancel latency.
         watched: bool,
         /// What the watcher keeps for the task. Boxed only once there is something to keep
-        /// (an attachment, a stop): most watched tasks never need it.
-        kept: Option<Box<Watched>>,
+        /// (an attachment, a stop): its key in `State::kept`, or [`NOT_KEPT`]. Most watched
+        /// tasks never need it, and a key keeps the record as small as without a watcher.
+        kept: u32,
     },
     Done(Outcome<T, E>),
 }
@@ -224,6 +230,7 @@ where
                 cancelled_at: None,
                 winner: None,
                 panic: None,
+                kept: Slab::new(),
             }),
         });
         // Weak: the scope must not keep the group alive through its own callback. The
@@ -284,7 +291,7 @@ where
                 handle: None,
                 abort: false,
                 watched: false,
-                kept: None,
+                kept: NOT_KEPT,
             };
             let (id, key) = state.insert(name, spawned_at, running);
             state.running += 1;
@@ -394,15 +401,32 @@ where
             drop(scope);
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
-        let watch = observed.and_then(|observed| Watch::start(self, observed, &scope));
-        let mut call = Some(|| task(scope.clone()));
-        let mut made = None;
-        entered(watch.as_ref(), &mut || {
-            if let Some(call) = call.take() {
-                made = Some(panic::catch_unwind(AssertUnwindSafe(call)));
-            }
+        // A task of a group without watcher carries no watch at all (a zero-sized slot), so
+        // that the hook costs it nothing but this branch.
+        match observed.and_then(|observed| Watch::start(self, observed, &scope)) {
+            Some(watch) => self.launch(key, id, scope, Some(watch), task),
+            None => self.launch(key, id, scope, Unwatched, task),
+        }
+    }
+
+    /// Calls `task`'s closure (inside the watch's attachment, if any) and spawns its future,
+    /// guarded; the rest of [`run`](Self::run).
+    fn launch<W, F, Fut>(
+        self: &Arc<Self>,
+        key: usize,
+        id: TaskId,
+        scope: Scope,
+        watch: W,
+        task: F,
+    ) -> Option<Next<T, E>>
+    where
+        W: WatchSlot,
+        F: FnOnce(Scope) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let made = entered(watch.get(), || {
+            panic::catch_unwind(AssertUnwindSafe(|| task(scope.clone())))
         });
-        let made = made.expect("`entered` runs what it is given");
         let mut guard = Guard {
             shared: self.clone(),
             key,
@@ -440,7 +464,8 @@ where
         attachment: Option<Weak<dyn Attachment>>,
     ) {
         let mut state = lock(&self.state);
-        let stage = match state.tasks.get_mut(key) {
+        let State { tasks, kept, .. } = &mut *state;
+        let stage = match tasks.get_mut(key) {
             Some(record) if record.info.id == id => Some(&mut record.stage),
             // Already ended and taken (invariant 1).
             _ => None,
@@ -450,13 +475,13 @@ where
                 handle: slot,
                 abort: false,
                 watched,
-                kept,
+                kept: at,
             }) => {
                 *slot = Some(handle);
                 if self.watcher.is_some() {
                     *watched = true;
                     if attachment.is_some() {
-                        *kept = Some(Box::new(Watched {
+                        *at = slab::index(kept.insert(Watched {
                             attachment,
                             ..Watched::default()
                         }));
@@ -531,10 +556,13 @@ where
             .get_mut(key)
             .expect("a running task has a record");
         let id = record.info.id;
-        let handle = match mem::replace(&mut record.stage, Stage::Done(outcome)) {
-            Stage::Running { handle, .. } => handle,
+        let (handle, kept) = match mem::replace(&mut record.stage, Stage::Done(outcome)) {
+            Stage::Running { handle, kept, .. } => (handle, kept),
             Stage::Pending | Stage::Done(_) => unreachable!("only a running task reports"),
         };
+        if kept != NOT_KEPT {
+            state.kept.remove(kept as usize);
+        }
         if won {
             state.winner = Some(id);
         }
@@ -591,7 +619,7 @@ where
             handle: None,
             abort: false,
             watched: false,
-            kept: None,
+            kept: NOT_KEPT,
         };
         let starting = Starting {
             key: start.key,
@@ -755,13 +783,12 @@ where
 
     /// When the task `id`, recorded at `key`, was stopped alone, if it was.
     fn stopped_at(&self, key: usize, id: TaskId) -> Option<Instant> {
-        match lock(&self.state).tasks.get(key) {
+        let state = lock(&self.state);
+        match state.tasks.get(key) {
             Some(Record {
                 info,
-                stage: Stage::Running {
-                    kept: Some(kept), ..
-                },
-            }) if info.id == id => kept.stopped_at,
+                stage: Stage::Running { kept, .. },
+            }) if info.id == id && *kept != NOT_KEPT => state.kept.get(*kept as usize)?.stopped_at,
             _ => None,
         }
     }
@@ -796,29 +823,25 @@ where
         let mut slow = Vec::new();
         {
             let mut state = lock(&self.state);
-            let records: Box<dyn Iterator<Item = &mut Record<T, E>>> = match only {
-                Some((key, id)) => Box::new(
-                    state
-                        .tasks
-                        .get_mut(key)
-                        .filter(|record| record.info.id == id)
-                        .into_iter(),
-                ),
-                None => Box::new(state.tasks.iter_mut()),
+            let keys: Vec<usize> = match only {
+                Some((key, id)) => state
+                    .tasks
+                    .get(key)
+                    .filter(|record| record.info.id == id)
+                    .map(|_| key)
+                    .into_iter()
+                    .collect(),
+                None => state.tasks.keys().collect(),
             };
-            for record in records {
-                if let Stage::Running {
-                    watched: true,
-                    kept,
-                    ..
-                } = &mut record.stage
-                {
-                    let kept = kept.get_or_insert_default();
-                    if !kept.reported_slow {
-                        kept.reported_slow = true;
-                        let attachment = kept.attachment.as_ref().and_then(Weak::upgrade);
-                        slow.push((record.info.clone(), attachment));
-                    }
+            for key in keys {
+                let id = state.tasks.get(key).map(|record| record.info.id);
+                let Some(kept) = id.and_then(|id| state.watched(key, id)) else {
+                    continue;
+                };
+                if !kept.reported_slow {
+                    kept.reported_slow = true;
+                    let attachment = kept.attachment.as_ref().and_then(Weak::upgrade);
+                    slow.push((state.info(key), attachment));
                 }
             }
         }
@@ -1021,18 +1044,24 @@ impl<T, E> State<T, E> {
     }
 
     /// What the watcher keeps for the running task `id`, recorded at `key`, if it is watched;
-    /// boxed now if it was not yet (an allocation: no user code, invariant 4 holds).
+    /// made now if it was not yet (no user code: invariant 4 holds).
     fn watched(&mut self, key: usize, id: TaskId) -> Option<&mut Watched> {
-        match self.tasks.get_mut(key) {
+        let State { tasks, kept, .. } = self;
+        match tasks.get_mut(key) {
             Some(Record {
                 info,
                 stage:
                     Stage::Running {
                         watched: true,
-                        kept,
+                        kept: at,
                         ..
                     },
-            }) if info.id == id => Some(kept.get_or_insert_default()),
+            }) if info.id == id => {
+                if *at == NOT_KEPT {
+                    *at = slab::index(kept.insert(Watched::default()));
+                }
+                kept.get_mut(*at as usize)
+            }
             _ => None,
         }
     }
@@ -1049,7 +1078,7 @@ impl<T, E> State<T, E> {
 
 pin_project! {
     /// A task's future as spawned: the user's future, and the guard that reports its end.
-    struct TaskFuture<F, T, E>
+    struct TaskFuture<F, T, E, W>
     where
         T: Send,
         T: 'static,
@@ -1058,10 +1087,11 @@ pin_project! {
         E: Send,
         E: Sync,
         E: 'static,
+        W: WatchSlot,
     {
         #[pin]
         user: User<F>,
-        guard: Guard<T, E>,
+        guard: Guard<T, E, W>,
     }
 }
 
@@ -1074,11 +1104,12 @@ pin_project! {
     }
 }
 
-impl<F, T, E> Future for TaskFuture<F, T, E>
+impl<F, T, E, W> Future for TaskFuture<F, T, E, W>
 where
     F: Future<Output = Result<T, E>>,
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    W: WatchSlot,
 {
     type Output = ();
 
@@ -1087,13 +1118,9 @@ where
         let UserProj::Running { future } = this.user.as_mut().project() else {
             return Poll::Ready(());
         };
-        let (mut future, mut polled) = (Some(future), None);
-        entered(this.guard.watch.as_ref(), &mut || {
-            if let Some(future) = future.take() {
-                polled = Some(panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))));
-            }
+        let polled = entered(this.guard.watch.get(), || {
+            panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
         });
-        let polled = polled.expect("`entered` runs what it is given");
         let mut result = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(result)) => Ok(result),
@@ -1120,29 +1147,29 @@ where
 
 /// Reports a running task's end exactly once (invariant 2): when its future completes, or as
 /// aborted when it is dropped before that.
-struct Guard<T, E>
+struct Guard<T, E, W>
 where
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    W: WatchSlot,
 {
     shared: Arc<Shared<T, E>>,
     key: usize,
     /// The task's scope; taken when the task is reported.
     scope: Option<Scope>,
-    /// What the group's watcher needs; `None` without one. Inline rather than boxed: a box
-    /// costs an observed task a malloc and a free (about 35 ns), inline costs every task's
-    /// future 64 B (the guard is 96 B instead of 32), which can move its tokio cell up a size
-    /// class.
-    watch: Option<Watch>,
+    /// What the group's watcher needs: inline in a watched task (a box would cost it a malloc
+    /// and a free, about 35 ns), nothing at all in a task of a group without watcher.
+    watch: W,
 }
 
-impl<T, E> Guard<T, E>
+impl<T, E, W> Guard<T, E, W>
 where
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    W: WatchSlot,
 {
     fn attachment_weak(&self) -> Option<Weak<dyn Attachment>> {
-        self.watch.as_ref()?.attachment.as_ref().map(Arc::downgrade)
+        self.watch.get()?.attachment.as_ref().map(Arc::downgrade)
     }
 
     /// Reports the task's end, unless it was; returns the pending task that takes its slot,
@@ -1165,10 +1192,11 @@ where
     }
 }
 
-impl<T, E> Drop for Guard<T, E>
+impl<T, E, W> Drop for Guard<T, E, W>
 where
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    W: WatchSlot,
 {
     fn drop(&mut self) {
         let next = self.report(|_, _, _| Exit::of(Outcome::Aborted));
@@ -1176,14 +1204,55 @@ where
     }
 }
 
-/// Runs `f` (which runs at most once) inside the task's attachment, if it has one. A panic of
-/// the attachment's `enter` is ignored like any observer's; if `enter` did not run `f`, it runs
-/// here.
-fn entered(watch: Option<&Watch>, f: &mut dyn FnMut()) {
-    if let Some(attachment) = watch.and_then(|watch| watch.attachment.as_deref()) {
-        let _ = panic::catch_unwind(AssertUnwindSafe(|| attachment.enter(f)));
+/// Runs `f` inside the task's attachment, if it has one, and returns what it returned. A panic
+/// of the attachment's `enter` is ignored like any observer's; if `enter` did not run `f`, it
+/// runs here.
+fn entered<R>(watch: Option<&Watch>, f: impl FnOnce() -> R) -> R {
+    let Some(attachment) = watch.and_then(|watch| watch.attachment.as_deref()) else {
+        return f();
+    };
+    let (mut f, mut out) = (Some(f), None);
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+        attachment.enter(&mut || {
+            if let Some(f) = f.take() {
+                out = Some(f());
+            }
+        })
+    }));
+    match out {
+        Some(out) => out,
+        None => f.take().expect("`f` runs at most once")(),
     }
-    f();
+}
+
+/// Where a task's guard keeps its [`Watch`]: `Option<Watch>` for the tasks of a group with a
+/// watcher, [`Unwatched`] (zero-sized) for the others.
+trait WatchSlot: Send + 'static {
+    fn get(&self) -> Option<&Watch>;
+    fn take(&mut self) -> Option<Watch>;
+}
+
+impl WatchSlot for Option<Watch> {
+    fn get(&self) -> Option<&Watch> {
+        self.as_ref()
+    }
+
+    fn take(&mut self) -> Option<Watch> {
+        Option::take(self)
+    }
+}
+
+/// The watch slot of a task nobody watches.
+struct Unwatched;
+
+impl WatchSlot for Unwatched {
+    fn get(&self) -> Option<&Watch> {
+        None
+    }
+
+    fn take(&mut self) -> Option<Watch> {
+        None
+    }
 }
 
 /// A group's observer of tasks, and what it asked for.
