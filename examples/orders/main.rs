@@ -26,7 +26,7 @@
 
 mod shop;
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,18 +35,28 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use taskscope_select::signal::{Signals, shutdown_on_signals};
 use tracing_subscriber::EnvFilter;
 
-/// What stderr shows by default: the tasks that did not stop in time (slow to stop, aborted).
+/// What stderr shows by default: panics, and the tasks that did not stop in time ("task slow to
+/// stop", the one `taskscope::task` event with a `cancel.elapsed_us` field).
 /// `RUST_LOG=taskscope=debug` shows every cancellation and task.
-const DEFAULT_LOG: &str = "warn,taskscope::cancel=error,taskscope::task=error";
+const DEFAULT_LOG: &str =
+    "warn,taskscope::cancel=error,taskscope::task=error,taskscope::task[{cancel.elapsed_us}]=warn";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = shop::Config::parse();
+    let bar = if std::io::stdout().is_terminal() && !config.json {
+        ProgressBar::with_draw_target(Some(config.orders), ProgressDrawTarget::stdout())
+    } else {
+        ProgressBar::hidden()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer({
+            let bar = bar.clone();
+            move || AboveTheBar(bar.clone())
+        })
         .init();
     // A panic in a step is captured by its task group and becomes the order's cause; one line
     // on stderr says where it happened.
@@ -60,29 +70,46 @@ async fn main() -> ExitCode {
         let at = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(target: "orders::panic", "panicked at {at}: {message}");
     }));
-    match run(&config).await {
+    match run(&config, bar).await {
         Ok(summary) if summary.is_consistent() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(error) => {
-            eprintln!("orders: {error}");
+            let mut message = format!("orders: {error}");
+            let mut source = error.source();
+            while let Some(error) = source {
+                message.push_str(&format!(": {error}"));
+                source = error.source();
+            }
+            eprintln!("{message}");
             ExitCode::from(2)
         }
     }
 }
 
-async fn run(config: &shop::Config) -> Result<shop::Summary, Box<dyn std::error::Error>> {
+/// Writes log lines to stderr with the progress bar (on stdout) hidden meanwhile, so that
+/// neither garbles the other.
+struct AboveTheBar(ProgressBar);
+
+impl io::Write for AboveTheBar {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.suspend(|| io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+async fn run(
+    config: &shop::Config,
+    bar: ProgressBar,
+) -> Result<shop::Summary, Box<dyn std::error::Error>> {
     // Listen before starting anything, so that a ctrl-c during start-up is not lost.
     let signals = Signals::new()?;
-    let bar = if std::io::stdout().is_terminal() && !config.json {
-        let bar = ProgressBar::with_draw_target(Some(config.orders), ProgressDrawTarget::stdout());
-        bar.set_style(ProgressStyle::with_template(
-            "{spinner} {pos:>6}/{len} orders [{bar:40}] {elapsed_precise} {msg}",
-        )?);
-        bar.enable_steady_tick(Duration::from_millis(100));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} {pos:>6}/{len} orders [{bar:40}] {elapsed_precise} {msg}",
+    )?);
+    bar.enable_steady_tick(Duration::from_millis(100));
     let running = shop::start(config, {
         let bar = bar.clone();
         move |report| {

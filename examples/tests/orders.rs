@@ -125,14 +125,14 @@ async fn the_default_scenario_ends_as_its_seed_planned_and_the_ledger_balances()
     assert_eq!(summary.units_released, reserved);
     // Only a stuck order was authorized before it was cancelled: its payment is voided.
     assert_eq!(summary.authorizations_voided, n(Fate::Stuck));
-    // The stuck fraud check is the one task that did not stop, aborted after the grace
-    // (150 ms), which is its cancel -> exit latency.
+    // The stuck fraud check is the one task that did not stop: aborted after the grace. Every
+    // other step stopped at the instant of its cancellation (on the paused clock).
     assert_eq!(
         summary.aborted_steps,
         BTreeMap::from([("fraud-check".to_owned(), n(Fate::Stuck))])
     );
-    assert_eq!(summary.cancel_to_exit_p99_us, Some(150_000));
     assert!(summary.stopped_tasks > 0);
+    assert_eq!(summary.cancel_to_exit_p99_us, Some(0));
 
     // One story per cause code, each saying who set it.
     let story = |code: &str| {
@@ -262,6 +262,27 @@ async fn ctrl_c_mid_run_stops_in_order_and_compensates_orders_in_flight() {
 
 /// Makes a config invalid.
 type Break = fn(&mut Config);
+
+#[tokio::test(start_paused = true)]
+async fn orders_cancelled_before_they_reach_the_database_are_still_recorded() {
+    // Stopped at once: orders already started are cancelled before, during or after their
+    // first transaction.
+    let (mut at_once, _dir) = config("stop-at-once");
+    at_once.shutdown_after_ms = Some(0);
+    let summary = run(&at_once).await;
+    assert!(summary.is_consistent(), "{summary}");
+    assert_eq!(summary.ledger.cancelled, summary.cancelled);
+    assert_eq!(summary.cancelled + summary.not_started, 300, "{summary}");
+
+    // A deadline shorter than any payment: every order that starts is cancelled by it.
+    let (mut short, _dir) = config("deadline-1ms");
+    short.deadline_ms = 1;
+    short.orders = 50;
+    let summary = run(&short).await;
+    assert!(summary.is_consistent(), "{summary}");
+    assert_eq!(summary.completed, 0);
+    assert_eq!(summary.ledger.audit_rows, 50);
+}
 
 #[test]
 fn bad_flags_are_clear_errors_and_nothing_starts() {

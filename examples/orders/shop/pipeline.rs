@@ -11,7 +11,7 @@ use tokio::time::sleep;
 
 use super::gateway::Gateway;
 use super::plan::{Fate, OrderPlan};
-use super::store::Store;
+use super::store::{Cancelled, Store};
 
 /// The code of an order's own deadline.
 pub const ORDER_DEADLINE: &str = "ORDER_DEADLINE";
@@ -31,7 +31,7 @@ pub struct Ctx {
     /// How long an order's steps may take to stop once it is cancelled, before they are
     /// aborted.
     pub grace: Duration,
-    /// The time budget of an order's compensation.
+    /// The time budget of a compensation's call to the gateway.
     pub compensation_budget: Duration,
 }
 
@@ -134,26 +134,23 @@ pub async fn run_order(ctx: Arc<Ctx>, scope: Scope, plan: OrderPlan) -> OrderRep
     let authorization = Arc::new(Mutex::new(None));
 
     let failure = match checkout(&ctx, &order, &plan, &authorization).await {
-        Ok(aborted) => {
+        Ok(()) => {
             return OrderReport {
                 id: plan.id,
                 outcome: "completed",
                 cause: None,
                 compensation: None,
-                aborted,
+                aborted: Vec::new(),
             };
         }
         Err(failure) => failure,
     };
-    // The order's cause is the one truth: the failure cancels it, unless something else
-    // cancelled it first (first cause wins).
-    order.cancel(failure.cause);
-    let cause = order.cause().expect("the order was just cancelled");
     let authorization = authorization
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
-    let compensation = compensate(&ctx, &order, plan.id, authorization).await;
+    let (cause, compensation) =
+        compensate(&ctx, &failure.scope, &order, &plan, authorization).await;
     OrderReport {
         id: plan.id,
         outcome: "cancelled",
@@ -165,32 +162,40 @@ pub async fn run_order(ctx: Arc<Ctx>, scope: Scope, plan: OrderPlan) -> OrderRep
 
 /// Why an order's checkout stopped.
 struct Failure {
-    cause: Cause,
+    /// A cancelled scope whose cause is the order's: the steps' group, or the order itself.
+    scope: Scope,
+    /// Steps aborted because they did not stop within the grace.
     aborted: Vec<String>,
 }
 
-impl From<Cause> for Failure {
-    fn from(cause: Cause) -> Failure {
+impl Failure {
+    /// A failure outside the steps' group: it cancels the order (unless something else did
+    /// first: first cause wins).
+    fn of_order(order: &Scope, cause: Cause) -> Failure {
+        order.cancel(cause);
         Failure {
-            cause,
+            scope: order.clone(),
             aborted: Vec::new(),
         }
     }
 }
 
-/// Validate, reserve ∥ charge ∥ fraud-check, confirm. `Ok` with the steps aborted on the way
-/// (none, for an order that completes).
+/// Validate, reserve ∥ charge ∥ fraud-check, confirm.
 async fn checkout(
     ctx: &Arc<Ctx>,
     order: &Scope,
     plan: &OrderPlan,
     authorization: &Arc<Mutex<Option<String>>>,
-) -> Result<Vec<String>, Failure> {
+) -> Result<(), Failure> {
+    let orders_failure = |cause| Failure::of_order(order, cause);
     ctx.store
         .open_order(order, plan.id, plan.sku, plan.qty)
-        .await?;
+        .await
+        .map_err(orders_failure)?;
 
     let steps: TaskGroup<Step, BoxError> = TaskGroup::builder(order).grace(ctx.grace).build();
+    // A failing step cancels this group, not the order: the group's cause is the order's.
+    let steps_scope = steps.scope().clone();
     steps.spawn("reserve", {
         let (store, plan) = (ctx.store.clone(), plan.clone());
         move |scope| async move {
@@ -238,17 +243,21 @@ async fn checkout(
             [Step::Reserved, Step::Authorized, Step::Cleared]
         )),
         Err(error) => {
-            let cause = error
-                .cause()
-                .cloned()
-                .unwrap_or_else(|| Cause::new("CHECKOUT_FAILED").with_detail(error.to_string()));
+            let aborted = error
+                .aborted()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .collect();
+            if error.cause().is_none() {
+                // Not cancelled, yet failed: impossible under cancel-on-first-error, but then
+                // the failure itself is the cause.
+                return Err(orders_failure(
+                    Cause::new("CHECKOUT_FAILED").with_detail(error.to_string()),
+                ));
+            }
             return Err(Failure {
-                cause,
-                aborted: error
-                    .aborted()
-                    .iter()
-                    .map(|t| t.name().to_owned())
-                    .collect(),
+                scope: steps_scope,
+                aborted,
             });
         }
     }
@@ -258,21 +267,30 @@ async fn checkout(
         .unwrap_or_else(PoisonError::into_inner)
         .clone()
         .expect("the charge step authorized");
-    ctx.store.confirm(order, plan.id, auth).await?;
-    Ok(Vec::new())
+    ctx.store
+        .confirm(order, plan.id, auth)
+        .await
+        .map_err(orders_failure)
 }
 
-/// Undoes what a cancelled order did, in a detached scope: it runs *because* the order was
-/// cancelled, so it is not cancelled with it, and has a time budget of its own.
+/// Undoes what a cancelled order did, in a scope detached from `cancelled` (the steps' group or
+/// the order): it runs *because* that scope was cancelled, so it is not cancelled with it, and
+/// reads its cause from it. The database part must happen, so it has no deadline (a
+/// transaction waits for the connection as long as it takes); the call to the gateway has a
+/// budget of its own.
 async fn compensate(
     ctx: &Ctx,
+    cancelled: &Scope,
     order: &Scope,
-    id: i64,
+    plan: &OrderPlan,
     authorization: Option<String>,
-) -> Compensation {
-    let detached = order.child_builder().name("compensate").detached().build();
-    let budget = detached.child_with_timeout(ctx.compensation_budget);
-    // Read live from the order: why it was cancelled, as of now.
+) -> (Cause, Compensation) {
+    let detached = cancelled
+        .child_builder()
+        .name("compensate")
+        .detached()
+        .build();
+    // Read live: why the order was cancelled, as of now.
     let cause = detached
         .parent_cause()
         .expect("compensation runs for a cancelled order");
@@ -281,19 +299,23 @@ async fn compensate(
         voided: false,
         failed: None,
     };
-    match ctx
-        .store
-        .compensate(&budget, id, order.path().to_string(), cause)
-        .await
-    {
+    let record = Cancelled {
+        id: plan.id,
+        sku: plan.sku.to_owned(),
+        qty: plan.qty,
+        scope: order.path().to_string(),
+        cause: cause.clone(),
+    };
+    match ctx.store.compensate(&detached, record).await {
         Ok(undone) => compensation.released = undone.map_or(0, |undone| undone.released),
         Err(cause) => compensation.failed = Some(cause.to_string()),
     }
     if let Some(authorization) = authorization {
+        let budget = detached.child_with_timeout(ctx.compensation_budget);
         match ctx.gateway.void(&authorization).or_cancel(&budget).await {
             Ok(()) => compensation.voided = true,
             Err(cause) => compensation.failed = Some(cause.to_string()),
         }
     }
-    compensation
+    (cause, compensation)
 }

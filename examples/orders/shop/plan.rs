@@ -31,7 +31,7 @@ pub enum Fate {
     SlowPayment,
     /// The customer cancels while the payment is in flight: `USER_CANCELLED`.
     UserCancel,
-    /// The inventory worker panics after reserving: `task_panicked`.
+    /// The inventory worker panics after reserving: code `panicked`, kind `task_panicked`.
     Panic,
     /// The fraud check hangs and ignores its cancellation: the order's deadline
     /// (`ORDER_DEADLINE`) stops it, and after the grace it is aborted.

@@ -6,8 +6,8 @@
 //! transaction is bound to a scope in the three ways a blocking call allows:
 //!
 //! 1. it does not begin if the scope is already cancelled (checked once it has the connection);
-//! 2. a cancellation while it runs interrupts the running statement (`sqlite3_interrupt`, from
-//!    an `on_cancel` callback) and the transaction rolls back;
+//! 2. a cancellation while it runs (the caller waits on `scope.cancelled()`, so a deadline counts
+//!    too) interrupts the running statement (`sqlite3_interrupt`) and the transaction rolls back;
 //! 3. it does not commit if the scope was cancelled in the meantime.
 //!
 //! What it cannot do: stop a blocking thread. The caller waits for the transaction to end
@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    Connection, ErrorCode, InterruptHandle, OptionalExtension, Transaction, TransactionBehavior,
+};
 use taskscope::{Cause, Scope};
 
 /// The schema: what the invariants of [`Store::check`] are about.
@@ -69,6 +71,16 @@ pub const INVENTORY_SHORTAGE: &str = "INVENTORY_SHORTAGE";
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+}
+
+/// A cancelled order, as its compensation records it.
+pub struct Cancelled {
+    pub id: i64,
+    pub sku: String,
+    pub qty: u32,
+    /// The order's scope path.
+    pub scope: String,
+    pub cause: Cause,
 }
 
 /// What compensating an order undid.
@@ -222,20 +234,41 @@ impl Store {
     }
 
     /// Compensation: in one transaction, puts a held reservation back into stock, closes the
-    /// order as cancelled and writes its audit row with `cause`. An order that is not open
-    /// (already completed or compensated) is left alone: `Ok(None)`.
+    /// order as cancelled and writes its audit row with `cause`. An order that never reached
+    /// the database (cancelled before its first transaction) is recorded as cancelled then, so
+    /// that it has its audit row too. An order that is already closed (completed, or
+    /// compensated) is left alone: `Ok(None)`.
     ///
-    /// `scope` is the compensation's own budget, not the cancelled order's.
+    /// `scope` bounds the transaction: the compensation's own scope, not the cancelled order's.
     pub async fn compensate(
         &self,
         scope: &Scope,
-        id: i64,
-        order_scope: String,
-        cause: Cause,
+        order: Cancelled,
     ) -> Result<Option<Compensated>, Cause> {
+        let Cancelled {
+            id,
+            sku,
+            qty,
+            scope: order_scope,
+            cause,
+        } = order;
         self.transaction(scope, move |tx| {
-            if open_order(tx, id)?.is_none() {
-                return Ok(None);
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM orders WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(db_error)?;
+            match state.as_deref() {
+                Some("open") => {}
+                Some(_) => return Ok(None),
+                None => {
+                    tx.execute(
+                        "INSERT INTO orders (id, sku, qty, state) VALUES (?1, ?2, ?3, 'open')",
+                        (id, &sku, qty),
+                    )
+                    .map_err(db_error)?;
+                }
             }
             let held: Option<(String, u32)> = tx
                 .query_row(
@@ -290,7 +323,8 @@ impl Store {
     /// 1. for every SKU, available + held + committed units == initial stock;
     /// 2. no reservation is held for an order that is not open;
     /// 3. every cancelled order has exactly one audit row, and no other order has one;
-    /// 4. every completed order has a committed reservation and an authorization.
+    /// 4. every completed order has a committed reservation and an authorization;
+    /// 5. no order is left open.
     pub async fn check(&self) -> Result<Ledger, rusqlite::Error> {
         let conn = self.conn.clone();
         let checked = tokio::task::spawn_blocking(move || {
@@ -308,35 +342,44 @@ impl Store {
     /// # Cancel safety
     ///
     /// Dropping the future does not stop the transaction: it runs to its end on the blocking
-    /// pool, bound to `scope` as above.
+    /// pool, and commits only if `scope` is still live then.
     async fn transaction<T, F>(&self, scope: &Scope, work: F) -> Result<T, Cause>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, Cause> + Send + 'static,
     {
-        let (conn, scope) = (self.conn.clone(), scope.clone());
-        let done = tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            scope.check()?;
-            // The handle is taken back before the connection is released, under this lock, so
-            // an interrupt from a late callback never reaches someone else's transaction.
-            let armed = Arc::new(Mutex::new(Some(conn.get_interrupt_handle())));
-            let interrupt = scope.on_cancel({
-                let armed = armed.clone();
-                move |_| {
-                    if let Some(handle) = &*armed.lock().unwrap_or_else(PoisonError::into_inner) {
-                        handle.interrupt();
-                    }
+        // The connection's interrupt handle, while this transaction holds the connection. It is
+        // taken back before the connection is released, under this lock, so an interrupt never
+        // reaches someone else's transaction.
+        let armed: Arc<Mutex<Option<InterruptHandle>>> = Arc::default();
+        let mut done = tokio::task::spawn_blocking({
+            let (conn, scope, armed) = (self.conn.clone(), scope.clone(), armed.clone());
+            move || {
+                let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                scope.check()?;
+                *lock(&armed) = Some(conn.get_interrupt_handle());
+                let result = run(&mut conn, &scope, work);
+                lock(&armed).take();
+                result
+            }
+        });
+        let done = tokio::select! {
+            biased;
+            done = &mut done => done,
+            _ = scope.cancelled() => {
+                // A no-op between statements: the check before the commit catches that case.
+                if let Some(handle) = &*lock(&armed) {
+                    handle.interrupt();
                 }
-            });
-            let result = run(&mut conn, &scope, work);
-            armed.lock().unwrap_or_else(PoisonError::into_inner).take();
-            interrupt.stop();
-            result
-        })
-        .await;
+                done.await
+            }
+        };
         done.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One transaction: dropped (rolled back) on any error, committed only if `scope` is still live.
@@ -429,6 +472,10 @@ fn ledger(conn: &Connection) -> Result<Ledger, rusqlite::Error> {
             "SELECT count(*) FROM audit a JOIN orders o ON o.id = a.order_id
              WHERE o.state != 'cancelled' OR a.code != o.cause_code",
             "audit row(s) of an order not cancelled, or with another cause",
+        ),
+        (
+            "SELECT count(*) FROM orders WHERE state = 'open'",
+            "order(s) left open, their reservations held",
         ),
         (
             "SELECT count(*) FROM orders o
