@@ -261,7 +261,7 @@ pub fn start(
     progress: impl Fn(&OrderReport) + Send + Sync + 'static,
 ) -> Result<Running, Error> {
     config.validate().map_err(Error::Config)?;
-    let plans = plan::plans(config);
+    let plans = Arc::new(plan::plans(config));
     let db = config.db_path();
     let store = Store::create(&db, &plan::initial_stock(config)).map_err(|e| Error::Db(db, e))?;
     let audit_path = config.audit_path();
@@ -291,7 +291,7 @@ pub fn start(
     let intake_grace = ctx.grace + ctx.compensation_budget + Duration::from_secs(1);
     let intake = {
         let (ctx, reports, progress) = (ctx.clone(), reports.clone(), Arc::new(progress));
-        let plans = Arc::new(plans.clone());
+        let plans = plans.clone();
         let concurrency = NonZeroUsize::new(config.concurrency).expect("validated");
         ChildSpec::new("intake", move |scope| {
             let (ctx, reports, progress) = (ctx.clone(), reports.clone(), progress.clone());
