@@ -145,14 +145,6 @@ impl<T> Slab<T> {
         })
     }
 
-    /// Every key in use, in order.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = usize> + '_ {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter_map(|(key, entry)| matches!(entry, Entry::Occupied(_)).then_some(key))
-    }
-
     /// Every value, mutably, in key order.
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.entries.iter_mut().filter_map(|entry| match entry {

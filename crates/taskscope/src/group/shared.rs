@@ -19,6 +19,9 @@
 //!    future is dropped unfinished (aborted, or the runtime shut down). A panic while polling
 //!    or dropping it is caught and reported as a failure. So `running` counts the records in
 //!    stage `Running`, and `join` ends exactly when every task has ended.
+//!    A running record's entry in `State::kept` (what the watcher keeps for it, made on first
+//!    need) belongs to it alone and is freed in that one report, so it never outlives the
+//!    record's `Running` stage and its key is never read after the slab reuses it.
 //! 3. `State::cause` is set once, under the state lock, by the group scope's `on_cancel`
 //!    callback, which in the same critical section turns every pending task into a cancelled
 //!    one. `spawn` checks it under the same lock before queueing, so no task is queued after the
@@ -34,6 +37,7 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::mem;
+use std::num::NonZeroU32;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -109,12 +113,25 @@ struct State<T, E> {
     winner: Option<TaskId>,
     /// The first panic, kept for `resume_panics`.
     panic: Option<(TaskId, PanicPayload)>,
-    /// What the watcher keeps for running tasks that need it, at the key in their record.
+    /// What the watcher keeps for running tasks that need it, at the key in their record
+    /// (invariant 2).
     kept: Slab<Watched>,
 }
 
-/// The `kept` key of a running task that has nothing kept.
-const NOT_KEPT: u32 = u32::MAX;
+/// A running task's key in `State::kept`, in four bytes: the record stays as small as without
+/// a watcher.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct KeptKey(NonZeroU32);
+
+impl KeptKey {
+    fn new(key: usize) -> KeptKey {
+        KeptKey(NonZeroU32::MIN.saturating_add(slab::index(key)))
+    }
+
+    fn get(self) -> usize {
+        (self.0.get() - 1) as usize
+    }
+}
 
 type PanicPayload = Box<dyn Any + Send + 'static>;
 
@@ -133,10 +150,10 @@ enum Stage<T, E> {
         /// Set with the handle when the group has a watcher: the task is watched for slow
         /// stops and cancel latency.
         watched: bool,
-        /// What the watcher keeps for the task. Boxed only once there is something to keep
-        /// (an attachment, a stop): its key in `State::kept`, or [`NOT_KEPT`]. Most watched
-        /// tasks never need it, and a key keeps the record as small as without a watcher.
-        kept: u32,
+        /// Where `State::kept` holds what the watcher keeps for the task, once there is
+        /// something to keep (an attachment, a stop, a slow report): most watched tasks never
+        /// need it (invariant 2).
+        kept: Option<KeptKey>,
     },
     Done(Outcome<T, E>),
 }
@@ -291,7 +308,7 @@ where
                 handle: None,
                 abort: false,
                 watched: false,
-                kept: NOT_KEPT,
+                kept: None,
             };
             let (id, key) = state.insert(name, spawned_at, running);
             state.running += 1;
@@ -402,7 +419,8 @@ where
             return self.report(key, Exit::of(Outcome::Cancelled(cause)));
         }
         // A task of a group without watcher carries no watch at all (a zero-sized slot), so
-        // that the hook costs it nothing but this branch.
+        // that the hook costs it nothing but this branch at run time; the price is in binary
+        // size, `launch` and the task's future being compiled twice per closure type.
         match observed.and_then(|observed| Watch::start(self, observed, &scope)) {
             Some(watch) => self.launch(key, id, scope, Some(watch), task),
             None => self.launch(key, id, scope, Unwatched, task),
@@ -480,11 +498,13 @@ where
                 *slot = Some(handle);
                 if self.watcher.is_some() {
                     *watched = true;
+                    // Nothing kept yet: `watched` was false until now (invariant 2).
+                    debug_assert!(at.is_none());
                     if attachment.is_some() {
-                        *at = slab::index(kept.insert(Watched {
+                        *at = Some(KeptKey::new(kept.insert(Watched {
                             attachment,
                             ..Watched::default()
-                        }));
+                        })));
                     }
                 }
                 return;
@@ -560,8 +580,9 @@ where
             Stage::Running { handle, kept, .. } => (handle, kept),
             Stage::Pending | Stage::Done(_) => unreachable!("only a running task reports"),
         };
-        if kept != NOT_KEPT {
-            state.kept.remove(kept as usize);
+        if let Some(kept) = kept {
+            // Holds only a `Weak`: no user code runs here (invariant 4).
+            state.kept.remove(kept.get());
         }
         if won {
             state.winner = Some(id);
@@ -619,7 +640,7 @@ where
             handle: None,
             abort: false,
             watched: false,
-            kept: NOT_KEPT,
+            kept: None,
         };
         let starting = Starting {
             key: start.key,
@@ -788,7 +809,7 @@ where
             Some(Record {
                 info,
                 stage: Stage::Running { kept, .. },
-            }) if info.id == id && *kept != NOT_KEPT => state.kept.get(*kept as usize)?.stopped_at,
+            }) if info.id == id => state.kept.get((*kept)?.get())?.stopped_at,
             _ => None,
         }
     }
@@ -823,25 +844,33 @@ where
         let mut slow = Vec::new();
         {
             let mut state = lock(&self.state);
-            let keys: Vec<usize> = match only {
-                Some((key, id)) => state
-                    .tasks
-                    .get(key)
-                    .filter(|record| record.info.id == id)
-                    .map(|_| key)
-                    .into_iter()
-                    .collect(),
-                None => state.tasks.keys().collect(),
+            let State { tasks, kept, .. } = &mut *state;
+            let records: Box<dyn Iterator<Item = &mut Record<T, E>>> = match only {
+                Some((key, id)) => Box::new(
+                    tasks
+                        .get_mut(key)
+                        .filter(|record| record.info.id == id)
+                        .into_iter(),
+                ),
+                None => Box::new(tasks.iter_mut()),
             };
-            for key in keys {
-                let id = state.tasks.get(key).map(|record| record.info.id);
-                let Some(kept) = id.and_then(|id| state.watched(key, id)) else {
+            for record in records {
+                let Stage::Running {
+                    watched: true,
+                    kept: at,
+                    ..
+                } = &mut record.stage
+                else {
                     continue;
                 };
-                if !kept.reported_slow {
-                    kept.reported_slow = true;
-                    let attachment = kept.attachment.as_ref().and_then(Weak::upgrade);
-                    slow.push((state.info(key), attachment));
+                let at = at.get_or_insert_with(|| KeptKey::new(kept.insert(Watched::default())));
+                let Some(watched) = kept.get_mut(at.get()) else {
+                    continue;
+                };
+                if !watched.reported_slow {
+                    watched.reported_slow = true;
+                    let attachment = watched.attachment.as_ref().and_then(Weak::upgrade);
+                    slow.push((record.info.clone(), attachment));
                 }
             }
         }
@@ -1057,10 +1086,8 @@ impl<T, E> State<T, E> {
                         ..
                     },
             }) if info.id == id => {
-                if *at == NOT_KEPT {
-                    *at = slab::index(kept.insert(Watched::default()));
-                }
-                kept.get_mut(*at as usize)
+                let at = at.get_or_insert_with(|| KeptKey::new(kept.insert(Watched::default())));
+                kept.get_mut(at.get())
             }
             _ => None,
         }
@@ -1206,7 +1233,7 @@ where
 
 /// Runs `f` inside the task's attachment, if it has one, and returns what it returned. A panic
 /// of the attachment's `enter` is ignored like any observer's; if `enter` did not run `f`, it
-/// runs here.
+/// runs here. `f` must not unwind (callers wrap the task's code in `catch_unwind`).
 fn entered<R>(watch: Option<&Watch>, f: impl FnOnce() -> R) -> R {
     let Some(attachment) = watch.and_then(|watch| watch.attachment.as_deref()) else {
         return f();
