@@ -1,4 +1,6 @@
-//! The order pipeline behind `cargo run --example orders`, shared with its integration test.
+//! The order pipeline behind `cargo run --example orders`, shared with its integration test:
+//! `config` (flags), `plan` (what happens to each order, from the seed), `store` (SQLite),
+//! `gateway` (the simulated payment gateway), `pipeline` (one order), `summary` (the table).
 //!
 //! ```text
 //! shop                                   root scope: TraceObserver (events, audit log)
@@ -12,12 +14,17 @@
 //!             └── compensate             detached: runs because the order was cancelled
 //! ```
 
+mod config;
 pub mod gateway;
 pub mod pipeline;
 pub mod plan;
 pub mod store;
+mod summary;
 
-use std::collections::{BTreeMap, HashMap};
+pub use config::{Config, ConfigError};
+pub use summary::Summary;
+
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::num::NonZeroUsize;
@@ -25,7 +32,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use taskscope::{
     Backoff, BoxError, Cause, CauseKind, ChildSpec, Outcome, Restart, Scope, Supervisor,
     SupervisorHandle, TaskGroup,
@@ -37,177 +43,15 @@ use tokio::time::sleep;
 
 use gateway::Gateway;
 use pipeline::{Ctx, OrderReport};
-use plan::{Fate, OrderPlan};
-use store::{Ledger, Store};
+use plan::OrderPlan;
+use store::Store;
+use summary::SummaryInput;
 
 /// Where the order steps' scopes are.
 const STEPS: &str = "shop/workers/intake/orders/";
 
 /// The code of the cause that stops the workers once every order has run.
 pub const RUN_COMPLETE: &str = "RUN_COMPLETE";
-
-/// What to run: the example's command-line flags.
-#[derive(Clone, Debug, clap::Parser)]
-#[command(
-    name = "orders",
-    about = "An order pipeline on taskscope: every cancelled order says why, in the output and \
-             in its SQLite audit table."
-)]
-pub struct Config {
-    /// Orders to run.
-    #[arg(long, default_value_t = 300)]
-    pub orders: u64,
-    /// Seed of every random draw (order fates, latencies, backoff jitter).
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Orders in flight at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-    /// Each order's deadline, in milliseconds.
-    #[arg(long, default_value_t = 800)]
-    pub deadline_ms: u64,
-    /// How long the payment gateway may take, in milliseconds.
-    #[arg(long, default_value_t = 250)]
-    pub payment_timeout_ms: u64,
-    /// How long a cancelled order's steps may take to stop before they are aborted, in
-    /// milliseconds.
-    #[arg(long, default_value_t = 150)]
-    pub grace_ms: u64,
-    /// Share of orders for the sold-out SKU (INVENTORY_SHORTAGE).
-    #[arg(long, default_value_t = 0.06)]
-    pub shortage_rate: f64,
-    /// Share of payments declined (PAYMENT_DECLINED).
-    #[arg(long, default_value_t = 0.05)]
-    pub decline_rate: f64,
-    /// Share of payments slower than the payment timeout (PAYMENT_TIMEOUT).
-    #[arg(long, default_value_t = 0.04)]
-    pub slow_payment_rate: f64,
-    /// Share of orders the customer cancels (USER_CANCELLED).
-    #[arg(long, default_value_t = 0.04)]
-    pub user_cancel_rate: f64,
-    /// Share of orders whose inventory worker panics (code `panicked`, kind `task_panicked`).
-    #[arg(long, default_value_t = 0.02)]
-    pub panic_rate: f64,
-    /// Share of orders whose fraud check hangs (ORDER_DEADLINE, then aborted).
-    #[arg(long, default_value_t = 0.01)]
-    pub stuck_rate: f64,
-    /// Chance that one poll of the gateway's health endpoint fails (the poller restarts).
-    #[arg(long, default_value_t = 0.1)]
-    pub gateway_flakiness: f64,
-    /// Stop the run after this many milliseconds, as ctrl-c would (SIGINT cause).
-    #[arg(long)]
-    pub shutdown_after_ms: Option<u64>,
-    /// The SQLite database (replaced if it exists) [default: orders.sqlite3 in the temporary
-    /// directory].
-    #[arg(long)]
-    pub db: Option<PathBuf>,
-    /// The audit log of taskscope-trace, JSON lines [default: orders-audit.jsonl in the
-    /// temporary directory].
-    #[arg(long)]
-    pub audit_log: Option<PathBuf>,
-    /// Print the summary as JSON on stdout, and nothing else there.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        clap::Parser::parse_from(["orders"])
-    }
-}
-
-/// A configuration that cannot run.
-#[derive(Debug)]
-pub struct ConfigError(String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: {}", self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The longest any configured duration may be.
-const MAX_MS: u64 = 3_600_000;
-
-impl Config {
-    /// Checks every flag, so that a bad one is a clear error rather than a strange run.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |message: String| Err(ConfigError(message));
-        if !(1..=1_000_000).contains(&self.orders) {
-            return fail(format!("--orders {} is not in 1..=1000000", self.orders));
-        }
-        if !(1..=10_000).contains(&self.concurrency) {
-            return fail(format!(
-                "--concurrency {} is not in 1..=10000",
-                self.concurrency
-            ));
-        }
-        for (flag, ms, min) in [
-            ("--deadline-ms", self.deadline_ms, 1),
-            ("--payment-timeout-ms", self.payment_timeout_ms, 1),
-            ("--grace-ms", self.grace_ms, 0),
-        ] {
-            if !(min..=MAX_MS).contains(&ms) {
-                return fail(format!("{flag} {ms} is not in {min}..={MAX_MS}"));
-            }
-        }
-        if let Some(ms) = self.shutdown_after_ms
-            && ms > MAX_MS
-        {
-            return fail(format!("--shutdown-after-ms {ms} is over {MAX_MS}"));
-        }
-        let rates = self.rates();
-        for (rate, fate) in rates {
-            if !(0.0..=1.0).contains(&rate) {
-                return fail(format!(
-                    "the rate of {fate:?} orders, {rate}, is not in 0..=1"
-                ));
-            }
-        }
-        let sum: f64 = rates.iter().map(|(rate, _)| rate).sum();
-        if sum > 1.0 + 1e-9 {
-            return fail(format!("the failure rates add up to {sum}, over 1"));
-        }
-        if !(0.0..1.0).contains(&self.gateway_flakiness) {
-            return fail(format!(
-                "--gateway-flakiness {} is not in 0..1",
-                self.gateway_flakiness
-            ));
-        }
-        Ok(())
-    }
-
-    /// The rate of each fate other than [`Fate::Complete`].
-    pub fn rates(&self) -> [(f64, Fate); 6] {
-        [
-            (self.shortage_rate, Fate::Shortage),
-            (self.decline_rate, Fate::Declined),
-            (self.slow_payment_rate, Fate::SlowPayment),
-            (self.user_cancel_rate, Fate::UserCancel),
-            (self.panic_rate, Fate::Panic),
-            (self.stuck_rate, Fate::Stuck),
-        ]
-    }
-
-    /// How long the payment gateway may take.
-    pub fn payment_timeout(&self) -> Duration {
-        Duration::from_millis(self.payment_timeout_ms)
-    }
-
-    fn db_path(&self) -> PathBuf {
-        self.db
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("orders.sqlite3"))
-    }
-
-    fn audit_path(&self) -> PathBuf {
-        self.audit_log
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("orders-audit.jsonl"))
-    }
-}
 
 /// Why a run could not start or finish.
 #[derive(Debug)]
@@ -488,300 +332,4 @@ fn read_latencies(path: &std::path::Path) -> std::io::Result<Vec<u64>> {
     }
     latencies.sort_unstable();
     Ok(latencies)
-}
-
-struct SummaryInput {
-    planned: usize,
-    reports: Vec<OrderReport>,
-    ledger: Ledger,
-    latencies: Vec<u64>,
-    restarts: u32,
-    voided: u64,
-    supervisor_error: Option<String>,
-    stopped_by: Option<String>,
-    audit_write_errors: u64,
-    elapsed: Duration,
-    db: String,
-    audit_log: String,
-}
-
-/// What a run did.
-#[derive(Clone, Debug, Serialize)]
-pub struct Summary {
-    /// Orders planned.
-    pub orders: u64,
-    pub completed: u64,
-    pub cancelled: u64,
-    /// Cancelled orders by cause code.
-    pub cancelled_by_code: BTreeMap<String, u64>,
-    /// Orders that never started: the run was stopped first.
-    pub not_started: u64,
-    /// Order tasks aborted by the intake (their compensation did not finish in time).
-    pub orders_aborted: u64,
-    /// Order tasks that failed (a bug in the pipeline: it panicked).
-    pub orders_failed: u64,
-    /// Orders with no report at all: the intake itself was aborted (a second ctrl-c).
-    pub orders_lost: u64,
-    /// Compensations that ran, units they put back into stock, authorizations voided.
-    pub compensations: u64,
-    pub units_released: u64,
-    pub authorizations_voided: u64,
-    /// Compensations that could not finish.
-    pub compensations_failed: u64,
-    /// Steps aborted after the grace, by name.
-    pub aborted_steps: BTreeMap<String, u64>,
-    /// Order steps a cancellation stopped (that returned its cause), and their time from
-    /// cancel to exit.
-    pub stopped_tasks: u64,
-    pub cancel_to_exit_p50_us: Option<u64>,
-    pub cancel_to_exit_p99_us: Option<u64>,
-    /// Restarts of the gateway poller.
-    pub poller_restarts: u32,
-    /// What stopped the run early, if something did (ctrl-c: `SIGINT (shutdown)`).
-    pub stopped_by: Option<String>,
-    /// The first cancelled order of each cause code: the stories of the run.
-    pub stories: Vec<OrderReport>,
-    /// The database's view, and its invariants.
-    pub ledger: Ledger,
-    /// Audit records that could not be written (should be 0).
-    pub audit_write_errors: u64,
-    /// Why the supervisor reported an error, if it did.
-    pub supervisor_error: Option<String>,
-    pub elapsed_ms: u64,
-    pub db: String,
-    pub audit_log: String,
-}
-
-impl Summary {
-    fn new(input: SummaryInput) -> Summary {
-        let mut reports = input.reports;
-        reports.sort_by_key(|report| report.id);
-        let count = |outcome: &str| reports.iter().filter(|r| r.outcome == outcome).count() as u64;
-        let mut cancelled_by_code = BTreeMap::new();
-        let mut aborted_steps = BTreeMap::new();
-        let mut stories = Vec::new();
-        let (mut compensations, mut units_released, mut compensations_failed) = (0, 0, 0);
-        for report in &reports {
-            if let Some(cause) = &report.cause {
-                let n = cancelled_by_code.entry(cause.code.clone()).or_insert(0);
-                if *n == 0 {
-                    stories.push(report.clone());
-                }
-                *n += 1;
-            }
-            if let Some(compensation) = &report.compensation {
-                compensations += 1;
-                units_released += u64::from(compensation.released);
-                compensations_failed += u64::from(compensation.failed.is_some());
-            }
-            for step in &report.aborted {
-                *aborted_steps.entry(step.clone()).or_insert(0) += 1;
-            }
-        }
-        let latencies = &input.latencies;
-        let percentile = |p: f64| {
-            // Nearest rank.
-            let rank = (p * latencies.len() as f64).ceil() as usize;
-            latencies.get(rank.saturating_sub(1)).copied()
-        };
-        Summary {
-            orders: input.planned as u64,
-            completed: count("completed"),
-            cancelled: count("cancelled"),
-            cancelled_by_code,
-            not_started: count("not_started"),
-            orders_aborted: count("aborted"),
-            orders_failed: count("failed"),
-            orders_lost: (input.planned as u64).saturating_sub(reports.len() as u64),
-            compensations,
-            units_released,
-            authorizations_voided: input.voided,
-            compensations_failed,
-            aborted_steps,
-            stopped_tasks: latencies.len() as u64,
-            cancel_to_exit_p50_us: percentile(0.50),
-            cancel_to_exit_p99_us: percentile(0.99),
-            poller_restarts: input.restarts,
-            stopped_by: input.stopped_by,
-            stories,
-            ledger: input.ledger,
-            audit_write_errors: input.audit_write_errors,
-            supervisor_error: input.supervisor_error,
-            elapsed_ms: u64::try_from(input.elapsed.as_millis()).unwrap_or(u64::MAX),
-            db: input.db,
-            audit_log: input.audit_log,
-        }
-    }
-
-    /// Whether the run kept every promise: invariants hold, every order is accounted for,
-    /// nothing was lost.
-    pub fn is_consistent(&self) -> bool {
-        self.broken_promises().is_empty()
-    }
-
-    /// What did not add up, in words; empty when everything did.
-    pub fn broken_promises(&self) -> Vec<String> {
-        let mut broken = self.ledger.violations.clone();
-        let mut check = |ok: bool, what: String| {
-            if !ok {
-                broken.push(what);
-            }
-        };
-        check(
-            self.ledger.completed == self.completed,
-            format!(
-                "{} orders completed, the database says {}",
-                self.completed, self.ledger.completed
-            ),
-        );
-        // An order task aborted while compensating may still have closed its order: its
-        // transaction runs to its end on the blocking pool.
-        check(
-            (self.cancelled..=self.cancelled + self.orders_aborted)
-                .contains(&self.ledger.cancelled),
-            format!(
-                "{} orders cancelled ({} aborted), the database says {}",
-                self.cancelled, self.orders_aborted, self.ledger.cancelled
-            ),
-        );
-        check(
-            self.ledger.audit_rows == self.ledger.cancelled,
-            format!(
-                "{} audit rows for {} cancelled orders",
-                self.ledger.audit_rows, self.ledger.cancelled
-            ),
-        );
-        check(
-            self.orders_lost == 0 && self.orders_failed == 0,
-            format!(
-                "{} orders without a report, {} order tasks failed",
-                self.orders_lost, self.orders_failed
-            ),
-        );
-        check(
-            self.compensations_failed == 0,
-            format!("{} compensations did not finish", self.compensations_failed),
-        );
-        check(
-            self.audit_write_errors == 0,
-            format!("{} audit records not written", self.audit_write_errors),
-        );
-        broken
-    }
-}
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = |us: Option<u64>| {
-            us.map_or("-".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0))
-        };
-        writeln!(
-            f,
-            "orders                  {:>6}   in {:.1} s",
-            self.orders,
-            self.elapsed_ms as f64 / 1000.0
-        )?;
-        writeln!(f, "completed               {:>6}", self.completed)?;
-        writeln!(f, "cancelled               {:>6}", self.cancelled)?;
-        for (code, n) in &self.cancelled_by_code {
-            writeln!(f, "  {code:<22}{n:>6}")?;
-        }
-        if self.not_started > 0 || self.stopped_by.is_some() {
-            writeln!(f, "not started             {:>6}", self.not_started)?;
-        }
-        if self.orders_aborted > 0 {
-            writeln!(f, "orders aborted          {:>6}", self.orders_aborted)?;
-        }
-        if self.orders_lost > 0 {
-            writeln!(
-                f,
-                "orders lost             {:>6}   (the intake was aborted)",
-                self.orders_lost
-            )?;
-        }
-        writeln!(
-            f,
-            "compensations           {:>6}   {} units back in stock, {} authorizations voided",
-            self.compensations, self.units_released, self.authorizations_voided
-        )?;
-        let aborted: u64 = self.aborted_steps.values().sum();
-        write!(f, "aborted tasks           {aborted:>6}")?;
-        for (step, n) in &self.aborted_steps {
-            write!(f, "   {step} x{n}")?;
-        }
-        writeln!(f)?;
-        writeln!(
-            f,
-            "cancel -> exit latency  p50 {}, p99 {}   over {} stopped tasks",
-            ms(self.cancel_to_exit_p50_us),
-            ms(self.cancel_to_exit_p99_us),
-            self.stopped_tasks
-        )?;
-        writeln!(f, "gateway poller restarts {:>6}", self.poller_restarts)?;
-        if let Some(stopped_by) = &self.stopped_by {
-            writeln!(f, "stopped early by        {stopped_by}")?;
-        }
-        if let Some(error) = &self.supervisor_error {
-            writeln!(f, "supervisor              {error}")?;
-        }
-        writeln!(f)?;
-        writeln!(f, "one story per cause:")?;
-        for story in &self.stories {
-            let cause = story.cause.as_ref().expect("stories are cancelled orders");
-            writeln!(
-                f,
-                "  order-{:<5} {} ({}), set by {}",
-                story.id,
-                cause.code,
-                cause.kind,
-                cause.origin.as_deref().unwrap_or("-")
-            )?;
-            if let Some(detail) = &cause.detail {
-                writeln!(f, "               {detail}")?;
-            }
-            if let Some(compensation) = &story.compensation {
-                writeln!(
-                    f,
-                    "               compensated: {} units released, authorization {}",
-                    compensation.released,
-                    if compensation.voided {
-                        "voided"
-                    } else {
-                        "none"
-                    }
-                )?;
-            }
-            if !story.aborted.is_empty() {
-                writeln!(
-                    f,
-                    "               aborted after the grace: {}",
-                    story.aborted.join(", ")
-                )?;
-            }
-        }
-        writeln!(f)?;
-        if self.is_consistent() {
-            writeln!(
-                f,
-                "invariants hold: stock + held + sold == initial stock for every SKU, no \
-                 reservation left for a closed order, {} cancelled orders with one audit row each",
-                self.cancelled
-            )?;
-        } else {
-            writeln!(f, "INVARIANTS BROKEN:")?;
-            for broken in self.broken_promises() {
-                writeln!(f, "  {broken}")?;
-            }
-        }
-        writeln!(
-            f,
-            "database:  {}   (table audit: one row per cancelled order)",
-            self.db
-        )?;
-        write!(
-            f,
-            "audit log: {}   (taskscope-trace records, JSON lines)",
-            self.audit_log
-        )
-    }
 }
