@@ -133,6 +133,15 @@ impl KeptKey {
     }
 }
 
+/// A running task's entry in `kept`, at `at`; made now if it has none yet (invariant 2).
+fn kept_entry<'a>(
+    kept: &'a mut Slab<Watched>,
+    at: &mut Option<KeptKey>,
+) -> Option<&'a mut Watched> {
+    let at = at.get_or_insert_with(|| KeptKey::new(kept.insert(Watched::default())));
+    kept.get_mut(at.get())
+}
+
 type PanicPayload = Box<dyn Any + Send + 'static>;
 
 struct Record<T, E> {
@@ -863,8 +872,7 @@ where
                 else {
                     continue;
                 };
-                let at = at.get_or_insert_with(|| KeptKey::new(kept.insert(Watched::default())));
-                let Some(watched) = kept.get_mut(at.get()) else {
+                let Some(watched) = kept_entry(kept, at) else {
                     continue;
                 };
                 if !watched.reported_slow {
@@ -1085,10 +1093,7 @@ impl<T, E> State<T, E> {
                         kept: at,
                         ..
                     },
-            }) if info.id == id => {
-                let at = at.get_or_insert_with(|| KeptKey::new(kept.insert(Watched::default())));
-                kept.get_mut(at.get())
-            }
+            }) if info.id == id => kept_entry(kept, at),
             _ => None,
         }
     }
