@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use taskscope::Cause;
 use tokio::time::sleep;
 
+use super::lock;
 use super::plan::{Fate, OrderPlan};
 
 /// The code of a declined payment.
@@ -100,11 +101,7 @@ impl Gateway {
     pub async fn health(&self) -> Result<(), Unavailable> {
         sleep(Duration::from_millis(5)).await;
         let failed = {
-            let mut rng = self
-                .inner
-                .health
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut rng = lock(&self.inner.health);
             rng.random::<f64>() < self.inner.health_failure_rate
         };
         if failed {

@@ -29,7 +29,7 @@ use std::fmt;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use taskscope::{
@@ -46,6 +46,12 @@ use pipeline::{Ctx, OrderReport};
 use plan::OrderPlan;
 use store::Store;
 use summary::SummaryInput;
+
+/// Locks `mutex`, whether or not a panicking holder poisoned it: every value the shop keeps
+/// under a lock stays valid at each step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Where the order steps' scopes are.
 const STEPS: &str = "shop/workers/intake/orders/";
@@ -88,7 +94,6 @@ impl std::error::Error for Error {
 pub struct Running {
     supervisor: Supervisor,
     ctx: Arc<Ctx>,
-    root: Scope,
     plans: usize,
     reports: Arc<Mutex<Vec<OrderReport>>>,
     intake_done: watch::Receiver<bool>,
@@ -166,7 +171,6 @@ pub fn start(
     Ok(Running {
         supervisor,
         ctx,
-        root,
         plans: plans.len(),
         reports,
         intake_done,
@@ -216,8 +220,7 @@ impl Running {
         let stopped = self.supervisor.join().await;
         let snapshot = handle.snapshot();
         let elapsed = self.started.elapsed();
-        let reports =
-            std::mem::take(&mut *self.reports.lock().unwrap_or_else(PoisonError::into_inner));
+        let reports = std::mem::take(&mut *lock(&self.reports));
         let db = self.ctx.store.path().to_owned();
         let ledger = self.ctx.store.check().await.map_err(|e| Error::Db(db, e))?;
         let latencies = read_latencies(&self.audit_path)
@@ -227,7 +230,6 @@ impl Running {
             .cause()
             .filter(|cause| cause.code() != RUN_COMPLETE)
             .map(|cause| format!("{} ({})", cause.code(), cause.kind().as_str()));
-        drop(self.root);
         Ok(Summary::new(SummaryInput {
             planned: self.plans,
             reports,
@@ -292,10 +294,7 @@ async fn intake(
             },
         };
         progress(&report);
-        reports
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(report);
+        lock(reports).push(report);
     }
 }
 

@@ -1,7 +1,7 @@
 //! One order: validate, then reserve ∥ charge ∥ fraud-check as a task group under the order's
 //! deadline, then confirm; on any cancellation, compensate in a detached scope that knows why.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,6 +10,7 @@ use taskscope_select::{FutureExt, ScopeExt};
 use tokio::time::sleep;
 
 use super::gateway::Gateway;
+use super::lock;
 use super::plan::{Fate, OrderPlan};
 use super::store::{Cancelled, Store};
 
@@ -145,10 +146,7 @@ pub async fn run_order(ctx: Arc<Ctx>, scope: Scope, plan: OrderPlan) -> OrderRep
         }
         Err(failure) => failure,
     };
-    let authorization = authorization
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
+    let authorization = lock(&authorization).take();
     let (cause, compensation) =
         compensate(&ctx, &failure.scope, &order, &plan, authorization).await;
     OrderReport {
@@ -221,7 +219,7 @@ async fn checkout(
                 .timeout_with_cause(timeout, too_slow)
                 .or_cancel(&scope)
                 .await???;
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(auth);
+            *lock(&slot) = Some(auth);
             Ok(Step::Authorized)
         }
     });
@@ -262,9 +260,7 @@ async fn checkout(
         }
     }
 
-    let auth = authorization
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    let auth = lock(authorization)
         .clone()
         .expect("the charge step authorized");
     ctx.store

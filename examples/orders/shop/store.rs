@@ -17,13 +17,15 @@
 //! has closed the order, a late reservation or confirmation finds it closed and rolls back.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{
     Connection, ErrorCode, InterruptHandle, OptionalExtension, Transaction, TransactionBehavior,
 };
 use taskscope::{Cause, Scope};
+
+use super::lock;
 
 /// The schema: what the invariants of [`Store::check`] are about.
 const SCHEMA: &str = "
@@ -139,6 +141,10 @@ impl Store {
 
     /// The *validate* step: the SKU exists and the quantity is sane; the order is recorded as
     /// open.
+    ///
+    /// # Cancel safety
+    ///
+    /// As every transaction here: dropping the future does not stop it (see `transaction`).
     pub async fn open_order(
         &self,
         scope: &Scope,
@@ -170,6 +176,10 @@ impl Store {
 
     /// Reserves the order's units, or fails with an [`INVENTORY_SHORTAGE`] cause saying what is
     /// left.
+    ///
+    /// # Cancel safety
+    ///
+    /// As every transaction here: dropping the future does not stop it (see `transaction`).
     pub async fn reserve(&self, scope: &Scope, id: i64) -> Result<(), Cause> {
         self.transaction(scope, move |tx| {
             let Some((sku, qty)) = open_order(tx, id)? else {
@@ -203,6 +213,10 @@ impl Store {
 
     /// The *confirm* step: the reservation is committed (the units are sold) and the order
     /// completed with the payment's authorization.
+    ///
+    /// # Cancel safety
+    ///
+    /// As every transaction here: dropping the future does not stop it (see `transaction`).
     pub async fn confirm(
         &self,
         scope: &Scope,
@@ -240,6 +254,10 @@ impl Store {
     /// compensated) is left alone: `Ok(None)`.
     ///
     /// `scope` bounds the transaction: the compensation's own scope, not the cancelled order's.
+    ///
+    /// # Cancel safety
+    ///
+    /// As every transaction here: dropping the future does not stop it (see `transaction`).
     pub async fn compensate(
         &self,
         scope: &Scope,
@@ -325,10 +343,15 @@ impl Store {
     /// 3. every cancelled order has exactly one audit row, and no other order has one;
     /// 4. every completed order has a committed reservation and an authorization;
     /// 5. no order is left open.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the check running to its end on the blocking pool; it
+    /// changes nothing.
     pub async fn check(&self) -> Result<Ledger, rusqlite::Error> {
         let conn = self.conn.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let conn = lock(&conn);
             ledger(&conn)
         })
         .await;
@@ -355,7 +378,7 @@ impl Store {
         let mut done = tokio::task::spawn_blocking({
             let (conn, scope, armed) = (self.conn.clone(), scope.clone(), armed.clone());
             move || {
-                let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut conn = lock(&conn);
                 scope.check()?;
                 *lock(&armed) = Some(conn.get_interrupt_handle());
                 let result = run(&mut conn, &scope, work);
@@ -376,10 +399,6 @@ impl Store {
         };
         done.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One transaction: dropped (rolled back) on any error, committed only if `scope` is still live.
