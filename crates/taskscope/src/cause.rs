@@ -5,10 +5,12 @@ use std::borrow::Cow;
 use std::error::Error;
 use std::fmt;
 use std::panic::{RefUnwindSafe, UnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use tokio::time::Instant;
+
+use crate::path::{self, PathLink};
 
 #[cfg(feature = "serde")]
 mod record;
@@ -68,7 +70,7 @@ struct Inner {
     code: Cow<'static, str>,
     detail: Option<Cow<'static, str>>,
     source: Option<Arc<dyn Payload>>,
-    origin: Option<Arc<str>>,
+    origin: Option<Origin>,
     at: Option<SystemTime>,
     /// `at` on tokio's clock, for measuring how long tasks take to stop; not serialised.
     instant: Option<Instant>,
@@ -287,8 +289,11 @@ impl Cause {
 
     /// The path of the scope this cause cancelled first (`"orders/reserve"`), once it has
     /// cancelled one. For a deadline, the scope that owns the deadline.
+    ///
+    /// A cancellation only links the cause to the scope's path; the string is built on the first
+    /// call, and kept.
     pub fn origin(&self) -> Option<&str> {
-        self.inner.origin.as_deref()
+        self.inner.origin.as_ref().map(Origin::as_str)
     }
 
     /// When the cancellation happened, once it has happened. For a deadline, the deadline
@@ -340,7 +345,7 @@ impl Cause {
     }
 
     /// Sets the origin, unless the cause already has one.
-    pub(crate) fn with_origin(mut self, origin: Option<Arc<str>>) -> Cause {
+    pub(crate) fn with_origin(mut self, origin: Option<Origin>) -> Cause {
         if self.inner.origin.is_none() && origin.is_some() {
             self.inner_mut().origin = origin;
         }
@@ -355,7 +360,7 @@ impl Cause {
     /// cause passed on from elsewhere keeps its first origin).
     pub(crate) fn stamped(
         mut self,
-        origin: impl FnOnce() -> Option<Arc<str>>,
+        origin: impl FnOnce() -> Option<Origin>,
         at: (SystemTime, Instant),
         location: &'static std::panic::Location<'static>,
     ) -> Cause {
@@ -426,7 +431,7 @@ impl fmt::Debug for Cause {
             debug.field("source", source);
         }
         if let Some(origin) = &inner.origin {
-            debug.field("origin", origin);
+            debug.field("origin", &origin.as_str());
         }
         if let Some(at) = &inner.at {
             debug.field("at", at);
@@ -441,6 +446,36 @@ impl fmt::Debug for Cause {
 impl Error for Cause {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         self.inner.source.as_deref()?.as_error()
+    }
+}
+
+/// Where a cause was set: a scope's path, rendered when first read.
+#[derive(Clone, Debug)]
+pub(crate) enum Origin {
+    /// A path that is text already: decoded from a record, or built from names by hand.
+    Text(Arc<str>),
+    /// A scope's path, and its rendering once someone asked for it.
+    Path(Arc<PathLink>, OnceLock<Box<str>>),
+}
+
+impl Origin {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Origin::Text(text) => text,
+            Origin::Path(link, text) => text.get_or_init(|| path::render(link).into()),
+        }
+    }
+}
+
+impl From<Arc<PathLink>> for Origin {
+    fn from(link: Arc<PathLink>) -> Origin {
+        Origin::Path(link, OnceLock::new())
+    }
+}
+
+impl From<Arc<str>> for Origin {
+    fn from(text: Arc<str>) -> Origin {
+        Origin::Text(text)
     }
 }
 

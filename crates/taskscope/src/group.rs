@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::node::Name;
+use crate::path::Name;
 use crate::{CancelledOwned, Cause, CauseKind, Scope};
 use shared::{Admitted, Shared};
 pub(crate) use shared::{Config, failure_cause};

@@ -61,6 +61,7 @@ mod group;
 mod node;
 pub mod observe;
 mod on_cancel;
+mod path;
 mod scope;
 mod slab;
 mod supervisor;

@@ -4,33 +4,50 @@
 //! holds its children weakly, so dropping the last handle of a leaf frees it and unlinks it from
 //! its parent, and an inner node lives exactly as long as a handle or a descendant needs it.
 //!
+//! There is no lock per tree: every lock and every latch below belongs to one node or to one
+//! cancellation, so cancellations of disjoint subtrees touch no memory in common.
+//!
 //! Invariants:
 //!
-//! 1. A node's cause is set at most once, under its `state` lock; `cancelled` is set (Release)
-//!    right after and never cleared. A set cause is final ("first cause wins").
-//! 2. A node whose cause is set has no linked children and no listeners: cancelling drains both
-//!    under the same lock that sets the cause, and nothing is linked or registered afterwards
-//!    (a child made then is born cancelled; a waiter or callback made then fires at once).
-//!    Slab keys are therefore only ever freed by their owner or by that drain, never reused
-//!    behind an owner's back. The one move, compacting a sparse children slab, happens under
-//!    the parent's lock, only to children it can upgrade (so not to one being dropped), and
-//!    updates the child's `slot` there; a child reads its `slot` only once it is being dropped.
-//! 3. Every cancellation in a tree runs under the tree lock of the tree's root (a root or a
-//!    detached scope), from marking the first node to marking the last descendant. So
-//!    cancellations of one tree are totally ordered, a cancellation that loses a race returns
-//!    only once the winner has marked the whole subtree, and every scope of the tree agrees on
-//!    one winner.
-//! 4. Lock order is tree lock, then one node lock at a time. No user code (callbacks, wakers,
-//!    `Drop` of user values such as a cause's source error) runs while any of these locks is
-//!    held: a cancellation releases the references it took only after releasing its locks.
+//! 1. A node's cause is set at most once, under its `state` lock (the state turns from `Live`
+//!    to `Cancelled`); `cancelled` is set (Release) right after and never cleared. A set cause
+//!    is final ("first cause wins"), so every thread agrees on each node's winner.
+//! 2. A cancelled node has no linked children and no listeners: `State::Cancelled` has no room
+//!    for them. Setting the cause takes them out in the same critical section, and nothing is
+//!    linked or registered afterwards (a child made then is born cancelled; a waiter or callback
+//!    made then fires at once). Slab keys are therefore only ever freed by their owner or by that
+//!    drain, never reused behind an owner's back. The one move, compacting a sparse children
+//!    slab, happens under the parent's lock, only to children it can upgrade (so not to one
+//!    being dropped), and updates the child's `slot` there; a child reads its `slot` only once
+//!    it is being dropped.
+//! 3. A cancellation marks its subtree from the top, holding one node lock at a time. Each node
+//!    is marked by exactly one cancellation (invariant 1), which also takes its children, so the
+//!    nodes a cancellation marks form a connected region hanging from the node it started at,
+//!    and a node it finds already marked (and that node's subtree) belong to another one. A
+//!    cancellation that takes children out of a node leaves its [`Latch`] in the node, and opens
+//!    it once its region is marked *and* every cancellation whose latch it found below its
+//!    region is done. A cancellation that finds a node already marked waits on that node's latch
+//!    before it returns (the node had no children if it has none). So a cancellation that loses,
+//!    at its own node or below it, returns only once the whole subtree is marked. A cancellation
+//!    waits only on one that marked a node at or below its own starting node, and one that lost
+//!    at its starting node marks nothing that anyone waits on: waits never form a cycle.
+//! 4. No thread holds two node locks, nor a node lock while it waits on a latch. No user code
+//!    (callbacks, wakers, `Drop` of user values such as a cause's source error, observers) runs
+//!    while a node lock is held or before the cancellation's own latch is open (that code may
+//!    cancel a scope of the region and wait on the latch): a cancellation releases the
+//!    references it took, wakes and calls back only after opening its latch.
 //! 5. A node's effective deadline is fixed at creation: the earliest of its own and its
 //!    parent's (the parent's on a tie), with that deadline's cause. So a node's deadline is never
 //!    later than any ancestor's, up to the nearest detached scope.
-//! 6. Deadlines are observed lazily and ordered by time, not by observation: whenever a
-//!    cancellation reaches a node at time `t` (including a deadline being observed), the node
-//!    takes its deadline's cause instead if that deadline is `<= t`. Observing a passed deadline
-//!    from any node that has it cancels the deadline's owner. Nothing runs in the background; a
-//!    waiting `Cancelled` future holds the only timer, released when it resolves or is dropped.
+//! 6. Deadlines are observed lazily and ordered by time, not by observation: a cancellation reads
+//!    the clock once, before any lock, and whenever it reaches a node at that time `t`
+//!    (including a deadline being observed), the node takes its deadline's cause instead if that
+//!    deadline is `<= t`. Observing a passed deadline from any node that has it cancels the
+//!    deadline's owner. Nothing runs in the background; a waiting `Cancelled` future holds the
+//!    only timer, released when it resolves or is dropped.
+//! 7. Nothing walks up the tree on a hot path: a node's path is one link away
+//!    ([`PathLink`]), its deadline is its own field, and a cause names its origin by a link,
+//!    rendered when read.
 
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
@@ -40,9 +57,11 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use crate::cause::Origin;
 use crate::observe::{self, CancelLost, Observer, ScopeCancelled};
+use crate::path::{self, PathLink};
 use crate::slab::{self, Slab};
-use crate::sync::{AtomicBool, AtomicU32, Mutex, Ordering, lock};
+use crate::sync::{AtomicBool, AtomicU32, Condvar, Mutex, Ordering, lock};
 use crate::{Cause, ScopePath};
 
 /// A callback registered with [`Scope::on_cancel`](crate::Scope::on_cancel).
@@ -51,24 +70,21 @@ pub(crate) type Callback = Box<dyn FnOnce(&Cause) + Send + 'static>;
 /// `Node::slot` of a node that is not linked into its parent's children.
 pub(crate) const UNLINKED: u32 = u32::MAX;
 
-/// The listener key of `State::waker`.
+/// The listener key of `Live::waker`.
 const INLINE_WAKER: usize = usize::MAX;
 
 pub(crate) struct Node {
-    /// Mirrors `state.cause.is_some()` for lock-free reads (invariant 1).
+    /// Mirrors whether `state` is `Cancelled`, for lock-free reads (invariant 1).
     cancelled: AtomicBool,
-    state: Mutex<State>,
-    /// Serialises cancellations of the tree this node is the root of (invariant 3); unused on
-    /// nodes that are not tree roots.
-    tree_lock: Mutex<()>,
-    parent: Option<Arc<Node>>,
-    /// Key of this node in `parent.state.children`, or `UNLINKED`. Written once, under the
+    detached: bool,
+    /// Key of this node in its parent's children, or `UNLINKED`. Written once, under the
     /// parent's lock, before anyone but the parent can see the node; read under that lock.
     slot: AtomicU32,
-    detached: bool,
-    /// This scope's own path segment. Full paths are built on demand by walking up, so making a
-    /// scope never copies its ancestors' names.
-    name: Option<Name>,
+    state: Mutex<State>,
+    parent: Option<Arc<Node>>,
+    /// This scope's path: its own link if it is named, else its nearest named ancestor's
+    /// (invariant 7).
+    path: Option<Arc<PathLink>>,
     deadline: Option<Arc<Deadline>>,
     /// Inherited from the parent (detached or not) unless the scope was built with its own.
     /// A thin pointer: every scope has this field, few install an observer.
@@ -83,35 +99,19 @@ struct Installed(Arc<dyn Observer>);
 impl std::panic::UnwindSafe for Node {}
 impl std::panic::RefUnwindSafe for Node {}
 
-/// A scope's or a task's name: borrowed when it is a literal, shared otherwise.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Name {
-    Static(&'static str),
-    Shared(Arc<str>),
+enum State {
+    Live(Live),
+    Cancelled {
+        cause: Cause,
+        /// The latch of the cancellation that took this node's children, if it had any
+        /// (invariant 3).
+        latch: Option<Arc<Latch>>,
+    },
 }
 
-impl std::ops::Deref for Name {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        match self {
-            Name::Static(name) => name,
-            Name::Shared(name) => name,
-        }
-    }
-}
-
-impl From<std::borrow::Cow<'static, str>> for Name {
-    fn from(name: std::borrow::Cow<'static, str>) -> Name {
-        match name {
-            std::borrow::Cow::Borrowed(name) => Name::Static(name),
-            std::borrow::Cow::Owned(name) => Name::Shared(Arc::from(name)),
-        }
-    }
-}
-
-pub(crate) struct State {
-    cause: Option<Cause>,
+/// What a node holds until it is cancelled (invariant 2).
+#[derive(Default)]
+struct Live {
     children: Slab<Weak<Node>>,
     /// The first waiting task, inline: the common case of one waiter per scope costs no
     /// allocation, and cancelling it touches no other memory.
@@ -134,11 +134,54 @@ pub(crate) struct Deadline {
     owner: Weak<Node>,
 }
 
+/// Opens once a cancellation's region, and every region below it that it found in progress,
+/// is marked (invariant 3). One per cancellation that takes children out of a node; none for
+/// the cancellation of a leaf.
+pub(crate) struct Latch {
+    open: AtomicBool,
+    lock: Mutex<()>,
+    opened: Condvar,
+}
+
+impl Latch {
+    fn new() -> Latch {
+        Latch {
+            open: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            opened: Condvar::new(),
+        }
+    }
+
+    fn open(&self) {
+        // Under the lock, so a waiter that has seen it closed is already waiting on `opened`.
+        let guard = lock(&self.lock);
+        // Release: a waiter that sees it open sees every node of the region marked.
+        self.open.store(true, Ordering::Release);
+        drop(guard);
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        // Acquire: pairs with `open`. A latch stays in the nodes of its region, so most waits
+        // find it long open and touch nothing but this flag.
+        if self.open.load(Ordering::Acquire) {
+            return;
+        }
+        let mut guard = lock(&self.lock);
+        while !self.open.load(Ordering::Acquire) {
+            guard = self
+                .opened
+                .wait(guard)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
 impl Node {
     pub(crate) fn new(
         parent: Option<&Arc<Node>>,
         detached: bool,
-        name: Option<Name>,
+        path: Option<Arc<PathLink>>,
         own_deadline: Option<(Instant, Cause)>,
         observer: Option<Arc<dyn Observer>>,
     ) -> Arc<Node> {
@@ -148,17 +191,11 @@ impl Node {
         let own_deadline = own_deadline.filter(|(at, _)| inherited.is_none_or(|i| *at < i.at));
         let node = Arc::new_cyclic(|owner| Node {
             cancelled: AtomicBool::new(false),
-            state: Mutex::new(State {
-                cause: None,
-                children: Slab::new(),
-                waker: None,
-                listeners: None,
-            }),
-            tree_lock: Mutex::new(()),
-            parent: parent.cloned(),
-            slot: AtomicU32::new(UNLINKED),
             detached,
-            name,
+            slot: AtomicU32::new(UNLINKED),
+            state: Mutex::new(State::Live(Live::default())),
+            parent: parent.cloned(),
+            path,
             deadline: match own_deadline {
                 Some((at, cause)) => Some(Arc::new(Deadline {
                     at,
@@ -176,48 +213,41 @@ impl Node {
             return node;
         };
         let mut parent_state = lock(&parent.state);
-        match parent_state.cause.clone() {
-            None => {
-                let key = parent_state.children.insert(Arc::downgrade(&node));
+        match &mut *parent_state {
+            State::Live(live) => {
+                let key = live.children.insert(Arc::downgrade(&node));
                 node.slot.store(slab::index(key), Ordering::Relaxed);
             }
-            Some(cause) => {
+            State::Cancelled { cause, .. } => {
+                let cause = cause.clone();
                 drop(parent_state);
-                // Born cancelled with the parent's cause. Nobody else can see the node yet, so
-                // this needs no tree lock.
-                lock(&node.state).cause = Some(cause);
+                // Born cancelled with the parent's cause, and with no children to wait for.
+                // Nobody else can see the node yet.
+                *lock(&node.state) = State::Cancelled { cause, latch: None };
                 node.cancelled.store(true, Ordering::Release);
             }
         }
         node
     }
 
+    /// The path of a child of this node named `name` (or unnamed).
+    pub(crate) fn child_path(&self, name: Option<crate::path::Name>) -> Option<Arc<PathLink>> {
+        PathLink::child(self.path.as_ref(), name)
+    }
+
+    /// This node's path, for a cause's origin; `None` when neither it nor an ancestor is named.
+    pub(crate) fn origin(&self) -> Option<Origin> {
+        self.path.clone().map(Origin::from)
+    }
+
     /// The names of this node and its ancestors, innermost first.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::successors(Some(self), |node| node.parent.as_deref())
-            .filter_map(|node| node.name.as_deref())
-            .filter(|name| !name.is_empty())
+        self.path.iter().flat_map(|path| path.names())
     }
 
     /// Writes this node's path: its and its ancestors' names, outermost first, joined by `/`.
     pub(crate) fn write_path(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        let mut names: Vec<&str> = self.names().collect();
-        names.reverse();
-        for (i, name) in names.iter().enumerate() {
-            if i > 0 {
-                out.write_char('/')?;
-            }
-            out.write_str(name)?;
-        }
-        Ok(())
-    }
-
-    /// This node's path, built now; `None` when neither it nor an ancestor is named.
-    pub(crate) fn path(&self) -> Option<Arc<str>> {
-        let mut path = String::new();
-        self.write_path(&mut path)
-            .expect("writing to a String cannot fail");
-        (!path.is_empty()).then(|| Arc::from(path))
+        path::write(self.path.as_deref(), out)
     }
 
     pub(crate) fn parent(&self) -> Option<&Arc<Node>> {
@@ -237,7 +267,10 @@ impl Node {
     }
 
     pub(crate) fn live_children(&self) -> usize {
-        lock(&self.state).children.len()
+        match &*lock(&self.state) {
+            State::Live(live) => live.children.len(),
+            State::Cancelled { .. } => 0,
+        }
     }
 
     /// Whether this node's cause is set, without observing its deadline.
@@ -261,7 +294,10 @@ impl Node {
 
     /// The cause as recorded, without observing the deadline.
     pub(crate) fn recorded_cause(&self) -> Option<Cause> {
-        lock(&self.state).cause.clone()
+        match &*lock(&self.state) {
+            State::Live(_) => None,
+            State::Cancelled { cause, .. } => Some(cause.clone()),
+        }
     }
 
     /// Cancels this node now if its deadline has passed; returns whether it did or already was.
@@ -283,6 +319,9 @@ impl Node {
     /// Cancels this node and its subtree with `cause`; returns whether `cause` is the one this
     /// node ended up with, and the first panic of a callback or waker, if any.
     pub(crate) fn cancel(&self, cause: Cause, location: &'static Location<'static>) -> Cancel {
+        // The one reading of the clock that orders this cancellation against every deadline it
+        // meets (invariant 6), taken with the cause's stamp before any lock.
+        let now = Instant::now();
         // A deadline of this node that has passed came first (invariant 6): it cancels its
         // owner, whose whole subtree and callbacks see it, and `cause` then loses to it. (The
         // owner's own cancellation is that deadline: no further look.)
@@ -290,41 +329,45 @@ impl Node {
         if let Some(deadline) = &self.deadline
             && !deadline.cause.ptr_eq(&cause)
             && !self.is_marked()
-            && deadline.at <= Instant::now()
+            && deadline.at <= now
         {
             let owner = deadline.owner.upgrade();
             let target = owner.as_deref().unwrap_or(self);
             first_panic = target.cancel(deadline.cause.clone(), location).panic;
         }
-        let mut fired = Fired::default();
-        let (cause, marked) = {
-            let root = self.tree_root();
-            let _tree = lock(&root.tree_lock);
-            // Taken under the tree lock, so the time order of cancellations is their lock order.
-            let now = Instant::now();
-            let cause = cause.stamped(|| self.path(), (SystemTime::now(), now), location);
-            let marked = self.mark(&cause, now, &mut fired);
-            // Descendants, iteratively (trees may be 100 000 deep), each visited once: upgraded,
-            // marked and released while its memory is hot.
-            while let Some(child) = fired.pending.pop() {
-                let Some(child) = child.upgrade() else {
-                    continue;
-                };
-                let marked = child.mark(&cause, now, &mut fired);
+        let cause = cause.stamped(|| self.origin(), (SystemTime::now(), now), location);
+        let mut walk = Walk::default();
+        let marked = self.mark(&cause, now, &mut walk);
+        if let Err((_, Some(latch))) = &marked {
+            walk.waits.push(latch.clone());
+        }
+        // Descendants, iteratively (trees may be 100 000 deep), each visited once: upgraded,
+        // marked and kept until the latch is open (invariant 4).
+        while let Some(child) = walk.pending.pop() {
+            let Some(child) = child.upgrade() else {
+                continue;
+            };
+            match child.mark(&cause, now, &mut walk) {
                 // A descendant whose own deadline had passed takes that instead (invariant 6):
                 // a cancellation of its own, reported as one.
-                if let Ok(own) = marked
-                    && child.observer.is_some()
-                    && !own.ptr_eq(&cause)
-                    && child.owns_deadline()
+                Ok(own)
+                    if child.observer.is_some() && !own.ptr_eq(&cause) && child.owns_deadline() =>
                 {
-                    fired.deadlines.push((child.clone(), own));
+                    walk.deadlines.push((child.clone(), own));
                 }
-                // Released once the locks are: ours may be the last reference (invariant 4).
-                fired.taken.push(child);
+                Ok(_) | Err((_, None)) => {}
+                // Another cancellation got here first; its subtree is its own (invariant 3).
+                Err((_, Some(latch))) => walk.waits.push(latch),
             }
-            (cause, marked)
-        };
+            walk.taken.push(child);
+        }
+        for latch in mem::take(&mut walk.waits) {
+            latch.wait();
+        }
+        if let Some(latch) = walk.latch.take() {
+            latch.open();
+        }
+        let marked = marked.map_err(|(current, _)| current);
         let won = marked.as_ref().is_ok_and(|marked| marked.ptr_eq(&cause));
         // Before the callbacks, so that what they cause is reported after the cancellation. The
         // very cause losing to itself (a deadline noticed twice at once) is no news.
@@ -343,50 +386,69 @@ impl Node {
                 }),
             });
         }
-        for (node, own) in mem::take(&mut fired.deadlines) {
+        for (node, own) in mem::take(&mut walk.deadlines) {
             if let Some(observer) = node.observer() {
                 let scope = ScopePath::of(&node);
                 observe::notify(observer, |o| {
                     o.scope_cancelled(&ScopeCancelled { scope, cause: &own })
                 });
             }
-            fired.taken.push(node);
+            walk.taken.push(node);
         }
-        let panic = fired.run();
+        let panic = walk.run();
         Cancel {
             won,
             panic: first_panic.or(panic),
         }
     }
 
-    /// Sets this node's cause (its passed deadline's, or `cause`) unless it has one; moves its
-    /// children, wakers and callbacks into `fired`. Returns the cause it set, or the one it had.
-    fn mark(&self, cause: &Cause, now: Instant, fired: &mut Fired) -> Result<Cause, Cause> {
-        let mut state = lock(&self.state);
-        if let Some(current) = &state.cause {
-            return Err(current.clone());
-        }
+    /// Sets this node's cause (its passed deadline's, or `cause`) unless it has one, and moves
+    /// its children, wakers and callbacks into `walk`. Returns the cause it set, or the one it
+    /// had with the latch of whoever set it.
+    fn mark(
+        &self,
+        cause: &Cause,
+        now: Instant,
+        walk: &mut Walk,
+    ) -> Result<Cause, (Cause, Option<Arc<Latch>>)> {
         let cause = match &self.deadline {
-            Some(deadline) if deadline.at <= now => deadline.cause.clone(),
-            _ => cause.clone(),
+            Some(deadline) if deadline.at <= now => &deadline.cause,
+            _ => cause,
         };
-        state.cause = Some(cause.clone());
+        let mut state = lock(&self.state);
+        let live = match &mut *state {
+            State::Live(live) => mem::take(live),
+            State::Cancelled { cause, latch } => return Err((cause.clone(), latch.clone())),
+        };
+        let latch = (live.children.len() > 0).then(|| {
+            walk.latch
+                .get_or_insert_with(|| Arc::new(Latch::new()))
+                .clone()
+        });
+        *state = State::Cancelled {
+            cause: cause.clone(),
+            latch,
+        };
         self.cancelled.store(true, Ordering::Release);
-        if state.children.len() > 0 {
-            fired.pending.extend(state.children.drain());
-        }
-        if let Some(waker) = state.waker.take() {
-            fired.wakers.push(waker);
-        }
-        if let Some(mut listeners) = state.listeners.take() {
-            for listener in listeners.drain() {
-                match listener {
-                    Listener::Waker(waker) => fired.wakers.push(waker),
-                    Listener::Callback(callback) => fired.callbacks.push((callback, cause.clone())),
-                }
+        drop(state);
+        // Ours alone now (invariant 2): sorted outside the lock.
+        let Live {
+            mut children,
+            waker,
+            listeners,
+        } = live;
+        walk.pending.extend(children.drain());
+        walk.wakers.extend(waker);
+        for listener in listeners
+            .into_iter()
+            .flat_map(|mut listeners| listeners.drain())
+        {
+            match listener {
+                Listener::Waker(waker) => walk.wakers.push(waker),
+                Listener::Callback(callback) => walk.callbacks.push((callback, cause.clone())),
             }
         }
-        Ok(cause)
+        Ok(cause.clone())
     }
 
     /// Whether this node's deadline is its own, not inherited.
@@ -396,28 +458,21 @@ impl Node {
             .is_some_and(|deadline| std::ptr::eq(deadline.owner.as_ptr(), self))
     }
 
-    fn tree_root(&self) -> &Node {
-        let mut node = self;
-        while let (false, Some(parent)) = (node.detached, &node.parent) {
-            node = parent;
-        }
-        node
-    }
-
     /// Registers `listener`, unless the node is cancelled: then hands it back with the cause.
     pub(crate) fn listen(&self, listener: Listener) -> Result<usize, (Listener, Cause)> {
         let mut state = lock(&self.state);
-        if let Some(cause) = &state.cause {
-            return Err((listener, cause.clone()));
-        }
+        let live = match &mut *state {
+            State::Live(live) => live,
+            State::Cancelled { cause, .. } => return Err((listener, cause.clone())),
+        };
         let listener = match listener {
-            Listener::Waker(waker) if state.waker.is_none() => {
-                state.waker = Some(waker);
+            Listener::Waker(waker) if live.waker.is_none() => {
+                live.waker = Some(waker);
                 return Ok(INLINE_WAKER);
             }
             listener => listener,
         };
-        Ok(state
+        Ok(live
             .listeners
             .get_or_insert_with(|| Box::new(Slab::new()))
             .insert(listener))
@@ -426,37 +481,51 @@ impl Node {
     /// Replaces the waker at `key` unless it would wake the same task. Returns false if the node
     /// is cancelled (the waker was drained and woken).
     pub(crate) fn update_waker(&self, key: usize, waker: &Waker) -> bool {
+        match self.with_waker(key, |old| old.will_wake(waker)) {
+            None => return false,
+            Some(true) => return true,
+            Some(false) => {}
+        }
+        // Cloned and dropped outside the lock (invariant 4).
+        let mut new = Some(waker.clone());
+        let replaced = self.with_waker(key, |old| {
+            mem::swap(old, new.as_mut().expect("swapped once"))
+        });
+        replaced.is_some()
+    }
+
+    /// Runs `f` on the waker at `key` under the lock; `None` if it is gone (drained by a
+    /// cancellation).
+    fn with_waker<R>(&self, key: usize, f: impl FnOnce(&mut Waker) -> R) -> Option<R> {
         let mut state = lock(&self.state);
-        let slot = if key == INLINE_WAKER {
-            state.waker.as_mut()
+        let State::Live(live) = &mut *state else {
+            return None;
+        };
+        let waker = if key == INLINE_WAKER {
+            live.waker.as_mut()
         } else {
-            match state.listeners.as_mut().and_then(|l| l.get_mut(key)) {
-                Some(Listener::Waker(old)) => Some(old),
+            match live.listeners.as_mut().and_then(|l| l.get_mut(key)) {
+                Some(Listener::Waker(waker)) => Some(waker),
                 _ => None,
             }
         };
-        match slot {
-            Some(old) => {
-                if !old.will_wake(waker) {
-                    old.clone_from(waker);
-                }
-                true
-            }
-            None => false,
-        }
+        waker.map(f)
     }
 
     /// Removes the listener at `key` if it is still registered (the node is not cancelled).
     /// The caller drops what it gets back, outside the lock.
     pub(crate) fn unlisten(&self, key: usize) -> Option<Listener> {
         let mut state = lock(&self.state);
+        let State::Live(live) = &mut *state else {
+            return None;
+        };
         if key == INLINE_WAKER {
-            return state.waker.take().map(Listener::Waker);
+            return live.waker.take().map(Listener::Waker);
         }
-        let listeners = state.listeners.as_mut()?;
+        let listeners = live.listeners.as_mut()?;
         let listener = listeners.remove(key);
         if listeners.len() == 0 {
-            state.listeners = None;
+            live.listeners = None;
         }
         listener
     }
@@ -471,12 +540,12 @@ impl Node {
         let mut relocated = Vec::new();
         let mut state = lock(&self.state);
         // By invariant 2 a cancelled node's children were drained; the slot may not be ours.
-        if state.cause.is_none() {
-            state.children.remove(slot);
-            if state.children.is_sparse() {
+        if let State::Live(live) = &mut *state {
+            live.children.remove(slot);
+            if live.children.is_sparse() {
                 // A child that is being dropped cannot be upgraded; it keeps its key and unlinks
                 // itself once we release the lock (invariant 2).
-                state.children.compact(|child, key| match child.upgrade() {
+                live.children.compact(|child, key| match child.upgrade() {
                     Some(child) => {
                         child.slot.store(slab::index(key), Ordering::Relaxed);
                         relocated.push(child);
@@ -509,11 +578,16 @@ impl Drop for Node {
     }
 }
 
-/// What a cancellation must do once its locks are released (invariant 4).
+/// One cancellation's work: the nodes left to mark, and what to do once its latch is open
+/// (invariants 3 and 4).
 #[derive(Default)]
-struct Fired {
+struct Walk {
     pending: Vec<Weak<Node>>,
-    /// References taken while cancelling, released once the locks are (invariant 4).
+    /// Made when this cancellation first takes children out of a node.
+    latch: Option<Arc<Latch>>,
+    /// Latches of the cancellations that marked a node of this subtree first.
+    waits: Vec<Arc<Latch>>,
+    /// References taken while cancelling, released once the latch is open (invariant 4).
     taken: Vec<Arc<Node>>,
     wakers: Vec<Waker>,
     callbacks: Vec<(Callback, Cause)>,
@@ -521,7 +595,7 @@ struct Fired {
     deadlines: Vec<(Arc<Node>, Cause)>,
 }
 
-impl Fired {
+impl Walk {
     /// Wakes every waiter and runs every callback, even if one panics; returns the first panic.
     fn run(self) -> Option<PanicPayload> {
         drop(self.taken);

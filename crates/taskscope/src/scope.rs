@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::node::{Listener, Name, Node};
+use crate::cause::Origin;
+use crate::node::{Listener, Node};
 use crate::observe::Observer;
+use crate::path::{Name, PathLink};
 use crate::{Cancelled, CancelledOwned, Cause, CauseKind, OnCancel};
 
 /// A handle to one node of a cancellation tree. Cloning it gives another handle to the same
@@ -71,14 +73,26 @@ impl Scope {
     /// If this scope is already cancelled, the child is born cancelled with the same cause.
     pub fn child(&self) -> Scope {
         Scope {
-            node: Node::new(Some(&self.node), false, None, None, None),
+            node: Node::new(
+                Some(&self.node),
+                false,
+                self.node.child_path(None),
+                None,
+                None,
+            ),
         }
     }
 
     /// A child named `name`, with no deadline of its own: a task's scope in a group.
     pub(crate) fn named_child(&self, name: Name) -> Scope {
         Scope {
-            node: Node::new(Some(&self.node), false, Some(name), None, None),
+            node: Node::new(
+                Some(&self.node),
+                false,
+                self.node.child_path(Some(name)),
+                None,
+                None,
+            ),
         }
     }
 
@@ -572,6 +586,10 @@ impl<'a> ScopeBuilder<'a> {
         let caller = Location::caller();
         let parent_node = self.parent.map(|parent| &parent.node);
         let name = self.name.map(|name| Name::Shared(Arc::from(name)));
+        let path = match parent_node {
+            Some(parent) => parent.child_path(name),
+            None => PathLink::child(None, name),
+        };
         let now = Instant::now();
         let at = match self.deadline {
             None => None,
@@ -584,25 +602,15 @@ impl<'a> ScopeBuilder<'a> {
                 .unwrap_or_else(|| Cause::of_kind(CauseKind::DeadlineExceeded))
                 .into_deadline()
                 .stamped(
-                    || path_of(parent_node.map(|node| &**node), name.as_deref()),
+                    || path.clone().map(Origin::from),
                     (system_time_of(at, now), at),
                     caller,
                 );
             (at, cause)
         });
         Scope {
-            node: Node::new(parent_node, self.detached, name, deadline, self.observer),
+            node: Node::new(parent_node, self.detached, path, deadline, self.observer),
         }
-    }
-}
-
-/// The path of a scope named `name` (or unnamed) under `parent`.
-fn path_of(parent: Option<&Node>, name: Option<&str>) -> Option<Arc<str>> {
-    let parent = parent.and_then(Node::path);
-    match (parent, name) {
-        (Some(parent), Some(name)) => Some(Arc::from(format!("{parent}/{name}"))),
-        (None, Some(name)) => Some(Arc::from(name)),
-        (parent, None) => parent,
     }
 }
 

@@ -26,6 +26,12 @@ pub(crate) fn index(key: usize) -> u32 {
 /// Above this capacity an emptied slab gives its memory back instead of keeping it for reuse.
 const KEEP_CAPACITY: usize = 16;
 
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab::new()
+    }
+}
+
 impl<T> Slab<T> {
     pub(crate) const fn new() -> Self {
         Slab {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::node::Name;
+use crate::path::Name;
 use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope};
 use runner::{Inner, Runner, Settings};
 

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{CallSite, Cause, CauseKind, Inner, RecordedSource};
+use super::{CallSite, Cause, CauseKind, Inner, Origin, RecordedSource};
 
 const VERSION: u32 = 1;
 
@@ -57,7 +57,10 @@ impl Record {
             kind: inner.kind.as_str().to_owned(),
             code: inner.code.to_string(),
             detail: inner.detail.as_deref().map(str::to_owned),
-            origin: inner.origin.as_deref().map(str::to_owned),
+            origin: inner
+                .origin
+                .as_ref()
+                .map(|origin| origin.as_str().to_owned()),
             // A time before 1970 or past the year 2554 has no record form; it is left out
             // rather than made up.
             at_unix_us: inner
@@ -99,7 +102,7 @@ impl Record {
                 code: Cow::Owned(self.code),
                 detail: self.detail.map(Cow::Owned),
                 source: self.source.map(RecordedSource::payload),
-                origin: self.origin.map(Arc::from),
+                origin: self.origin.map(|origin| Origin::Text(Arc::from(origin))),
                 at,
                 instant: None,
                 location: self.location.map(|location| CallSite {

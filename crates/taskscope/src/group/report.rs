@@ -7,7 +7,7 @@ use std::panic::Location;
 use std::sync::Arc;
 
 use crate::Cause;
-use crate::node::Name;
+use crate::path::Name;
 
 /// A task's number in its group: its position in spawn order, starting at 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -52,11 +52,11 @@ use tokio::time::Instant;
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo};
 use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
 use crate::cause::Payload;
-use crate::node::Name;
 use crate::observe::{
     self, Attachment, GroupCancelled, GroupCreated, Observer, TaskFinished, TaskOutcome,
     TaskSlowToStop, TaskSpawned, TaskStarted,
 };
+use crate::path::Name;
 use crate::slab::{self, Slab};
 use crate::sync::{Mutex, lock};
 use crate::{BoxError, Cause, CauseKind, Scope};
@@ -555,7 +555,7 @@ where
                 let record = state.tasks.get(key).expect("a running task has a record");
                 (record.info.name.clone(), record.info.spawned_at)
             };
-            let cause = failure_cause(&name, &failure).with_origin(scope.node.path());
+            let cause = failure_cause(&name, &failure).with_origin(scope.node.origin());
             // A callback panicking here was reported by the panic hook; the task's own
             // failure is what gets reported.
             self.scope.node.cancel(cause, spawned_at).won

@@ -40,9 +40,10 @@ use super::backoff::Rng;
 use super::snapshot::{ChildSnapshot, ChildState, SupervisorSnapshot, SupervisorState};
 use super::spec::{ChildSpec, Nested};
 use super::{Backoff, Restart, Strategy, SupervisorError};
+use crate::cause::Origin;
 use crate::group::{Config, Spawned, failure_cause};
-use crate::node::Name;
 use crate::observe::{self, ChildRestarting};
+use crate::path::Name;
 use crate::sync::{Mutex, lock};
 use crate::{CancelledOwned, Cause, CauseKind, Failure, Outcome, Scope, TaskExit, TaskGroup};
 use crate::{TaskId, TaskInfo};
@@ -259,7 +260,7 @@ where
     attempts: Vec<u32>,
     by_task: HashMap<TaskId, usize, BuildHasherDefault<IdHasher>>,
     /// Each child's scope path, made at its first failure.
-    paths: Vec<Option<Arc<str>>>,
+    paths: Vec<Option<Origin>>,
     settings: Settings,
     rng: Rng,
     /// When the restarts within the intensity window happened, oldest first.
@@ -560,7 +561,7 @@ where
                 let spec = &self.specs[child];
                 // Every run of a child has the same path: made once.
                 if self.paths[child].is_none() {
-                    self.paths[child] = scope.as_ref().and_then(|scope| scope.node.path());
+                    self.paths[child] = scope.as_ref().and_then(|scope| scope.node.origin());
                 }
                 let origin = self.paths[child].clone();
                 // It formats the user's error; a `Display` that panics must not take the
@@ -771,7 +772,7 @@ where
             Some((_, cause)) => cause,
             None => {
                 let spec = &self.specs[child];
-                let origin = self.inner.scope.node.path();
+                let origin = self.inner.scope.node.origin();
                 Cause::of_kind(CauseKind::Shutdown)
                     .with_code("restart")
                     .with_detail(format!("restarting after '{}' returned", &*spec.name))
@@ -864,7 +865,8 @@ where
         let origin = failure_cause
             .as_ref()
             .and_then(|cause| cause.origin().map(Arc::from))
-            .or_else(|| child_path(&self.inner.scope, name));
+            .or_else(|| child_path(&self.inner.scope, name))
+            .map(Origin::from);
         let mut cause = cause.with_detail(detail);
         if let Some(failure_cause) = failure_cause {
             cause = cause.with_source(failure_cause);
@@ -888,7 +890,7 @@ where
             return;
         }
         // Stamped once here (invariant 5): every child is then told this very cause.
-        let origin = self.inner.scope.node.path();
+        let origin = self.inner.scope.node.origin();
         let cause = cause.stamped(
             || origin,
             (SystemTime::now(), Instant::now()),

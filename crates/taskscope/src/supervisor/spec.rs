@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::runner::Inner;
 use super::{ConfigError, SupervisorBuilder, SupervisorError};
-use crate::node::Name;
+use crate::path::Name;
 use crate::sync::{Mutex, lock};
 use crate::{BoxError, Cause, DEFAULT_GRACE, Failure, Scope};
 
