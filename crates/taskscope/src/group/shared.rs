@@ -946,7 +946,7 @@ where
                 // Every task completed: take the values in key order, without the bookkeeping
                 // of the error path.
                 state.finished.clear();
-                let tasks = mem::replace(&mut state.tasks, Slab::new());
+                let tasks = mem::take(&mut state.tasks);
                 drop(state);
                 return (Ok(values_in_spawn_order(tasks)), None);
             }
