@@ -1,6 +1,7 @@
 //! Random trees with random cancels and deadlines, checked against a small reference model of
 //! the cause table: a scope's cause is the earliest event, in time order, among its own cancel,
-//! its own deadline, and (unless detached) whatever reached its parent.
+//! its own deadline, and (unless detached) whatever reached its parent. The cause's origin is the
+//! path of the scope the event belongs to: its named ancestors' names and its own, if any.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ enum Op {
     Child {
         parent: usize,
         kind: ChildKind,
+        named: bool,
     },
     Cancel {
         node: usize,
@@ -45,7 +47,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(ChildKind::Detached),
     ];
     prop_oneof![
-        4 => (any::<usize>(), kind).prop_map(|(parent, kind)| Op::Child { parent, kind }),
+        4 => (any::<usize>(), kind, any::<bool>())
+            .prop_map(|(parent, kind, named)| Op::Child { parent, kind, named }),
         2 => any::<usize>().prop_map(|node| Op::Cancel { node }),
         2 => (0..25u64).prop_map(|ms| Op::Advance { ms }),
         1 => any::<usize>().prop_map(|node| Op::Observe { node }),
@@ -60,9 +63,12 @@ struct Event {
     seq: usize,
     /// What the scope must then report: (kind, code, detail).
     expect: (CauseKind, String, Option<String>),
+    /// The node the event belongs to, whose path is the cause's origin.
+    node: usize,
 }
 
 struct ModelNode {
+    name: Option<String>,
     parent: Option<usize>,
     detached: bool,
     deadline: Option<Event>,
@@ -92,9 +98,26 @@ impl Model {
         }
         best
     }
+
+    /// The path of `node`: the names of it and its ancestors (detached or not), outermost first.
+    fn path(&self, node: usize) -> Option<String> {
+        let mut names = Vec::new();
+        let mut at = Some(node);
+        while let Some(index) = at {
+            names.extend(self.nodes[index].name.as_deref());
+            at = self.nodes[index].parent;
+        }
+        names.reverse();
+        (!names.is_empty()).then(|| names.join("/"))
+    }
 }
 
-fn check(scope: &Scope, expected: Option<&Event>, context: &str) -> Result<(), TestCaseError> {
+fn check(
+    model: &Model,
+    scope: &Scope,
+    expected: Option<&Event>,
+    context: &str,
+) -> Result<(), TestCaseError> {
     let actual = scope.cause();
     match (expected, actual) {
         (None, None) => {}
@@ -103,6 +126,8 @@ fn check(scope: &Scope, expected: Option<&Event>, context: &str) -> Result<(), T
             prop_assert_eq!(cause.kind(), *kind, "{}", context);
             prop_assert_eq!(cause.code(), code.as_str(), "{}", context);
             prop_assert_eq!(cause.detail(), detail.as_deref(), "{}", context);
+            let origin = model.path(event.node);
+            prop_assert_eq!(cause.origin(), origin.as_deref(), "{}: origin", context);
         }
         (expected, actual) => prop_assert!(
             false,
@@ -128,6 +153,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let mut handles: Vec<Option<Scope>> = vec![Some(Scope::builder().name("n0").build())];
         let mut model = Model {
             nodes: vec![ModelNode {
+                name: Some("n0".to_owned()),
                 parent: None,
                 detached: false,
                 deadline: None,
@@ -137,14 +163,23 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         for (seq, op) in ops.into_iter().enumerate() {
             let context = format!("op {seq}: {op:?}");
             match op {
-                Op::Child { parent, kind } => {
+                Op::Child {
+                    parent,
+                    kind,
+                    named,
+                } => {
                     let parent = parent % handles.len();
                     let Some(parent_scope) = &handles[parent] else {
                         continue;
                     };
                     let index = handles.len();
                     let name = format!("n{index}");
-                    let builder = parent_scope.child_builder().name(name.clone());
+                    let builder = parent_scope.child_builder();
+                    let builder = if named {
+                        builder.name(name.clone())
+                    } else {
+                        builder
+                    };
                     let (scope, detached, deadline) = match kind {
                         ChildKind::Plain => (builder.build(), false, None),
                         ChildKind::Detached => (builder.detached().build(), true, None),
@@ -160,6 +195,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 at_ms: now_ms() + ms,
                                 seq,
                                 expect: (CauseKind::DeadlineExceeded, code.to_owned(), detail),
+                                node: index,
                             };
                             (
                                 builder.timeout(Duration::from_millis(ms)).build(),
@@ -170,6 +206,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     };
                     handles.push(Some(scope));
                     model.nodes.push(ModelNode {
+                        name: named.then_some(name),
                         parent: Some(parent),
                         detached,
                         deadline,
@@ -190,6 +227,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             at_ms: now_ms(),
                             seq,
                             expect: (CauseKind::Explicit, "X".to_owned(), Some(detail)),
+                            node,
                         });
                     }
                 }
@@ -197,7 +235,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::Observe { node } => {
                     let node = node % handles.len();
                     if let Some(scope) = &handles[node] {
-                        check(scope, model.cause(node, now_ms()).as_ref(), &context)?;
+                        check(
+                            &model,
+                            scope,
+                            model.cause(node, now_ms()).as_ref(),
+                            &context,
+                        )?;
                     }
                 }
                 Op::DropHandle { node } => {
@@ -212,7 +255,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         for (index, scope) in handles.iter().enumerate() {
             let Some(scope) = scope else { continue };
             let context = format!("final check of n{index}");
-            check(scope, model.cause(index, now).as_ref(), &context)?;
+            check(&model, scope, model.cause(index, now).as_ref(), &context)?;
+            prop_assert_eq!(
+                scope.path().to_string(),
+                model.path(index).unwrap_or_default(),
+                "{}: path",
+                context
+            );
             let n = &model.nodes[index];
             if let (true, Some(parent)) = (n.detached, n.parent) {
                 let parent_cause = scope.parent_cause().map(|c| c.detail().map(str::to_owned));
