@@ -71,9 +71,12 @@ struct Inner {
     detail: Option<Cow<'static, str>>,
     source: Option<Arc<dyn Payload>>,
     origin: Option<Origin>,
-    at: Option<SystemTime>,
-    /// `at` on tokio's clock, for measuring how long tasks take to stop; not serialised.
+    /// When, on tokio's clock: for measuring how long tasks take to stop, and the source of
+    /// `at`. Not serialised; `None` for a cause decoded from a record.
     instant: Option<Instant>,
+    /// When, on the wall clock: set from a record, or worked out from `instant` on first read,
+    /// so that a cancellation reads one clock, not two.
+    at: OnceLock<SystemTime>,
     location: Option<CallSite>,
 }
 
@@ -238,8 +241,8 @@ impl Cause {
                 detail: None,
                 source: None,
                 origin: None,
-                at: None,
                 instant: None,
+                at: OnceLock::new(),
                 location: None,
             }),
         }
@@ -298,8 +301,16 @@ impl Cause {
 
     /// When the cancellation happened, once it has happened. For a deadline, the deadline
     /// itself, even if nobody looked until later.
+    ///
+    /// A cancellation reads only tokio's clock; the wall-clock time is worked out from it on the
+    /// first call (now, less the time elapsed since on tokio's clock), and kept.
     pub fn at(&self) -> Option<SystemTime> {
-        self.inner.at
+        let inner = &self.inner;
+        match (inner.at.get(), inner.instant) {
+            (Some(at), _) => Some(*at),
+            (None, Some(instant)) => Some(*inner.at.get_or_init(|| wall_clock_of(instant))),
+            (None, None) => None,
+        }
     }
 
     /// When the cancellation happened on tokio's clock (paused in tests), if it happened in this
@@ -361,7 +372,7 @@ impl Cause {
     pub(crate) fn stamped(
         mut self,
         origin: impl FnOnce() -> Option<Origin>,
-        at: (SystemTime, Instant),
+        at: Instant,
         location: &'static std::panic::Location<'static>,
     ) -> Cause {
         let origin = if self.inner.origin.is_none() {
@@ -371,16 +382,24 @@ impl Cause {
         };
         // Unchanged, it stays the very same cause (`ptr_eq`), so that errors echoing it are
         // recognised: also when it has no origin to get (an unnamed scope).
-        if origin.is_none() && self.inner.at.is_some() && self.inner.location.is_some() {
+        let timed = self.inner.instant.is_some() || self.inner.at.get().is_some();
+        if origin.is_none() && timed && self.inner.location.is_some() {
             return self;
         }
         let inner = self.inner_mut();
         if origin.is_some() {
             inner.origin = origin;
         }
-        inner.at.get_or_insert(at.0);
-        inner.instant.get_or_insert(at.1);
+        if !timed {
+            inner.instant = Some(at);
+        }
         inner.location.get_or_insert_with(|| location.into());
+        self
+    }
+
+    /// Sets the wall-clock time outright, instead of working it out from `instant` when read.
+    pub(crate) fn with_wall_clock(mut self, at: SystemTime) -> Cause {
+        self.inner_mut().at = OnceLock::from(at);
         self
     }
 
@@ -433,7 +452,7 @@ impl fmt::Debug for Cause {
         if let Some(origin) = &inner.origin {
             debug.field("origin", &origin.as_str());
         }
-        if let Some(at) = &inner.at {
+        if let Some(at) = &self.at() {
             debug.field("at", at);
         }
         if let Some(location) = &inner.location {
@@ -446,6 +465,22 @@ impl fmt::Debug for Cause {
 impl Error for Cause {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         self.inner.source.as_deref()?.as_error()
+    }
+}
+
+/// The wall-clock time of `instant`, a reading of tokio's clock: now, shifted by how far
+/// `instant` is from now on tokio's clock.
+fn wall_clock_of(instant: Instant) -> SystemTime {
+    wall_clock(instant, Instant::now())
+}
+
+/// The wall-clock time of `instant`, given that tokio's clock reads `now`.
+pub(crate) fn wall_clock(instant: Instant, now: Instant) -> SystemTime {
+    let wall = SystemTime::now();
+    if instant <= now {
+        wall.checked_sub(now - instant).unwrap_or(wall)
+    } else {
+        wall.checked_add(instant - now).unwrap_or(wall)
     }
 }
 

@@ -53,7 +53,6 @@ use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::sync::{Arc, Weak};
 use std::task::Waker;
-use std::time::SystemTime;
 
 use tokio::time::Instant;
 
@@ -335,10 +334,10 @@ impl Node {
             let target = owner.as_deref().unwrap_or(self);
             first_panic = target.cancel(deadline.cause.clone(), location).panic;
         }
-        let cause = cause.stamped(|| self.origin(), (SystemTime::now(), now), location);
+        let cause = cause.stamped(|| self.origin(), now, location);
         let mut walk = Walk::default();
         let marked = self.mark(&cause, now, &mut walk);
-        if let Err((_, Some(latch))) = &marked {
+        if let Mark::Lost(_, Some(latch)) = &marked {
             walk.waits.push(latch.clone());
         }
         // Descendants, iteratively (trees may be 100 000 deep), each visited once: upgraded,
@@ -350,14 +349,12 @@ impl Node {
             match child.mark(&cause, now, &mut walk) {
                 // A descendant whose own deadline had passed takes that instead (invariant 6):
                 // a cancellation of its own, reported as one.
-                Ok(own)
-                    if child.observer.is_some() && !own.ptr_eq(&cause) && child.owns_deadline() =>
-                {
+                Mark::Deadline(own) if child.observer.is_some() && child.owns_deadline() => {
                     walk.deadlines.push((child.clone(), own));
                 }
-                Ok(_) | Err((_, None)) => {}
+                Mark::Set | Mark::Deadline(_) | Mark::Lost(_, None) => {}
                 // Another cancellation got here first; its subtree is its own (invariant 3).
-                Err((_, Some(latch))) => walk.waits.push(latch),
+                Mark::Lost(_, Some(latch)) => walk.waits.push(latch),
             }
             walk.taken.push(child);
         }
@@ -367,19 +364,22 @@ impl Node {
         if let Some(latch) = walk.latch.take() {
             latch.open();
         }
-        let marked = marked.map_err(|(current, _)| current);
-        let won = marked.as_ref().is_ok_and(|marked| marked.ptr_eq(&cause));
-        // Before the callbacks, so that what they cause is reported after the cancellation. The
-        // very cause losing to itself (a deadline noticed twice at once) is no news.
-        let echo = marked.as_ref().is_err_and(|current| current.ptr_eq(&cause));
-        if let (Some(observer), false) = (self.observer(), echo) {
+        let won = matches!(marked, Mark::Set);
+        if let Some(observer) = self.observer() {
             let scope = ScopePath::of(self);
             observe::notify(observer, |observer| match &marked {
-                Ok(marked) => observer.scope_cancelled(&ScopeCancelled {
+                Mark::Set => observer.scope_cancelled(&ScopeCancelled {
                     scope,
-                    cause: marked,
+                    cause: &cause,
                 }),
-                Err(current) => observer.cancel_lost(&CancelLost {
+                Mark::Deadline(own) => {
+                    observer.scope_cancelled(&ScopeCancelled { scope, cause: own })
+                }
+                // Before the callbacks, so that what they cause is reported after the
+                // cancellation. The very cause losing to itself (a deadline noticed twice at
+                // once) is no news.
+                Mark::Lost(current, _) if current.ptr_eq(&cause) => {}
+                Mark::Lost(current, _) => observer.cancel_lost(&CancelLost {
                     scope,
                     lost: &cause,
                     cause: current,
@@ -403,22 +403,20 @@ impl Node {
     }
 
     /// Sets this node's cause (its passed deadline's, or `cause`) unless it has one, and moves
-    /// its children, wakers and callbacks into `walk`. Returns the cause it set, or the one it
-    /// had with the latch of whoever set it.
-    fn mark(
-        &self,
-        cause: &Cause,
-        now: Instant,
-        walk: &mut Walk,
-    ) -> Result<Cause, (Cause, Option<Arc<Latch>>)> {
-        let cause = match &self.deadline {
-            Some(deadline) if deadline.at <= now => &deadline.cause,
-            _ => cause,
+    /// its children, wakers and callbacks into `walk`.
+    fn mark(&self, cause: &Cause, now: Instant, walk: &mut Walk) -> Mark {
+        let (cause, mark) = match &self.deadline {
+            Some(deadline) if deadline.at <= now && !deadline.cause.ptr_eq(cause) => {
+                (&deadline.cause, Mark::Deadline(deadline.cause.clone()))
+            }
+            _ => (cause, Mark::Set),
         };
         let mut state = lock(&self.state);
         let live = match &mut *state {
             State::Live(live) => mem::take(live),
-            State::Cancelled { cause, latch } => return Err((cause.clone(), latch.clone())),
+            State::Cancelled { cause, latch } => {
+                return Mark::Lost(cause.clone(), latch.clone());
+            }
         };
         let latch = (live.children.len() > 0).then(|| {
             walk.latch
@@ -437,18 +435,19 @@ impl Node {
             waker,
             listeners,
         } = live;
-        walk.pending.extend(children.drain());
+        if children.len() > 0 {
+            walk.pending.extend(children.drain());
+        }
         walk.wakers.extend(waker);
-        for listener in listeners
-            .into_iter()
-            .flat_map(|mut listeners| listeners.drain())
-        {
-            match listener {
-                Listener::Waker(waker) => walk.wakers.push(waker),
-                Listener::Callback(callback) => walk.callbacks.push((callback, cause.clone())),
+        if let Some(mut listeners) = listeners {
+            for listener in listeners.drain() {
+                match listener {
+                    Listener::Waker(waker) => walk.wakers.push(waker),
+                    Listener::Callback(callback) => walk.callbacks.push((callback, cause.clone())),
+                }
             }
         }
-        Ok(cause.clone())
+        mark
     }
 
     /// Whether this node's deadline is its own, not inherited.
@@ -595,10 +594,24 @@ struct Walk {
     deadlines: Vec<(Arc<Node>, Cause)>,
 }
 
+/// What [`Node::mark`] did.
+enum Mark {
+    /// Set the given cause.
+    Set,
+    /// Set the node's own passed deadline's cause instead (invariant 6).
+    Deadline(Cause),
+    /// Found a cause already set, and the latch of the cancellation that set it, if that one
+    /// took children out of the node (invariant 3).
+    Lost(Cause, Option<Arc<Latch>>),
+}
+
 impl Walk {
     /// Wakes every waiter and runs every callback, even if one panics; returns the first panic.
     fn run(self) -> Option<PanicPayload> {
         drop(self.taken);
+        if self.wakers.is_empty() && self.callbacks.is_empty() {
+            return None;
+        }
         let mut panicked = None;
         let mut catch = |f: &mut dyn FnMut()| {
             if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {

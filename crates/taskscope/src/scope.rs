@@ -3,11 +3,11 @@
 use std::fmt;
 use std::panic::Location;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cause::Origin;
+use crate::cause::{Origin, wall_clock};
 use crate::node::{Listener, Node};
 use crate::observe::Observer;
 use crate::path::{Name, PathLink};
@@ -601,11 +601,10 @@ impl<'a> ScopeBuilder<'a> {
                 .deadline_cause
                 .unwrap_or_else(|| Cause::of_kind(CauseKind::DeadlineExceeded))
                 .into_deadline()
-                .stamped(
-                    || path.clone().map(Origin::from),
-                    (system_time_of(at, now), at),
-                    caller,
-                );
+                .stamped(|| path.clone().map(Origin::from), at, caller)
+                // Read here, off the cancel path, so that under paused time too it is the wall
+                // clock now plus the time left.
+                .with_wall_clock(wall_clock(at, now));
             (at, cause)
         });
         Scope {
@@ -676,15 +675,5 @@ impl PartialEq<&str> for ScopePath<'_> {
 impl PartialEq<ScopePath<'_>> for ScopePath<'_> {
     fn eq(&self, other: &ScopePath<'_>) -> bool {
         self.node.names().eq(other.node.names())
-    }
-}
-
-/// The wall-clock time of a tokio instant, for causes' `at`.
-fn system_time_of(at: Instant, now: Instant) -> SystemTime {
-    let wall = SystemTime::now();
-    if at >= now {
-        wall.checked_add(at - now).unwrap_or(wall)
-    } else {
-        wall.checked_sub(now - at).unwrap_or(wall)
     }
 }

@@ -16,7 +16,7 @@
 //! Unknown fields are ignored, so later versions can add fields.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -63,8 +63,8 @@ impl Record {
                 .map(|origin| origin.as_str().to_owned()),
             // A time before 1970 or past the year 2554 has no record form; it is left out
             // rather than made up.
-            at_unix_us: inner
-                .at
+            at_unix_us: cause
+                .at()
                 .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .and_then(|since| u64::try_from(since.as_micros()).ok()),
             location: inner.location.as_ref().map(|location| LocationRecord {
@@ -103,8 +103,8 @@ impl Record {
                 detail: self.detail.map(Cow::Owned),
                 source: self.source.map(RecordedSource::payload),
                 origin: self.origin.map(|origin| Origin::Text(Arc::from(origin))),
-                at,
                 instant: None,
+                at: at.map(OnceLock::from).unwrap_or_default(),
                 location: self.location.map(|location| CallSite {
                     file: Cow::Owned(location.file),
                     line: location.line,

@@ -32,7 +32,7 @@ use std::panic::{self, AssertUnwindSafe, Location};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
@@ -574,11 +574,7 @@ where
                                 &*spec.name
                             ))
                         })
-                        .stamped(
-                            || origin,
-                            (SystemTime::now(), Instant::now()),
-                            spec.location,
-                        );
+                        .stamped(|| origin, Instant::now(), spec.location);
                 let outcome = Outcome::Failed(failure);
                 self.record(child, &task, &outcome, Some(cause.clone()), false);
                 let Outcome::Failed(failure) = outcome else {
@@ -776,11 +772,7 @@ where
                 Cause::of_kind(CauseKind::Shutdown)
                     .with_code("restart")
                     .with_detail(format!("restarting after '{}' returned", &*spec.name))
-                    .stamped(
-                        || origin,
-                        (SystemTime::now(), Instant::now()),
-                        spec.location,
-                    )
+                    .stamped(|| origin, Instant::now(), spec.location)
             }
         };
         let plan = self.plan.get_or_insert_with(|| Plan {
@@ -871,11 +863,7 @@ where
         if let Some(failure_cause) = failure_cause {
             cause = cause.with_source(failure_cause);
         }
-        let cause = cause.stamped(
-            || origin,
-            (SystemTime::now(), Instant::now()),
-            spec.location,
-        );
+        let cause = cause.stamped(|| origin, Instant::now(), spec.location);
         self.escalated = Some((task, failure));
         self.runs[child] = Run::Stopped;
         // The supervisor's own scope stays as it is: an escalation is the supervisor failing,
@@ -891,11 +879,7 @@ where
         }
         // Stamped once here (invariant 5): every child is then told this very cause.
         let origin = self.inner.scope.node.origin();
-        let cause = cause.stamped(
-            || origin,
-            (SystemTime::now(), Instant::now()),
-            self.location,
-        );
+        let cause = cause.stamped(|| origin, Instant::now(), self.location);
         self.shutdown = Some(cause.clone());
         self.plan = None;
         self.timers.clear();
