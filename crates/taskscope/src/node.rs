@@ -69,8 +69,9 @@ pub(crate) type Callback = Box<dyn FnOnce(&Cause) + Send + 'static>;
 /// `Node::slot` of a node that is not linked into its parent's children.
 pub(crate) const UNLINKED: u32 = u32::MAX;
 
-/// The listener key of `Live::waker`.
-const INLINE_WAKER: usize = usize::MAX;
+/// The key of the first listener of a node: inline in `Listeners::One`, or at key 0 of
+/// `Listeners::Many` once others joined it.
+const FIRST: usize = usize::MAX;
 
 pub(crate) struct Node {
     /// Mirrors whether `state` is `Cancelled`, for lock-free reads (invariant 1).
@@ -112,11 +113,78 @@ enum State {
 #[derive(Default)]
 struct Live {
     children: Slab<Weak<Node>>,
-    /// The first waiting task, inline: the common case of one waiter per scope costs no
-    /// allocation, and cancelling it touches no other memory.
-    waker: Option<Waker>,
-    /// Further waiters and callbacks. Boxed because most scopes never have any.
-    listeners: Option<Box<Slab<Listener>>>,
+    listeners: Listeners,
+}
+
+/// A node's waiters and callbacks. Most scopes have none or one (a task waiting, a bridge's
+/// callback): that one is inline, costs no allocation, and cancelling touches no other memory.
+#[derive(Default)]
+enum Listeners {
+    #[default]
+    None,
+    /// The first listener, key [`FIRST`].
+    One(Listener),
+    /// The first listener, if still registered, at key 0, and the others.
+    Many(Box<Slab<Listener>>),
+}
+
+impl Listeners {
+    fn insert(&mut self, listener: Listener) -> usize {
+        match mem::take(self) {
+            Listeners::None => {
+                *self = Listeners::One(listener);
+                FIRST
+            }
+            Listeners::One(first) => {
+                let mut many = Box::new(Slab::new());
+                // A fresh slab's first key: where `FIRST` points from now on.
+                let first_key = many.insert(first);
+                debug_assert_eq!(first_key, 0);
+                let key = many.insert(listener);
+                *self = Listeners::Many(many);
+                key
+            }
+            Listeners::Many(mut many) => {
+                let key = many.insert(listener);
+                *self = Listeners::Many(many);
+                key
+            }
+        }
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut Listener> {
+        match (self, key) {
+            (Listeners::One(first), FIRST) => Some(first),
+            (Listeners::Many(many), FIRST) => many.get_mut(0),
+            (Listeners::Many(many), key) => many.get_mut(key),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, key: usize) -> Option<Listener> {
+        match (&mut *self, key) {
+            (Listeners::One(_), FIRST) => match mem::take(self) {
+                Listeners::One(first) => Some(first),
+                _ => unreachable!("matched as one"),
+            },
+            (Listeners::Many(many), key) => {
+                let listener = many.remove(if key == FIRST { 0 } else { key });
+                if many.len() == 0 {
+                    *self = Listeners::None;
+                }
+                listener
+            }
+            _ => None,
+        }
+    }
+
+    fn drain(self, mut each: impl FnMut(Listener)) {
+        match self {
+            Listeners::None => {}
+            Listeners::One(first) => each(first),
+            Listeners::Many(mut many) => many.drain().for_each(each),
+        }
+    }
 }
 
 pub(crate) enum Listener {
@@ -432,21 +500,15 @@ impl Node {
         // Ours alone now (invariant 2): sorted outside the lock.
         let Live {
             mut children,
-            waker,
             listeners,
         } = live;
         if children.len() > 0 {
             walk.pending.extend(children.drain());
         }
-        walk.wakers.extend(waker);
-        if let Some(mut listeners) = listeners {
-            for listener in listeners.drain() {
-                match listener {
-                    Listener::Waker(waker) => walk.wakers.push(waker),
-                    Listener::Callback(callback) => walk.callbacks.push((callback, cause.clone())),
-                }
-            }
-        }
+        listeners.drain(|listener| match listener {
+            Listener::Waker(waker) => walk.wakers.push(waker),
+            Listener::Callback(callback) => walk.callbacks.push((callback, cause.clone())),
+        });
         mark
     }
 
@@ -460,21 +522,10 @@ impl Node {
     /// Registers `listener`, unless the node is cancelled: then hands it back with the cause.
     pub(crate) fn listen(&self, listener: Listener) -> Result<usize, (Listener, Cause)> {
         let mut state = lock(&self.state);
-        let live = match &mut *state {
-            State::Live(live) => live,
-            State::Cancelled { cause, .. } => return Err((listener, cause.clone())),
-        };
-        let listener = match listener {
-            Listener::Waker(waker) if live.waker.is_none() => {
-                live.waker = Some(waker);
-                return Ok(INLINE_WAKER);
-            }
-            listener => listener,
-        };
-        Ok(live
-            .listeners
-            .get_or_insert_with(|| Box::new(Slab::new()))
-            .insert(listener))
+        match &mut *state {
+            State::Live(live) => Ok(live.listeners.insert(listener)),
+            State::Cancelled { cause, .. } => Err((listener, cause.clone())),
+        }
     }
 
     /// Replaces the waker at `key` unless it would wake the same task. Returns false if the node
@@ -500,13 +551,9 @@ impl Node {
         let State::Live(live) = &mut *state else {
             return None;
         };
-        let waker = if key == INLINE_WAKER {
-            live.waker.as_mut()
-        } else {
-            match live.listeners.as_mut().and_then(|l| l.get_mut(key)) {
-                Some(Listener::Waker(waker)) => Some(waker),
-                _ => None,
-            }
+        let waker = match live.listeners.get_mut(key) {
+            Some(Listener::Waker(waker)) => Some(waker),
+            _ => None,
         };
         waker.map(f)
     }
@@ -518,15 +565,7 @@ impl Node {
         let State::Live(live) = &mut *state else {
             return None;
         };
-        if key == INLINE_WAKER {
-            return live.waker.take().map(Listener::Waker);
-        }
-        let listeners = live.listeners.as_mut()?;
-        let listener = listeners.remove(key);
-        if listeners.len() == 0 {
-            live.listeners = None;
-        }
-        listener
+        live.listeners.remove(key)
     }
 
     /// Removes the child at `slot` from this node's children, unless cancelling drained them,
