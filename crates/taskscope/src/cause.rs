@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::error::Error;
 use std::fmt;
 use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -64,20 +65,46 @@ pub struct Cause {
     inner: Arc<Inner>,
 }
 
-#[derive(Clone)]
+/// Every cancellation allocates one of these, so it is kept within 104 bytes: one small
+/// allocation, which the allocator serves fastest (`docs/performance.md`, "Cost of a cause").
 struct Inner {
     kind: CauseKind,
     code: Cow<'static, str>,
-    detail: Option<Cow<'static, str>>,
-    source: Option<Arc<dyn Payload>>,
+    /// Detail and source, which not every cause has, out of line.
+    extra: Option<Box<Extra>>,
     origin: Option<Origin>,
     /// When, on tokio's clock: for measuring how long tasks take to stop, and the source of
     /// `at`. Not serialised; `None` for a cause decoded from a record.
     instant: Option<Instant>,
-    /// When, on the wall clock: set from a record, or worked out from `instant` on first read,
-    /// so that a cancellation reads one clock, not two.
-    at: OnceLock<SystemTime>,
+    /// When, on the wall clock, in nanoseconds since the Unix epoch (years 1678 to 2262), or
+    /// [`UNKNOWN_TIME`]: set
+    /// from a record, or worked out from `instant` on first read, so that a cancellation reads
+    /// one clock, not two.
+    at_ns: AtomicI64,
     location: Option<CallSite>,
+}
+
+#[derive(Clone, Default)]
+struct Extra {
+    detail: Option<Cow<'static, str>>,
+    source: Option<Arc<dyn Payload>>,
+}
+
+/// `Inner::at_ns` before anyone knows it.
+const UNKNOWN_TIME: i64 = i64::MIN;
+
+impl Clone for Inner {
+    fn clone(&self) -> Inner {
+        Inner {
+            kind: self.kind,
+            code: self.code.clone(),
+            extra: self.extra.clone(),
+            origin: self.origin.clone(),
+            instant: self.instant,
+            at_ns: AtomicI64::new(self.at_ns.load(Ordering::Relaxed)),
+            location: self.location.clone(),
+        }
+    }
 }
 
 // A cause is immutable once built and only ever shared by reference, so a panic cannot leave one
@@ -169,43 +196,86 @@ impl fmt::Display for CauseKind {
 
 /// Where in the source a cause was set: the caller of `cancel`, or of the builder call that
 /// gave a scope its deadline.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CallSite {
-    file: Cow<'static, str>,
-    line: u32,
-    column: u32,
+#[derive(Clone)]
+pub struct CallSite(Site);
+
+#[derive(Clone)]
+enum Site {
+    /// A call in this program: a pointer, nothing copied.
+    Code(&'static std::panic::Location<'static>),
+    /// A call site decoded from a record.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    Recorded(Arc<(Box<str>, u32, u32)>),
 }
 
 impl CallSite {
     /// The source file.
     pub fn file(&self) -> &str {
-        &self.file
+        match &self.0 {
+            Site::Code(location) => location.file(),
+            Site::Recorded(site) => &site.0,
+        }
     }
 
     /// The line, starting at 1.
     pub fn line(&self) -> u32 {
-        self.line
+        match &self.0 {
+            Site::Code(location) => location.line(),
+            Site::Recorded(site) => site.1,
+        }
     }
 
     /// The column, starting at 1.
     pub fn column(&self) -> u32 {
-        self.column
+        match &self.0 {
+            Site::Code(location) => location.column(),
+            Site::Recorded(site) => site.2,
+        }
+    }
+
+    #[cfg(feature = "serde")]
+    fn recorded(file: String, line: u32, column: u32) -> CallSite {
+        CallSite(Site::Recorded(Arc::new((file.into(), line, column))))
+    }
+
+    fn key(&self) -> (&str, u32, u32) {
+        (self.file(), self.line(), self.column())
     }
 }
 
 impl From<&'static std::panic::Location<'static>> for CallSite {
     fn from(location: &'static std::panic::Location<'static>) -> Self {
-        CallSite {
-            file: Cow::Borrowed(location.file()),
-            line: location.line(),
-            column: location.column(),
-        }
+        CallSite(Site::Code(location))
+    }
+}
+
+impl PartialEq for CallSite {
+    fn eq(&self, other: &CallSite) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for CallSite {}
+
+impl std::hash::Hash for CallSite {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl fmt::Debug for CallSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallSite")
+            .field("file", &self.file())
+            .field("line", &self.line())
+            .field("column", &self.column())
+            .finish()
     }
 }
 
 impl fmt::Display for CallSite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+        write!(f, "{}:{}:{}", self.file(), self.line(), self.column())
     }
 }
 
@@ -238,11 +308,10 @@ impl Cause {
             inner: Arc::new(Inner {
                 kind,
                 code: Cow::Borrowed(kind.default_code()),
-                detail: None,
-                source: None,
+                extra: None,
                 origin: None,
                 instant: None,
-                at: OnceLock::new(),
+                at_ns: AtomicI64::new(UNKNOWN_TIME),
                 location: None,
             }),
         }
@@ -262,7 +331,7 @@ impl Cause {
     /// Attaches human-readable detail. It appears in `Display`, logs and audit records, never in
     /// metric labels.
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Cause {
-        self.inner_mut().detail = Some(detail.into());
+        self.extra_mut().detail = Some(detail.into());
         self
     }
 
@@ -287,7 +356,7 @@ impl Cause {
 
     /// Free human text, if any.
     pub fn detail(&self) -> Option<&str> {
-        self.inner.detail.as_deref()
+        self.inner.extra.as_ref()?.detail.as_deref()
     }
 
     /// The path of the scope this cause cancelled first (`"orders/reserve"`), once it has
@@ -306,10 +375,19 @@ impl Cause {
     /// first call (now, less the time elapsed since on tokio's clock), and kept.
     pub fn at(&self) -> Option<SystemTime> {
         let inner = &self.inner;
-        match (inner.at.get(), inner.instant) {
-            (Some(at), _) => Some(*at),
-            (None, Some(instant)) => Some(*inner.at.get_or_init(|| wall_clock_of(instant))),
-            (None, None) => None,
+        // Relaxed: the one value is all there is to see.
+        let known = inner.at_ns.load(Ordering::Relaxed);
+        if known != UNKNOWN_TIME {
+            return Some(time_of_ns(known));
+        }
+        let ns = ns_of_time(wall_clock_of(inner.instant?));
+        // The first reader to work it out sets it, so every reader sees the same time.
+        match inner
+            .at_ns
+            .compare_exchange(UNKNOWN_TIME, ns, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => Some(time_of_ns(ns)),
+            Err(known) => Some(time_of_ns(known)),
         }
     }
 
@@ -332,7 +410,7 @@ impl Cause {
     where
         E: Error + 'static,
     {
-        let payload = self.inner.source.as_deref()?;
+        let payload = self.inner.extra.as_ref()?.source.as_deref()?;
         match payload.as_any().downcast_ref::<E>() {
             Some(error) => Some(error),
             None => payload.as_error()?.downcast_ref::<E>(),
@@ -345,7 +423,7 @@ impl Cause {
     }
 
     pub(crate) fn with_payload(mut self, payload: Arc<dyn Payload>) -> Cause {
-        self.inner_mut().source = Some(payload);
+        self.extra_mut().source = Some(payload);
         self
     }
 
@@ -367,6 +445,10 @@ impl Cause {
         Arc::make_mut(&mut self.inner)
     }
 
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.inner_mut().extra.get_or_insert_with(Box::default)
+    }
+
     /// Fills in where and when this cause took effect, keeping whatever it already carries (a
     /// cause passed on from elsewhere keeps its first origin).
     pub(crate) fn stamped(
@@ -382,7 +464,8 @@ impl Cause {
         };
         // Unchanged, it stays the very same cause (`ptr_eq`), so that errors echoing it are
         // recognised: also when it has no origin to get (an unnamed scope).
-        let timed = self.inner.instant.is_some() || self.inner.at.get().is_some();
+        let timed = self.inner.instant.is_some()
+            || self.inner.at_ns.load(Ordering::Relaxed) != UNKNOWN_TIME;
         if origin.is_none() && timed && self.inner.location.is_some() {
             return self;
         }
@@ -399,7 +482,7 @@ impl Cause {
 
     /// Sets the wall-clock time outright, instead of working it out from `instant` when read.
     pub(crate) fn with_wall_clock(mut self, at: SystemTime) -> Cause {
-        self.inner_mut().at = OnceLock::from(at);
+        *self.inner_mut().at_ns.get_mut() = ns_of_time(at);
         self
     }
 
@@ -431,7 +514,7 @@ impl fmt::Display for Cause {
         if inner.code != inner.kind.default_code() {
             write!(f, " ({})", inner.code)?;
         }
-        if let Some(detail) = &inner.detail {
+        if let Some(detail) = self.detail() {
             write!(f, ": {detail}")?;
         }
         Ok(())
@@ -443,10 +526,10 @@ impl fmt::Debug for Cause {
         let inner = &self.inner;
         let mut debug = f.debug_struct("Cause");
         debug.field("kind", &inner.kind).field("code", &inner.code);
-        if let Some(detail) = &inner.detail {
-            debug.field("detail", detail);
+        if let Some(detail) = self.detail() {
+            debug.field("detail", &detail);
         }
-        if let Some(source) = &inner.source {
+        if let Some(source) = inner.extra.as_ref().and_then(|extra| extra.source.as_ref()) {
             debug.field("source", source);
         }
         if let Some(origin) = &inner.origin {
@@ -464,7 +547,7 @@ impl fmt::Debug for Cause {
 
 impl Error for Cause {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.inner.source.as_deref()?.as_error()
+        self.inner.extra.as_ref()?.source.as_deref()?.as_error()
     }
 }
 
@@ -486,31 +569,54 @@ pub(crate) fn wall_clock(instant: Instant, now: Instant) -> SystemTime {
 
 /// Where a cause was set: a scope's path, rendered when first read.
 #[derive(Clone, Debug)]
-pub(crate) enum Origin {
-    /// A path that is text already: decoded from a record, or built from names by hand.
-    Text(Arc<str>),
-    /// A scope's path, and its rendering once someone asked for it.
-    Path(Arc<PathLink>, OnceLock<Box<str>>),
+pub(crate) struct Origin {
+    path: Arc<PathLink>,
+    /// The path as text, once read, unless it is a single name. A thin pointer, to keep the
+    /// cause small.
+    #[allow(clippy::box_collection)]
+    text: OnceLock<Box<String>>,
 }
 
 impl Origin {
     pub(crate) fn as_str(&self) -> &str {
-        match self {
-            Origin::Text(text) => text,
-            Origin::Path(link, text) => text.get_or_init(|| path::render(link).into()),
+        match self.path.single_name() {
+            Some(name) => name,
+            None => self.text.get_or_init(|| Box::new(path::render(&self.path))),
         }
     }
 }
 
 impl From<Arc<PathLink>> for Origin {
-    fn from(link: Arc<PathLink>) -> Origin {
-        Origin::Path(link, OnceLock::new())
+    fn from(path: Arc<PathLink>) -> Origin {
+        Origin {
+            path,
+            text: OnceLock::new(),
+        }
     }
 }
 
 impl From<Arc<str>> for Origin {
+    /// A path that is text already: decoded from a record, or built by hand.
     fn from(text: Arc<str>) -> Origin {
-        Origin::Text(text)
+        Origin::from(PathLink::text(text))
+    }
+}
+
+/// Nanoseconds since the Unix epoch, saturating, never [`UNKNOWN_TIME`].
+fn ns_of_time(at: SystemTime) -> i64 {
+    let ns = match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+    };
+    ns.max(UNKNOWN_TIME + 1)
+}
+
+fn time_of_ns(ns: i64) -> SystemTime {
+    let since = std::time::Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        SystemTime::UNIX_EPOCH + since
+    } else {
+        SystemTime::UNIX_EPOCH - since
     }
 }
 

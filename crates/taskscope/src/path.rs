@@ -59,6 +59,19 @@ impl PathLink {
         }
     }
 
+    /// A path that is text already, as one segment: decoded from a record, or built by hand.
+    pub(crate) fn text(text: Arc<str>) -> Arc<PathLink> {
+        Arc::new(PathLink {
+            name: Name::Shared(text),
+            parent: None,
+        })
+    }
+
+    /// The path's only name, if it has one name.
+    pub(crate) fn single_name(&self) -> Option<&str> {
+        self.parent.is_none().then_some(&*self.name)
+    }
+
     /// The names of this path, innermost first.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::successors(Some(self), |link| link.parent.as_deref()).map(|link| &*link.name)

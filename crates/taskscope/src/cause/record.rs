@@ -16,12 +16,12 @@
 //! Unknown fields are ignored, so later versions can add fields.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{CallSite, Cause, CauseKind, Inner, Origin, RecordedSource};
+use super::{CallSite, Cause, CauseKind, Origin, RecordedSource};
 
 const VERSION: u32 = 1;
 
@@ -56,7 +56,7 @@ impl Record {
             v: VERSION,
             kind: inner.kind.as_str().to_owned(),
             code: inner.code.to_string(),
-            detail: inner.detail.as_deref().map(str::to_owned),
+            detail: cause.detail().map(str::to_owned),
             origin: inner
                 .origin
                 .as_ref()
@@ -68,11 +68,15 @@ impl Record {
                 .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .and_then(|since| u64::try_from(since.as_micros()).ok()),
             location: inner.location.as_ref().map(|location| LocationRecord {
-                file: location.file.to_string(),
-                line: location.line,
-                column: location.column,
+                file: location.file().to_owned(),
+                line: location.line(),
+                column: location.column(),
             }),
-            source: inner.source.as_ref().map(|source| source.to_string()),
+            source: inner
+                .extra
+                .as_ref()
+                .and_then(|extra| extra.source.as_ref())
+                .map(|source| source.to_string()),
         }
     }
 
@@ -96,22 +100,25 @@ impl Record {
                     .ok_or_else(|| format!("cause record time {us}us is out of range"))?,
             ),
         };
-        Ok(Cause {
-            inner: Arc::new(Inner {
-                kind,
-                code: Cow::Owned(self.code),
-                detail: self.detail.map(Cow::Owned),
-                source: self.source.map(RecordedSource::payload),
-                origin: self.origin.map(|origin| Origin::Text(Arc::from(origin))),
-                instant: None,
-                at: at.map(OnceLock::from).unwrap_or_default(),
-                location: self.location.map(|location| CallSite {
-                    file: Cow::Owned(location.file),
-                    line: location.line,
-                    column: location.column,
-                }),
-            }),
-        })
+        let mut cause = Cause::of_kind(kind);
+        let inner = cause.inner_mut();
+        inner.code = Cow::Owned(self.code);
+        inner.origin = self
+            .origin
+            .map(|origin| Origin::from(Arc::<str>::from(origin)));
+        inner.location = self
+            .location
+            .map(|location| CallSite::recorded(location.file, location.line, location.column));
+        if let Some(at) = at {
+            cause = cause.with_wall_clock(at);
+        }
+        if let Some(detail) = self.detail {
+            cause = cause.with_detail(detail);
+        }
+        if let Some(source) = self.source {
+            cause = cause.with_payload(RecordedSource::payload(source));
+        }
+        Ok(cause)
     }
 }
 
