@@ -4,7 +4,8 @@
 //!
 //! 1. 10 000 children of one root, cancelled by 4 tasks at once (a quarter each), on a 1- and a
 //!    2-worker runtime and on 4 OS threads; the scaling from 1 to 2 workers.
-//! 2. Cancelling a childless leaf: create, cancel and drop, and cancel alone.
+//! 2. Cancelling a childless leaf: create, cancel and drop; cancel alone; cancel alone with the
+//!    cause allocated beforehand (what a cancel costs besides its cause).
 //! 3. An 80 000-deep chain of `child_with_timeout` scopes built and cancelled leaf to root,
 //!    against the same chain of plain children (and tokio-util's nested child tokens). Where a
 //!    round at that depth would take over a second (a cost per level that grows with depth), the
@@ -317,6 +318,20 @@ fn leaf_cancel_only_scope(parent: &Scope, iters: usize) -> Duration {
     let start = Instant::now();
     for c in &children {
         black_box(c.cancel(Cause::plain()));
+    }
+    let elapsed = start.elapsed();
+    drop(children);
+    elapsed
+}
+
+/// [`leaf_cancel_only_scope`] with the causes made beforehand too: what a cancel costs besides
+/// allocating the cause it is given.
+fn leaf_cancel_premade_cause(parent: &Scope, iters: usize) -> Duration {
+    let children: Vec<_> = (0..iters).map(|_| parent.child()).collect();
+    let causes: Vec<_> = (0..iters).map(|_| Cause::plain()).collect();
+    let start = Instant::now();
+    for (c, cause) in children.iter().zip(causes) {
+        black_box(c.cancel(cause));
     }
     let elapsed = start.elapsed();
     drop(children);
@@ -747,10 +762,22 @@ fn main() {
             &create_cancel_drop,
             Target::AtMost(1.2),
         ));
+        let premade_cause = interleaved(
+            config.leaf_rounds,
+            n,
+            || leaf_cancel_premade_cause(&scope, n),
+            || leaf_cancel_only_token(&token, n),
+        );
         rows.push(row(
             format!("2b. leaf cancel only, {n} made before"),
             "ns/op",
             &cancel_only,
+            Target::None,
+        ));
+        rows.push(row(
+            "2c. the same, the causes made before too",
+            "ns/op",
+            &premade_cause,
             Target::None,
         ));
         eprintln!(
