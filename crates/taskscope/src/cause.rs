@@ -2,11 +2,12 @@
 
 use std::any::Any;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::error::Error;
 use std::fmt;
 use std::panic::{RefUnwindSafe, UnwindSafe};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use std::time::SystemTime;
 
 use tokio::time::Instant;
@@ -65,8 +66,9 @@ pub struct Cause {
     inner: Arc<Inner>,
 }
 
-/// Every cancellation allocates one of these, so it is kept within 104 bytes: one small
-/// allocation, which the allocator serves fastest (`docs/performance.md`, "Cost of a cause").
+/// Every cancellation allocates one of these: with the `Arc`'s counts, 120 bytes, a size glibc
+/// serves from its fast bins (`docs/performance.md`, the scope tree under contention).
+#[derive(Clone)]
 struct Inner {
     kind: CauseKind,
     code: Cow<'static, str>,
@@ -76,11 +78,9 @@ struct Inner {
     /// When, on tokio's clock: for measuring how long tasks take to stop, and the source of
     /// `at`. Not serialised; `None` for a cause decoded from a record.
     instant: Option<Instant>,
-    /// When, on the wall clock, in nanoseconds since the Unix epoch (years 1678 to 2262), or
-    /// [`UNKNOWN_TIME`]: set
-    /// from a record, or worked out from `instant` on first read, so that a cancellation reads
-    /// one clock, not two.
-    at_ns: AtomicI64,
+    /// When, on the wall clock, in nanoseconds since the Unix epoch (the years 1678 to 2262), or
+    /// [`NO_TIME`].
+    at_ns: i64,
     location: Option<CallSite>,
 }
 
@@ -90,22 +90,11 @@ struct Extra {
     source: Option<Arc<dyn Payload>>,
 }
 
-/// `Inner::at_ns` before anyone knows it.
-const UNKNOWN_TIME: i64 = i64::MIN;
+// Pinned: a field more, and every cancellation's allocation leaves the fast bins.
+const _: () = assert!(std::mem::size_of::<Inner>() <= 104);
 
-impl Clone for Inner {
-    fn clone(&self) -> Inner {
-        Inner {
-            kind: self.kind,
-            code: self.code.clone(),
-            extra: self.extra.clone(),
-            origin: self.origin.clone(),
-            instant: self.instant,
-            at_ns: AtomicI64::new(self.at_ns.load(Ordering::Relaxed)),
-            location: self.location.clone(),
-        }
-    }
-}
+/// `Inner::at_ns` of a cause that has not taken effect.
+const NO_TIME: i64 = i64::MIN;
 
 // A cause is immutable once built and only ever shared by reference, so a panic cannot leave one
 // half-updated; the wrapped user error is only read.
@@ -311,7 +300,7 @@ impl Cause {
                 extra: None,
                 origin: None,
                 instant: None,
-                at_ns: AtomicI64::new(UNKNOWN_TIME),
+                at_ns: NO_TIME,
                 location: None,
             }),
         }
@@ -371,24 +360,10 @@ impl Cause {
     /// When the cancellation happened, once it has happened. For a deadline, the deadline
     /// itself, even if nobody looked until later.
     ///
-    /// A cancellation reads only tokio's clock; the wall-clock time is worked out from it on the
-    /// first call (now, less the time elapsed since on tokio's clock), and kept.
+    /// A cancellation reads only tokio's clock; its wall-clock time is that of this thread's
+    /// last reading of the wall clock, at most a second old, advanced by tokio's clock since.
     pub fn at(&self) -> Option<SystemTime> {
-        let inner = &self.inner;
-        // Relaxed: the one value is all there is to see.
-        let known = inner.at_ns.load(Ordering::Relaxed);
-        if known != UNKNOWN_TIME {
-            return Some(time_of_ns(known));
-        }
-        let ns = ns_of_time(wall_clock_of(inner.instant?));
-        // The first reader to work it out sets it, so every reader sees the same time.
-        match inner
-            .at_ns
-            .compare_exchange(UNKNOWN_TIME, ns, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => Some(time_of_ns(ns)),
-            Err(known) => Some(time_of_ns(known)),
-        }
+        (self.inner.at_ns != NO_TIME).then(|| time_of_ns(self.inner.at_ns))
     }
 
     /// When the cancellation happened on tokio's clock (paused in tests), if it happened in this
@@ -464,8 +439,7 @@ impl Cause {
         };
         // Unchanged, it stays the very same cause (`ptr_eq`), so that errors echoing it are
         // recognised: also when it has no origin to get (an unnamed scope).
-        let timed = self.inner.instant.is_some()
-            || self.inner.at_ns.load(Ordering::Relaxed) != UNKNOWN_TIME;
+        let timed = self.inner.instant.is_some() && self.inner.at_ns != NO_TIME;
         if origin.is_none() && timed && self.inner.location.is_some() {
             return self;
         }
@@ -473,8 +447,10 @@ impl Cause {
         if origin.is_some() {
             inner.origin = origin;
         }
-        if !timed {
-            inner.instant = Some(at);
+        // A cause decoded from a record keeps its wall-clock time and takes tokio's here.
+        inner.instant.get_or_insert(at);
+        if inner.at_ns == NO_TIME {
+            inner.at_ns = ns_of_time(wall_clock_now(at));
         }
         inner.location.get_or_insert_with(|| location.into());
         self
@@ -482,7 +458,7 @@ impl Cause {
 
     /// Sets the wall-clock time outright, instead of working it out from `instant` when read.
     pub(crate) fn with_wall_clock(mut self, at: SystemTime) -> Cause {
-        *self.inner_mut().at_ns.get_mut() = ns_of_time(at);
+        self.inner_mut().at_ns = ns_of_time(at);
         self
     }
 
@@ -551,10 +527,26 @@ impl Error for Cause {
     }
 }
 
-/// The wall-clock time of `instant`, a reading of tokio's clock: now, shifted by how far
-/// `instant` is from now on tokio's clock.
-fn wall_clock_of(instant: Instant) -> SystemTime {
-    wall_clock(instant, Instant::now())
+/// The wall-clock time of `now`, a reading of tokio's clock just taken: this thread's last
+/// reading of the wall clock, advanced by tokio's clock since; read again once it is a second
+/// old, or when tokio's clock went back (another runtime's paused clock). So a cancellation reads
+/// one clock, not two, and its time is off by at most what the wall clock was corrected by in
+/// that second.
+fn wall_clock_now(now: Instant) -> SystemTime {
+    const FRESH_FOR: Duration = Duration::from_secs(1);
+    thread_local! {
+        static LAST_READ: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+    }
+    LAST_READ.with(|last| match last.get() {
+        Some((read_at, wall)) if now >= read_at && now - read_at < FRESH_FOR => {
+            wall + (now - read_at)
+        }
+        _ => {
+            let wall = SystemTime::now();
+            last.set(Some((now, wall)));
+            wall
+        }
+    })
 }
 
 /// The wall-clock time of `instant`, given that tokio's clock reads `now`.
@@ -602,17 +594,26 @@ impl From<Arc<str>> for Origin {
     }
 }
 
-/// Nanoseconds since the Unix epoch, saturating, never [`UNKNOWN_TIME`].
+/// Nanoseconds since the Unix epoch, saturating at the years 1678 and 2262, never [`NO_TIME`].
 fn ns_of_time(at: SystemTime) -> i64 {
+    exact_ns_of_time(at).unwrap_or(if at > SystemTime::UNIX_EPOCH {
+        i64::MAX
+    } else {
+        NO_TIME + 1
+    })
+}
+
+/// Nanoseconds since the Unix epoch, or `None` outside the years 1678 to 2262.
+fn exact_ns_of_time(at: SystemTime) -> Option<i64> {
     let ns = match at.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
-        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+        Ok(after) => i64::try_from(after.as_nanos()).ok()?,
+        Err(before) => -i64::try_from(before.duration().as_nanos()).ok()?,
     };
-    ns.max(UNKNOWN_TIME + 1)
+    (ns != NO_TIME).then_some(ns)
 }
 
 fn time_of_ns(ns: i64) -> SystemTime {
-    let since = std::time::Duration::from_nanos(ns.unsigned_abs());
+    let since = Duration::from_nanos(ns.unsigned_abs());
     if ns >= 0 {
         SystemTime::UNIX_EPOCH + since
     } else {

@@ -5,7 +5,9 @@
 //! its parent, and an inner node lives exactly as long as a handle or a descendant needs it.
 //!
 //! There is no lock per tree: every lock and every latch below belongs to one node or to one
-//! cancellation, so cancellations of disjoint subtrees touch no memory in common.
+//! cancellation, so cancellations of disjoint subtrees take no lock in common. The one shared
+//! write is a reference count: a cancellation stamps its cause with the node's path link, and an
+//! unnamed node shares its nearest named ancestor's (invariant 7).
 //!
 //! Invariants:
 //!
@@ -35,7 +37,9 @@
 //!    (callbacks, wakers, `Drop` of user values such as a cause's source error, observers) runs
 //!    while a node lock is held or before the cancellation's own latch is open (that code may
 //!    cancel a scope of the region and wait on the latch): a cancellation releases the
-//!    references it took, wakes and calls back only after opening its latch.
+//!    references it took, wakes and calls back only after opening its latch. The one
+//!    cancellation made inside another, of a passed deadline's owner (invariant 6), is complete
+//!    before the outer one marks anything or makes a latch, so it holds up nobody.
 //! 5. A node's effective deadline is fixed at creation: the earliest of its own and its
 //!    parent's (the parent's on a tie), with that deadline's cause. So a node's deadline is never
 //!    later than any ancestor's, up to the nearest detached scope.
@@ -43,11 +47,14 @@
 //!    the clock once, before any lock, and whenever it reaches a node at that time `t`
 //!    (including a deadline being observed), the node takes its deadline's cause instead if that
 //!    deadline is `<= t`. Observing a passed deadline from any node that has it cancels the
-//!    deadline's owner. Nothing runs in the background; a waiting `Cancelled` future holds the
+//!    deadline's owner. Concurrent cancellations are each ordered by their own reading: one still
+//!    marking when a deadline below it passes may find that deadline observed first by someone
+//!    else, as if it had come later. Nothing runs in the background; a waiting `Cancelled` future holds the
 //!    only timer, released when it resolves or is dropped.
 //! 7. Nothing walks up the tree on a hot path: a node's path is one link away
 //!    ([`PathLink`]), its deadline is its own field, and a cause names its origin by a link,
-//!    rendered when read.
+//!    rendered when read. Cloning that link is the one write a cancellation makes outside its
+//!    own subtree: to the nearest named ancestor's link when the node is unnamed.
 
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
@@ -77,8 +84,9 @@ pub(crate) struct Node {
     /// Mirrors whether `state` is `Cancelled`, for lock-free reads (invariant 1).
     cancelled: AtomicBool,
     detached: bool,
-    /// Key of this node in its parent's children, or `UNLINKED`. Written once, under the
-    /// parent's lock, before anyone but the parent can see the node; read under that lock.
+    /// Key of this node in its parent's children, or `UNLINKED`. Written under the parent's
+    /// lock: when the node is linked, before anyone but the parent can see it, and when
+    /// compaction moves it (invariant 2).
     slot: AtomicU32,
     state: Mutex<State>,
     parent: Option<Arc<Node>>,

@@ -78,6 +78,17 @@ impl PathLink {
     }
 }
 
+impl Drop for PathLink {
+    fn drop(&mut self) {
+        // Iteratively: the last cause or scope of a 100 000-deep named chain releases the whole
+        // chain of links, which must not recurse.
+        let mut next = self.parent.take();
+        while let Some(link) = next {
+            next = Arc::into_inner(link).and_then(|mut link| link.parent.take());
+        }
+    }
+}
+
 /// Writes `path`: its names, outermost first, joined by `/`; nothing for no path.
 pub(crate) fn write(path: Option<&PathLink>, out: &mut impl fmt::Write) -> fmt::Result {
     let Some(path) = path else {

@@ -393,8 +393,9 @@ impl Scope {
     /// This scope's path: the names of it and its ancestors joined by `/` (`"orders/reserve"`).
     /// Unnamed scopes add no segment; an unnamed root has the empty path.
     ///
-    /// The path is built when it is formatted or compared, by walking up the tree: scopes store
-    /// only their own name, so a child costs the same however deep it sits.
+    /// The path is built when it is formatted or compared, from the names of the scope and its
+    /// named ancestors; a scope only links to its nearest named ancestor's name, so a child
+    /// costs the same however deep it sits.
     pub fn path(&self) -> ScopePath<'_> {
         ScopePath { node: &self.node }
     }

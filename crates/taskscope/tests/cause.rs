@@ -93,6 +93,21 @@ fn cancel_stamps_origin_time_and_caller() {
     assert_eq!(location.line(), line);
 }
 
+/// `at` is fixed when the cancellation happens, whenever it is read, and keeps the order of
+/// cancellations also under paused time.
+#[tokio::test(start_paused = true)]
+async fn at_keeps_the_order_of_cancellations_whenever_it_is_read() {
+    let (a, b) = (Scope::new(), Scope::new());
+    a.cancel(Cause::new("A"));
+    let at_a = a.cause().unwrap().at().unwrap();
+    tokio::time::advance(std::time::Duration::from_secs(100)).await;
+    b.cancel(Cause::new("B"));
+    tokio::time::advance(std::time::Duration::from_secs(900)).await;
+    let at_b = b.cause().unwrap().at().unwrap();
+    assert!(at_b > at_a, "{at_b:?} is not after {at_a:?}");
+    assert_eq!(a.cause().unwrap().at().unwrap(), at_a);
+}
+
 #[test]
 fn a_cause_passed_on_keeps_its_first_origin() {
     let first = Scope::builder().name("first").build();
@@ -210,6 +225,10 @@ mod record {
             (
                 json!({"v": 1, "kind": "explicit", "code": "X", "at_unix_us": -1}),
                 "invalid value",
+            ),
+            (
+                json!({"v": 1, "kind": "explicit", "code": "X", "at_unix_us": 10_000_000_000_000_000u64}),
+                "out of range (past the year 2262)",
             ),
             (
                 json!({"v": 1, "kind": "explicit", "code": "X", "location": {"file": "a.rs"}}),

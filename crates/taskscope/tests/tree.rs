@@ -170,6 +170,36 @@ fn a_deep_chain_drops_uncancelled_on_a_small_stack() {
 }
 
 #[test]
+fn a_deep_named_chain_drops_on_a_small_stack() {
+    on_small_stack(|| {
+        let root = Scope::builder().name("root").build();
+        let mut leaf = root.clone();
+        for _ in 0..DEPTH {
+            leaf = leaf.child_builder().name("n").build();
+        }
+        drop(leaf);
+        assert_eq!(root.live_children(), 0);
+    });
+}
+
+/// A cause holds its origin's path: the last one released frees the whole chain of names.
+#[test]
+fn a_cause_from_a_deep_named_leaf_drops_on_a_small_stack() {
+    on_small_stack(|| {
+        let root = Scope::builder().name("root").build();
+        let mut leaf = root.clone();
+        for _ in 0..DEPTH {
+            leaf = leaf.child_builder().name("n").build();
+        }
+        leaf.cancel(Cause::new("LEAF"));
+        let cause = leaf.cause().unwrap();
+        drop((leaf, root));
+        assert!(cause.origin().unwrap().starts_with("root/n/n/"));
+        drop(cause);
+    });
+}
+
+#[test]
 fn a_deep_chain_cancelled_from_the_leaf_up_stays_consistent() {
     on_small_stack(|| {
         let root = Scope::new();

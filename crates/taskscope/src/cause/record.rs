@@ -9,7 +9,7 @@
 //! | `code` | string, non-empty | [`Cause::code`] |
 //! | `detail` | string, optional | [`Cause::detail`] |
 //! | `origin` | string, optional | [`Cause::origin`] |
-//! | `at_unix_us` | integer, optional | [`Cause::at`], microseconds since the Unix epoch |
+//! | `at_unix_us` | integer, optional | [`Cause::at`], microseconds since the Unix epoch, before the year 2262 |
 //! | `location` | `{file, line, column}`, optional | [`Cause::location`] |
 //! | `source` | string, optional | the wrapped error's `Display`, decoded as an opaque error |
 //!
@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{CallSite, Cause, CauseKind, Origin, RecordedSource};
+use super::{CallSite, Cause, CauseKind, Origin, RecordedSource, exact_ns_of_time};
 
 const VERSION: u32 = 1;
 
@@ -61,8 +61,8 @@ impl Record {
                 .origin
                 .as_ref()
                 .map(|origin| origin.as_str().to_owned()),
-            // A time before 1970 or past the year 2554 has no record form; it is left out
-            // rather than made up.
+            // A time before 1970 has no record form; it is left out rather than made up. A cause
+            // holds no time past the year 2262 (`Cause::at`).
             at_unix_us: cause
                 .at()
                 .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -97,7 +97,10 @@ impl Record {
             Some(us) => Some(
                 SystemTime::UNIX_EPOCH
                     .checked_add(Duration::from_micros(us))
-                    .ok_or_else(|| format!("cause record time {us}us is out of range"))?,
+                    .filter(|at| exact_ns_of_time(*at).is_some())
+                    .ok_or_else(|| {
+                        format!("cause record time {us}us is out of range (past the year 2262)")
+                    })?,
             ),
         };
         let mut cause = Cause::of_kind(kind);
@@ -136,5 +139,29 @@ impl<'de> Deserialize<'de> for Cause {
         Record::deserialize(deserializer)?
             .into_cause()
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use crate::{Cause, Scope};
+
+    /// A cause from another process keeps its wall-clock time and, once it cancels a scope
+    /// here, takes a time on tokio's clock, from which tasks' cancel latency is measured.
+    #[test]
+    fn a_decoded_cause_keeps_its_time_and_is_timed_here_when_it_cancels() {
+        let json = r#"{"v":1,"kind":"shutdown","code":"shutdown","at_unix_us":1700000000000000}"#;
+        let cause: Cause = serde_json::from_str(json).unwrap();
+        assert!(cause.instant().is_none());
+        let scope = Scope::new();
+        scope.cancel(cause);
+        let cause = scope.cause().unwrap();
+        assert!(cause.instant().is_some());
+        assert_eq!(
+            cause.at().unwrap(),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
     }
 }
