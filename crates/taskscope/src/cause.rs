@@ -450,7 +450,7 @@ impl Cause {
         // A cause decoded from a record keeps its wall-clock time and takes tokio's here.
         inner.instant.get_or_insert(at);
         if inner.at_ns == NO_TIME {
-            inner.at_ns = ns_of_time(wall_clock_now(at));
+            inner.at_ns = wall_clock_now(at);
         }
         inner.location.get_or_insert_with(|| location.into());
         self
@@ -527,25 +527,29 @@ impl Error for Cause {
     }
 }
 
-/// The wall-clock time of `now`, a reading of tokio's clock just taken: this thread's last
+/// The wall-clock time of `now`, a reading of tokio's clock just taken, in nanoseconds since the
+/// Unix epoch: this thread's last
 /// reading of the wall clock, advanced by tokio's clock since; read again once it is a second
 /// old, or when tokio's clock went back (another runtime's paused clock). So a cancellation reads
 /// one clock, not two, and its time is off by at most what the wall clock was corrected by in
 /// that second.
-fn wall_clock_now(now: Instant) -> SystemTime {
+fn wall_clock_now(now: Instant) -> i64 {
     const FRESH_FOR: Duration = Duration::from_secs(1);
     thread_local! {
-        static LAST_READ: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+        /// The last reading, as (tokio's clock, nanoseconds since the Unix epoch).
+        static LAST_READ: Cell<Option<(Instant, i64)>> = const { Cell::new(None) };
     }
-    LAST_READ.with(|last| match last.get() {
-        Some((read_at, wall)) if now >= read_at && now - read_at < FRESH_FOR => {
-            wall + (now - read_at)
+    LAST_READ.with(|last| {
+        if let Some((read_at, wall_ns)) = last.get()
+            && let Some(since) = now.checked_duration_since(read_at)
+            && since < FRESH_FOR
+        {
+            // Below a second: `as_nanos` fits in an i64.
+            return wall_ns.saturating_add(since.as_nanos() as i64);
         }
-        _ => {
-            let wall = SystemTime::now();
-            last.set(Some((now, wall)));
-            wall
-        }
+        let wall_ns = ns_of_time(SystemTime::now());
+        last.set(Some((now, wall_ns)));
+        wall_ns
     })
 }
 
