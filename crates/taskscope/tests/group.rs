@@ -276,6 +276,33 @@ async fn an_error_whose_display_panics_is_reported_as_a_panic() {
     assert!(error.first_failure().unwrap().failure.is_panic());
 }
 
+/// A snapshot formats stored errors; one whose `Display` panics shows a placeholder instead of
+/// taking the caller down.
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_survives_an_error_whose_display_panics() {
+    let group: TaskGroup<(), Unprintable> = TaskGroup::builder(&Scope::new()).collect_all().build();
+    group.spawn("odd", |_| async { Err(Unprintable) });
+    group.spawn("waits", |scope| async move {
+        let _ = scope.cancelled().await;
+        Ok(())
+    });
+    tokio::task::yield_now().await;
+    let snapshot = group.snapshot();
+    let odd = snapshot
+        .tasks
+        .iter()
+        .find(|t| t.task.name() == "odd")
+        .unwrap();
+    assert!(
+        matches!(&odd.state, TaskState::Failed(text) if text == "(its Display panicked)"),
+        "{:?}",
+        odd.state
+    );
+    assert!(snapshot.to_string().contains("(its Display panicked)"));
+    group.scope().cancel(Cause::plain());
+    let _ = group.join().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn panics_are_failures_with_their_message() {
     let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).name("g").build();

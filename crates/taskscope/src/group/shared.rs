@@ -50,7 +50,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo};
-use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
+use super::report::{GroupSnapshot, TaskSnapshot, TaskState, displayed};
 use crate::cause::Payload;
 use crate::observe::{
     self, Attachment, GroupCancelled, GroupCreated, Observer, TaskFinished, TaskOutcome,
@@ -1029,7 +1029,7 @@ where
                 state: match view {
                     View::State(state) => state,
                     // Formatted here, outside the lock (invariant 4).
-                    View::Failed(error) => TaskState::Failed(error.to_string()),
+                    View::Failed(error) => TaskState::Failed(displayed(&*error)),
                 },
             })
             .collect();

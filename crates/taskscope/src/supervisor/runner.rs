@@ -41,7 +41,7 @@ use super::snapshot::{ChildSnapshot, ChildState, SupervisorSnapshot, SupervisorS
 use super::spec::{ChildSpec, Nested};
 use super::{Backoff, Restart, Strategy, SupervisorError};
 use crate::cause::Origin;
-use crate::group::{Config, Spawned, failure_cause};
+use crate::group::{Config, Spawned, displayed, failure_cause};
 use crate::observe::{self, ChildRestarting};
 use crate::path::Name;
 use crate::sync::{Mutex, lock};
@@ -1118,11 +1118,10 @@ fn far_or(now: Instant, delay: Duration) -> Instant {
 
 /// A failure as a snapshot shows it: the error's `Display`, or the panic.
 fn describe<E: fmt::Display>(failure: &Failure<E>) -> String {
-    panic::catch_unwind(AssertUnwindSafe(|| match failure {
-        Failure::Error(error) => error.to_string(),
+    match failure {
+        Failure::Error(error) => displayed(&**error),
         Failure::Panic(message) => format!("panicked: {message}"),
-    }))
-    .unwrap_or_else(|_| "(its Display panicked)".to_owned())
+    }
 }
 
 /// Hashes a [`TaskId`], a number unique within the group, as itself: no need for SipHash's
