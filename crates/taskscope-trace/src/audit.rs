@@ -238,9 +238,14 @@ impl AuditLog {
     }
 
     pub(crate) fn write(&self, record: &AuditRecord) {
-        let line = match serde_json::to_string(record) {
-            Ok(line) => line,
-            Err(error) => return self.failed(&error),
+        // A record holds user text; whatever goes wrong in turning it into a line is counted,
+        // never lost silently.
+        let line = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serde_json::to_string(record)
+        })) {
+            Ok(Ok(line)) => line,
+            Ok(Err(error)) => return self.failed(&error),
+            Err(_) => return self.failed(&"serialising the record panicked"),
         };
         match &self.inner.sink {
             Sink::Tracing => tracing::info!(target: AUDIT_TARGET, record = %line, "audit record"),

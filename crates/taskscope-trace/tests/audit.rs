@@ -253,6 +253,36 @@ async fn a_detail_with_newlines_and_quotes_stays_on_one_line() {
     assert_eq!(record.cause.detail(), Some(detail));
 }
 
+/// An error whose `Display` panics.
+#[derive(Debug)]
+struct Unprintable;
+
+impl std::fmt::Display for Unprintable {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("Display is not implemented yet")
+    }
+}
+
+impl std::error::Error for Unprintable {}
+
+/// A cause whose source cannot be printed is still recorded, with a placeholder for the text.
+#[tokio::test(start_paused = true)]
+async fn a_cause_whose_source_display_panics_is_recorded_with_a_placeholder() {
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    let buf = SharedBuf::default();
+    let log = AuditLog::to_writer(buf.clone());
+    let orders = orders(&log);
+    orders.cancel(Cause::new("ODD").with_source(Unprintable));
+
+    let records = parse_all(&buf.lines());
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0].cause.code(), "ODD");
+    let source = std::error::Error::source(&records[0].cause).unwrap();
+    assert_eq!(source.to_string(), "(its Display panicked)");
+    assert_eq!(log.write_errors(), 0);
+}
+
 /// A writer that always fails.
 struct Broken;
 

@@ -17,7 +17,6 @@ use tokio::time::{Instant, Sleep};
 
 use crate::path::Name;
 use crate::{CancelledOwned, Cause, CauseKind, Scope};
-pub(crate) use report::displayed;
 use shared::{Admitted, Shared};
 pub(crate) use shared::{Config, failure_cause};
 

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{CallSite, Cause, CauseKind, Origin, RecordedSource, exact_ns_of_time};
+use super::{CallSite, Cause, CauseKind, Origin, RecordedSource, displayed, exact_ns_of_time};
 
 const VERSION: u32 = 1;
 
@@ -76,7 +76,7 @@ impl Record {
                 .extra
                 .as_ref()
                 .and_then(|extra| extra.source.as_ref())
-                .map(|source| source.to_string()),
+                .map(|source| displayed(source)),
         }
     }
 

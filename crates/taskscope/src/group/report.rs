@@ -354,10 +354,3 @@ impl fmt::Display for GroupSnapshot {
         Ok(())
     }
 }
-
-/// `value`'s `Display`, or a placeholder if it panics: a user's `Display` must not take down
-/// whoever formats it (a snapshot, a report, a supervisor).
-pub(crate) fn displayed(value: &dyn fmt::Display) -> String {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.to_string()))
-        .unwrap_or_else(|_| "(its Display panicked)".to_owned())
-}

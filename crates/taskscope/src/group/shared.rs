@@ -50,8 +50,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo};
-use super::report::{GroupSnapshot, TaskSnapshot, TaskState, displayed};
-use crate::cause::Payload;
+use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
+use crate::cause::{Payload, displayed};
 use crate::observe::{
     self, Attachment, GroupCancelled, GroupCreated, Observer, TaskFinished, TaskOutcome,
     TaskSlowToStop, TaskSpawned, TaskStarted,
