@@ -215,7 +215,7 @@ impl Observer for TraceObserver {
         event_at!(
             level,
             target: CANCEL_TARGET,
-            scope = %event.scope,
+            scope = event.scope.to_string().as_str(),
             cause.kind = cause.kind().as_str(),
             cause.code = cause.code(),
             cause.detail = cause.detail(),
@@ -235,7 +235,7 @@ impl Observer for TraceObserver {
         let (lost, winner) = (event.lost, event.cause);
         tracing::debug!(
             target: CANCEL_TARGET,
-            scope = %event.scope,
+            scope = event.scope.to_string().as_str(),
             cause.kind = lost.kind().as_str(),
             cause.code = lost.code(),
             cause.detail = lost.detail(),
@@ -256,7 +256,7 @@ impl Observer for TraceObserver {
         let span = tracing::info_span!(
             target: GROUP_TARGET,
             "taskscope.group",
-            scope = %event.scope.path(),
+            scope = event.scope.path().to_string().as_str(),
             cause.kind = Empty,
             cause.code = Empty,
             cause.detail = Empty,
@@ -289,7 +289,7 @@ impl Observer for TraceObserver {
         let task = event.task;
         tracing::trace!(
             target: TASK_TARGET,
-            scope = %TaskPath { group: event.group, name: task.name() },
+            scope = TaskPath { group: event.group, name: task.name() }.to_string().as_str(),
             task.name = task.name(),
             task.id = task.id().get(),
             task.spawned_at = %task.spawned_at(),
@@ -312,7 +312,7 @@ impl Observer for TraceObserver {
             target: TASK_TARGET,
             parent: parent_of(event.group_attachment),
             "taskscope.task",
-            scope = %event.scope.path(),
+            scope = event.scope.path().to_string().as_str(),
             task.name = task.name(),
             task.id = task.id().get(),
             task.spawned_at = %task.spawned_at(),
@@ -326,7 +326,7 @@ impl Observer for TraceObserver {
         tracing::trace!(
             target: TASK_TARGET,
             parent: span.id().or_else(|| Span::current().id()),
-            scope = %event.scope.path(),
+            scope = event.scope.path().to_string().as_str(),
             task.name = task.name(),
             task.id = task.id().get(),
             task.spawned_at = %task.spawned_at(),
@@ -359,13 +359,13 @@ impl Observer for TraceObserver {
             level,
             target: TASK_TARGET,
             parent: parent_of(event.attachment),
-            scope = %TaskPath { group: event.group, name: task.name() },
+            scope = TaskPath { group: event.group, name: task.name() }.to_string().as_str(),
             task.name = task.name(),
             task.id = task.id().get(),
             task.spawned_at = %task.spawned_at(),
             task.outcome = event.outcome.as_str(),
             task.elapsed_us = micros(event.elapsed),
-            task.error = event.error.map(tracing::field::display),
+            task.error = event.error.map(ToString::to_string).as_deref(),
             cause.kind = cause.map(|cause| cause.kind().as_str()),
             cause.code = cause.map(Cause::code),
             cause.detail = cause.and_then(Cause::detail),
@@ -388,7 +388,7 @@ impl Observer for TraceObserver {
         tracing::warn!(
             target: TASK_TARGET,
             parent: parent_of(event.attachment),
-            scope = %TaskPath { group: event.group, name: task.name() },
+            scope = TaskPath { group: event.group, name: task.name() }.to_string().as_str(),
             task.name = task.name(),
             task.id = task.id().get(),
             task.spawned_at = %task.spawned_at(),
@@ -409,7 +409,7 @@ impl Observer for TraceObserver {
         let cause = event.cause;
         tracing::info!(
             target: SUPERVISOR_TARGET,
-            scope = %event.supervisor.path(),
+            scope = event.supervisor.path().to_string().as_str(),
             child.name = event.child,
             child.restarts = event.restarts,
             restart.delay_us = micros(event.delay),

@@ -939,3 +939,56 @@ async fn a_subscriber_that_disables_everything_captures_nothing_and_groups_still
         capture.spans()
     );
 }
+
+/// Scope and task names and task errors are text fields, escaped by the subscriber like codes
+/// and details: a name holding a line break cannot forge a log line.
+#[tokio::test(start_paused = true)]
+async fn names_and_errors_cannot_forge_log_lines() {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+    impl Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(Level::DEBUG)
+        .without_time()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    const FORGED: &str = "\n ERROR taskscope::cancel: forged";
+    let forged = FORGED;
+    let orders = Scope::builder()
+        .name(format!("orders{forged}"))
+        .observer(Arc::new(TraceObserver::new()))
+        .build();
+    let group: TaskGroup<()> = TaskGroup::builder(&orders).name("order-1").build();
+    group.spawn(format!("pay{forged}"), |_| async {
+        Err(format!("declined{FORGED}").into())
+    });
+    let _ = group.join().await.unwrap_err();
+    orders.cancel(Cause::new("SHUTDOWN"));
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let forged_lines: Vec<_> = logs
+        .lines()
+        .filter(|line| line.starts_with(" ERROR taskscope::cancel: forged"))
+        .collect();
+    assert!(forged_lines.is_empty(), "{logs}");
+    assert!(logs.contains(r"orders\n ERROR"), "{logs}");
+    assert!(logs.contains(r"pay\n ERROR"), "{logs}");
+    assert!(logs.contains(r"declined\n ERROR"), "{logs}");
+}

@@ -625,13 +625,6 @@ fn time_of_ns(ns: i64) -> SystemTime {
     }
 }
 
-/// `value`'s `Display`, or a placeholder if it panics: a user's `Display` must not take down
-/// whoever formats it (a record, a snapshot, a supervisor).
-pub(crate) fn displayed(value: &dyn fmt::Display) -> String {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.to_string()))
-        .unwrap_or_else(|_| "(its Display panicked)".to_owned())
-}
-
 /// What a cause wraps: a user error ([`Cause::with_source`]) or the error a task failed with.
 pub(crate) trait Payload: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// The wrapped value itself, for [`Cause::downcast_ref`].

@@ -66,6 +66,7 @@ mod scope;
 mod slab;
 mod supervisor;
 mod sync;
+mod text;
 
 pub use cancelled::{Cancelled, CancelledOwned};
 pub use cause::{CallSite, Cause, CauseKind};

@@ -303,6 +303,30 @@ async fn a_snapshot_survives_an_error_whose_display_panics() {
     let _ = group.join().await;
 }
 
+/// Names, details and errors are escaped in a snapshot's text: none can forge a row.
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_escapes_names_and_details() {
+    let scope = Scope::builder()
+        .name("orders\ngroup forged: running")
+        .build();
+    let group: TaskGroup<()> = TaskGroup::new(&scope);
+    group.spawn(
+        "pay\n  #9 forged (x.rs:1:1): completed",
+        |scope| async move {
+            let _ = scope.cancelled().await;
+            Ok(())
+        },
+    );
+    tokio::task::yield_now().await;
+    scope.cancel(Cause::new("X").with_detail("line one\nline two"));
+    let text = group.snapshot().to_string();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains(r"orders\ngroup forged"), "{text}");
+    assert!(text.contains(r"pay\n  #9 forged"), "{text}");
+    assert!(text.contains(r"line one\nline two"), "{text}");
+    let _ = group.join().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn panics_are_failures_with_their_message() {
     let group: TaskGroup<()> = TaskGroup::builder(&Scope::new()).name("g").build();

@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{CallSite, Cause, CauseKind, Origin, RecordedSource, displayed, exact_ns_of_time};
+use super::{CallSite, Cause, CauseKind, Origin, RecordedSource, exact_ns_of_time};
+use crate::text::displayed;
 
 const VERSION: u32 = 1;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::Cause;
 use crate::path::Name;
+use crate::text::Escaped;
 
 /// A task's number in its group: its position in spawn order, starting at 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -339,16 +340,20 @@ impl fmt::Display for GroupSnapshot {
         } else {
             &self.path
         };
-        write!(f, "group {path}: ")?;
+        // Names, details and errors are the user's: escaped, so none can forge a line.
+        write!(f, "group {}: ", Escaped(path))?;
         match &self.cause {
-            Some(cause) => writeln!(f, "cancelled: {cause}")?,
+            Some(cause) => writeln!(f, "cancelled: {}", Escaped(cause))?,
             None => writeln!(f, "running")?,
         }
         for task in &self.tasks {
             writeln!(
                 f,
                 "  {} {} ({}): {}",
-                task.task.id, &*task.task.name, task.task.spawned_at, task.state
+                task.task.id,
+                Escaped(&*task.task.name),
+                task.task.spawned_at,
+                Escaped(&task.state)
             )?;
         }
         Ok(())

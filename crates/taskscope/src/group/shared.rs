@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo};
 use super::report::{GroupSnapshot, TaskSnapshot, TaskState};
-use crate::cause::{Payload, displayed};
+use crate::cause::Payload;
 use crate::observe::{
     self, Attachment, GroupCancelled, GroupCreated, Observer, TaskFinished, TaskOutcome,
     TaskSlowToStop, TaskSpawned, TaskStarted,
@@ -59,6 +59,7 @@ use crate::observe::{
 use crate::path::Name;
 use crate::slab::{self, Slab};
 use crate::sync::{Mutex, lock};
+use crate::text::displayed;
 use crate::{BoxError, Cause, CauseKind, Scope};
 
 pub(crate) struct Shared<T, E> {

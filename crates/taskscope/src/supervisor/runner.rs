@@ -40,11 +40,12 @@ use super::backoff::Rng;
 use super::snapshot::{ChildSnapshot, ChildState, SupervisorSnapshot, SupervisorState};
 use super::spec::{ChildSpec, Nested};
 use super::{Backoff, Restart, Strategy, SupervisorError};
-use crate::cause::{Origin, displayed};
+use crate::cause::Origin;
 use crate::group::{Config, Spawned, failure_cause};
 use crate::observe::{self, ChildRestarting};
 use crate::path::Name;
 use crate::sync::{Mutex, lock};
+use crate::text::displayed;
 use crate::{CancelledOwned, Cause, CauseKind, Failure, Outcome, Scope, TaskExit, TaskGroup};
 use crate::{TaskId, TaskInfo};
 

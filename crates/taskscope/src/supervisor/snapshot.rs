@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::Strategy;
 use crate::Cause;
+use crate::text::Escaped;
 
 /// What a supervisor is doing, in a [`SupervisorSnapshot`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,14 +140,15 @@ impl SupervisorSnapshot {
         } else {
             &self.path
         };
-        write!(f, "{path} ({}): {}", self.strategy, self.state)?;
+        // Names, causes and failures are the user's: escaped, so none can forge a line.
+        write!(f, "{} ({}): {}", Escaped(path), self.strategy, self.state)?;
         if let Some(cause) = &self.cause {
-            write!(f, ": {cause}")?;
+            write!(f, ": {}", Escaped(cause))?;
         }
         writeln!(f)?;
         for child in &self.children {
             let indent = 2 * (depth + 1);
-            write!(f, "{:indent$}{}: {}", "", child.name, child.state)?;
+            write!(f, "{:indent$}{}: {}", "", Escaped(&child.name), child.state)?;
             if let Some(restart_in) = child.restart_in {
                 write!(f, " in {:?}", whole_millis(restart_in))?;
             }
@@ -163,10 +165,10 @@ impl SupervisorSnapshot {
                 .as_ref()
                 .filter(|_| matches!(child.state, ChildState::Cancelled | ChildState::Aborted))
             {
-                write!(f, ", cause: {cause}")?;
+                write!(f, ", cause: {}", Escaped(cause))?;
             }
             if let Some(failure) = &child.last_failure {
-                write!(f, ", last failure: {failure}")?;
+                write!(f, ", last failure: {}", Escaped(failure))?;
             }
             writeln!(f)?;
             if let Some(nested) = &child.supervisor {
