@@ -1,6 +1,7 @@
 //! OTP-style supervisors: children restarted with backoff, and an ordered graceful shutdown.
 
 mod backoff;
+mod deep;
 mod error;
 mod runner;
 mod snapshot;

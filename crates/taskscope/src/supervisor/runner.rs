@@ -108,7 +108,7 @@ impl Inner {
             .map(|(mut child, nested)| {
                 // Outside our lock: the nested supervisor takes its own.
                 child.supervisor = nested
-                    .and_then(|nested| lock(&nested).clone())
+                    .and_then(|nested| lock(&nested).as_ref().map(|inner| inner.get().clone()))
                     .map(|inner| Box::new(inner.snapshot()));
                 child
             })
@@ -653,7 +653,9 @@ where
 
     /// The latest run of `child`, if it is a nested supervisor.
     fn nested(&self, child: usize) -> Option<Arc<Inner>> {
-        lock(self.nested[child].as_ref()?).clone()
+        lock(self.nested[child].as_ref()?)
+            .as_ref()
+            .map(|inner| inner.get().clone())
     }
 
     /// Aborts the run `id` of `child`; a nested supervisor is forced instead, so that it aborts

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::deep::{Deferred, nesting};
 use super::runner::Inner;
 use super::{ConfigError, SupervisorBuilder, SupervisorError};
 use crate::path::Name;
@@ -35,7 +36,7 @@ type Predicate<E> = Arc<dyn Fn(&Failure<E>, &Cause) -> bool + Send + Sync>;
 
 /// The state of a nested supervisor's latest run: for snapshots of the tree, to force it, and
 /// to name the children it aborted.
-pub(crate) type Nested = Arc<Mutex<Option<Arc<Inner>>>>;
+pub(crate) type Nested = Arc<Mutex<Option<Deferred<Arc<Inner>>>>>;
 
 /// A child of a [`Supervisor`](crate::Supervisor): a name, a factory that makes the child's
 /// future anew on every (re)start, when to restart it, and how long it gets to stop.
@@ -102,7 +103,10 @@ where
     }
 
     /// A nested supervisor as a child, named by the builder's name. Every run starts the
-    /// nested supervisor in the run's scope; its shutdown waits for its own children, so its
+    /// nested supervisor in the run's scope, and its children before the parent's next child
+    /// (OTP's order); below 32 levels of nesting started at once, a nested supervisor starts its
+    /// children in its own task instead, so trees of any depth start and drop without
+    /// exhausting a thread's stack. Its shutdown waits for its own children, so its
     /// grace is unlimited by default (OTP's `infinity` for supervisors); each of its children
     /// is bounded by its own grace. It fails, and may be restarted, when it escalates. When its
     /// grace runs out, or the parent is forced, it is forced in turn: it aborts its own
@@ -120,12 +124,31 @@ where
             Ok(()) => None,
         };
         let location = Location::caller();
+        // A tree of nested supervisors drops in a loop, however deep.
+        let builder = Deferred::new(builder);
         let factory = move |scope: Scope, slot: Option<&Nested>| -> ChildFuture<E> {
-            let runner = builder.clone().runner(scope, location);
-            if let Some(slot) = slot {
-                *lock(slot) = Some(runner.inner().clone());
+            let builder = builder.get().clone();
+            let slot = slot.cloned();
+            let start = move || {
+                let runner = builder.runner(scope, location);
+                if let Some(slot) = slot {
+                    // The last run's state is released after the lock.
+                    let last = lock(&slot).replace(Deferred::new(runner.inner().clone()));
+                    drop(last);
+                }
+                runner
+            };
+            // Started now, so its children start before its parent's next child (OTP's order),
+            // unless this thread is already that deep in starting nested supervisors: then on
+            // the child's first poll, in its own task, so no depth overflows the stack.
+            match nesting::enter() {
+                Some(level) => {
+                    let runner = start();
+                    drop(level);
+                    Box::pin(async move { runner.await.map_err(E::from) })
+                }
+                None => Box::pin(async move { start().await.map_err(E::from) }),
             }
-            Box::pin(async move { runner.await.map_err(E::from) })
         };
         ChildSpec {
             name,
