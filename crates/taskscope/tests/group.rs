@@ -895,3 +895,67 @@ fn join_is_pending_until_every_task_ends() {
     assert!(join.is_woken());
     assert_ready!(join.poll()).unwrap();
 }
+
+/// A value a task's closure captured, whose `Drop` panics.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("a captured value's drop panicked");
+    }
+}
+
+/// Observes every task and does nothing: a group with a watcher.
+struct Watching;
+
+impl taskscope::observe::Observer for Watching {}
+
+/// A task that never starts (pending under the limit, or spawned into a cancelled group) and
+/// whose closure panics when dropped: the panic stays inside the group, `cancel` returns
+/// normally and `join` ends, with or without an observer watching the tasks.
+#[test]
+fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
+    for watched in [false, true] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let root = if watched {
+                Scope::builder().observer(Arc::new(Watching)).build()
+            } else {
+                Scope::new()
+            };
+            let group: TaskGroup<()> = TaskGroup::builder(&root)
+                .limit(std::num::NonZeroUsize::MIN)
+                .build();
+            group.spawn("first", |scope| async move {
+                let _ = scope.cancelled().await;
+                Ok(())
+            });
+            let captured = PanicsOnDrop;
+            group.spawn("pending", move |_| async move {
+                let _keep = &captured;
+                Ok(())
+            });
+            tokio::task::yield_now().await;
+            let cancel = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                group.scope().cancel(Cause::plain())
+            }));
+            assert!(
+                cancel.is_ok(),
+                "watched {watched}: the drop's panic reached `cancel`"
+            );
+            let late = PanicsOnDrop;
+            group.spawn("late", move |_| async move {
+                let _keep = &late;
+                Ok(())
+            });
+            tokio::time::timeout(Duration::from_secs(60), group.join())
+                .await
+                .unwrap_or_else(|_| panic!("watched {watched}: join hangs"))
+                .unwrap_err();
+        });
+    }
+}

@@ -296,7 +296,7 @@ where
                 state.finished.push_back(key);
                 let joiner = state.joiner.take();
                 drop(state);
-                drop(task);
+                drop_contained(task);
                 if let Some(joiner) = joiner {
                     joiner.wake();
                 }
@@ -305,7 +305,7 @@ where
             let info = state.info(key);
             state.reporting += 1;
             drop(state);
-            drop(task);
+            drop_contained(task);
             // Reported as queued and cancelled before it started, like a pending task.
             self.spawned(observer, &info, true);
             self.never_started(observer, &info, &cause);
@@ -408,7 +408,7 @@ where
         // A task of a cancelled group never starts (invariant 3): its closure is not called.
         if let Some(cause) = scope.cause() {
             // The closure's captures are dropped here; a panic doing so changes nothing.
-            let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(task)));
+            drop_contained(task);
             match observed {
                 Some(observed) if observed.was_pending => {
                     if let Some(watcher) = &self.watcher {
@@ -703,7 +703,9 @@ where
         let joiner = state.joiner.take();
         let running = state.running > 0;
         drop(state);
-        drop(drained);
+        // One by one: a closure whose drop panics must not keep the others, or the settling
+        // below, from happening.
+        drained.into_iter().for_each(drop_contained);
         if let Some(observer) = self.scope.node.observer() {
             observe::notify(observer, |o| {
                 o.group_cancelled(&GroupCancelled {
@@ -1446,6 +1448,13 @@ where
         Failure::Panic(message) => Cause::of_kind(CauseKind::TaskPanicked)
             .with_detail(format!("task '{name}' panicked: {message}")),
     }
+}
+
+/// Drops a user value (a task's closure that never ran), containing a panic of its `Drop`:
+/// the panic hook has reported it, and the group's accounting must still settle, or `join`
+/// would wait forever and the panic would unwind into whoever cancelled the group.
+fn drop_contained<T>(value: T) {
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(value)));
 }
 
 /// A task's error inside the cause it cancelled its group with.
