@@ -959,3 +959,39 @@ fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
         });
     }
 }
+
+/// A group's running task lives on a runtime that shuts down: the task is reported aborted,
+/// the pending task its end starts is spawned on that runtime and aborted in turn, and `join` on
+/// another runtime ends.
+#[test]
+fn a_runtime_shutting_down_under_a_running_task_does_not_hang_join() {
+    let other = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let group: TaskGroup<()> = main.block_on(async {
+        TaskGroup::builder(&Scope::new())
+            .limit(std::num::NonZeroUsize::MIN)
+            .build()
+    });
+    other.block_on(async {
+        group.spawn("on-other", |_| async {
+            pending::<()>().await;
+            Ok(())
+        });
+        group.spawn("queued", |_| async { Ok(()) });
+        tokio::task::yield_now().await;
+    });
+    drop(other);
+    let error = main.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), group.join())
+            .await
+            .expect("join ends")
+            .unwrap_err()
+    });
+    let aborted: Vec<&str> = error.aborted().iter().map(|task| task.name()).collect();
+    assert_eq!(aborted, ["on-other", "queued"], "{error:?}");
+}

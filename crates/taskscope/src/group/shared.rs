@@ -576,9 +576,6 @@ where
             won,
             panic,
         } = exit;
-        // An aborted task frees its slot for nobody: aborts only happen to a cancelled group
-        // or on a runtime that is shutting down (where a pending task is left pending).
-        let may_start = !matches!(outcome, Outcome::Aborted);
         let completed = matches!(outcome, Outcome::Completed(_));
         let mut state = lock(&self.state);
         let record = state
@@ -607,11 +604,10 @@ where
         state.running -= 1;
         state.finished.push_back(key);
         state.not_completed += usize::from(!completed);
-        let next = if may_start {
-            self.next_pending(&mut state)
-        } else {
-            None
-        };
+        // Every end frees a slot, an abort's too. A cancelled group has no pending task left
+        // (invariant 3); a task aborted by its runtime shutting down hands its slot on to the
+        // next, which is spawned on that runtime and aborted in turn, so none is left waiting.
+        let next = self.next_pending(&mut state);
         let last = state.unfinished() == 0;
         if last && !state.cut_short {
             // A deadline that passed before the last task ended cut the group short even if
