@@ -48,7 +48,8 @@ fn drop_in_turn(value: Box<dyn Any>) {
     let value = match value {
         Ok(None) => return,
         Ok(Some(value)) => value,
-        // The thread is being torn down: no queue to use, drop it here.
+        // The thread is being torn down: no queue to use; the closure that held the value has
+        // dropped it already.
         Err(_) => return,
     };
     let _ = LEFT.try_with(|left| *left.borrow_mut() = Some(Vec::new()));

@@ -104,8 +104,8 @@ where
 
     /// A nested supervisor as a child, named by the builder's name. Every run starts the
     /// nested supervisor in the run's scope, and its children before the parent's next child
-    /// (OTP's order); below 32 levels of nesting started at once, a nested supervisor starts its
-    /// children in its own task instead, so trees of any depth start and drop without
+    /// (OTP's order); beyond 32 levels of nesting started at once, a nested supervisor starts
+    /// its children in its own task instead, so trees of any depth start and drop without
     /// exhausting a thread's stack. Its shutdown waits for its own children, so its
     /// grace is unlimited by default (OTP's `infinity` for supervisors); each of its children
     /// is bounded by its own grace. It fails, and may be restarted, when it escalates. When its
