@@ -1,5 +1,6 @@
 //! [`TaskGroup`]: errgroup-style groups of tasks bound to a scope.
 
+mod failure;
 mod report;
 mod shared;
 
@@ -17,8 +18,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::path::Name;
 use crate::{CancelledOwned, Cause, CauseKind, Scope};
+pub(crate) use failure::failure_cause;
+pub(crate) use shared::Config;
 use shared::{Admitted, Shared};
-pub(crate) use shared::{Config, failure_cause};
 
 pub use report::{
     Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo,

@@ -1,0 +1,107 @@
+//! How a task's end is classified: the cause a failure cancels its group with, whether an
+//! error only echoes the group's cancellation, and a panic's message.
+
+use std::any::Any;
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
+use super::report::Failure;
+use crate::cause::Payload;
+use crate::{BoxError, Cause, CauseKind};
+
+/// The cause a failing task cancels its group with.
+pub(crate) fn failure_cause<E>(name: &str, failure: &Failure<E>) -> Cause
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    match failure {
+        Failure::Error(error) => {
+            let mut cause = Cause::of_kind(CauseKind::TaskFailed);
+            let detail = match as_cause(&**error) {
+                // A task that fails with a cause of its own (`Err(Cause::new("SHORTAGE"))`)
+                // lends the group its code.
+                Some(own) => {
+                    cause = cause.with_code_of(own);
+                    own.detail().unwrap_or(own.code()).to_owned()
+                }
+                None => error.to_string(),
+            };
+            cause
+                .with_detail(format!("task '{name}' failed: {detail}"))
+                .with_payload(Arc::new(TaskError(error.clone())))
+        }
+        Failure::Panic(message) => Cause::of_kind(CauseKind::TaskPanicked)
+            .with_detail(format!("task '{name}' panicked: {message}")),
+    }
+}
+
+/// A task's error inside the cause it cancelled its group with.
+struct TaskError<E>(Arc<E>);
+
+impl<E: fmt::Debug> fmt::Debug for TaskError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for TaskError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E> Payload for TaskError<E>
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn as_any(&self) -> &dyn Any {
+        &*self.0
+    }
+
+    fn as_error(&self) -> Option<&(dyn Error + 'static)> {
+        error_view(&*self.0)
+    }
+}
+
+/// `error` as an error object, when its type allows: a [`BoxError`] or a [`Cause`].
+fn error_view<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+    let any: &dyn Any = error;
+    if let Some(boxed) = any.downcast_ref::<BoxError>() {
+        return Some(&**boxed);
+    }
+    any.downcast_ref::<Cause>()
+        .map(|cause| cause as &(dyn Error + 'static))
+}
+
+/// `error` as a cause, if it is one or boxes one.
+fn as_cause<E: 'static>(error: &E) -> Option<&Cause> {
+    error_view(error)?.downcast_ref::<Cause>()
+}
+
+/// Whether `error` only echoes `cause`: it is, boxes, or has in its source chain that very
+/// cancellation.
+pub(super) fn echoes<E: 'static>(error: &E, cause: &Cause) -> bool {
+    let mut next = error_view(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<Cause>()
+            .is_some_and(|own| own.ptr_eq(cause))
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// The message of a panic payload, as the standard panic hook prints it.
+pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
