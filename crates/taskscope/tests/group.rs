@@ -911,8 +911,8 @@ struct Watching;
 impl taskscope::observe::Observer for Watching {}
 
 /// A task that never starts (pending under the limit, or spawned into a cancelled group) and
-/// whose closure panics when dropped: the panic stays inside the group, `cancel` returns
-/// normally and `join` ends, with or without an observer watching the tasks.
+/// whose closure panics when dropped: the panic stays inside the group and is that task's,
+/// `cancel` returns normally and `join` ends, with or without an observer watching the tasks.
 #[test]
 fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
     for watched in [false, true] {
@@ -952,10 +952,30 @@ fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
                 let _keep = &late;
                 Ok(())
             });
-            tokio::time::timeout(Duration::from_secs(60), group.join())
+            let error = tokio::time::timeout(Duration::from_secs(60), group.join())
                 .await
                 .unwrap_or_else(|_| panic!("watched {watched}: join hangs"))
                 .unwrap_err();
+            // Each is reported as its own panic.
+            let panicked: Vec<(&str, String)> = error
+                .failures()
+                .iter()
+                .map(|failure| (failure.task.name(), failure.failure.to_string()))
+                .collect();
+            assert_eq!(
+                panicked,
+                [
+                    (
+                        "pending",
+                        "panicked: a captured value's drop panicked".to_owned()
+                    ),
+                    (
+                        "late",
+                        "panicked: a captured value's drop panicked".to_owned()
+                    ),
+                ],
+                "watched {watched}: {error:?}"
+            );
         });
     }
 }

@@ -9,7 +9,8 @@
 //! 1. A record's stage only moves forward: `Pending -> Running -> Done`, or straight to `Done`
 //!    (cancelled before it started). It becomes `Done` exactly once, and its key is pushed onto
 //!    `finished` at that moment (for a task cancelled before it started in a group with an
-//!    observer: once the observer has heard of it, meanwhile counted in `reporting`), so
+//!    observer: once the observer has heard of it; a pending task drained by the cancellation
+//!    is settled once its closure is dropped; meanwhile both are counted in `reporting`), so
 //!    `finished` holds every `Done` record not yet taken and reported, in the order the tasks
 //!    ended. Only `Done` records are removed, so a key a task holds while not
 //!    `Done` always names its own record; a key held after that may be reused, so late
@@ -23,9 +24,10 @@
 //!    need) belongs to it alone and is freed in that one report, so it never outlives the
 //!    record's `Running` stage and its key is never read after the slab reuses it.
 //! 3. `State::cause` is set once, under the state lock, by the group scope's `on_cancel`
-//!    callback, which in the same critical section turns every pending task into a cancelled
-//!    one. `spawn` checks it under the same lock before queueing, so no task is queued after the
-//!    drain, and a queued task never starts once it is set.
+//!    callback, which in the same critical section drains every pending task: each is then
+//!    settled as cancelled, or as panicked if dropping its closure panicked, once that drop has
+//!    run outside the lock. `spawn` checks the cause under the same lock before queueing, so no
+//!    task is queued after the drain, and a queued task never starts once it is set.
 //! 4. No user code runs under the state lock: task closures, futures and their drops, panic
 //!    payloads, wakers, user errors' `Display`, and tokio calls that may drop a task
 //!    (`spawn`, `JoinHandle::abort`, dropping a `JoinHandle`) all happen after it is released.
@@ -288,14 +290,17 @@ where
             if !queue {
                 return (None, Admitted::Refused(task, Some(cause)));
             }
-            let stage = Stage::Done(Outcome::Cancelled(cause.clone()));
-            let (id, key) = state.insert(name, spawned_at, stage);
+            // The closure is dropped first, outside the lock (invariant 4): a drop that panics
+            // is this task's panic. The group stays cancelled meanwhile.
+            drop(state);
+            let outcome = dropped_unstarted(task, &cause);
+            let mut state = lock(&self.state);
+            let (id, key) = state.insert(name, spawned_at, Stage::Done(outcome));
             state.not_completed += 1;
             let Some(observer) = observer else {
                 state.finished.push_back(key);
                 let joiner = state.joiner.take();
                 drop(state);
-                drop_contained(task);
                 if let Some(joiner) = joiner {
                     joiner.wake();
                 }
@@ -304,7 +309,6 @@ where
             let info = state.info(key);
             state.reporting += 1;
             drop(state);
-            drop_contained(task);
             // Reported as queued and cancelled before it started, like a pending task.
             self.spawned(observer, &info, true);
             self.never_started(observer, &info, &cause);
@@ -680,27 +684,35 @@ where
             state.cut_short = true;
         }
         let drained = mem::take(&mut state.pending);
+        // Settled below, once their closures are dropped (invariant 3); counted until then.
+        state.reporting += drained.len();
+        let running = state.running > 0;
+        drop(state);
+        // Outside the lock (invariant 4), one by one: a closure whose drop panics is that
+        // task's panic, and the others still settle.
+        let settled: Vec<(usize, Outcome<T, E>)> = drained
+            .into_iter()
+            .map(|start| (start.key, dropped_unstarted(start, cause)))
+            .collect();
         let observer = self.watcher.as_ref().map(|watcher| &watcher.observer);
         let mut observed = Vec::new();
-        for start in &drained {
-            if let Some(record) = state.tasks.get_mut(start.key) {
-                record.stage = Stage::Done(Outcome::Cancelled(cause.clone()));
+        let mut state = lock(&self.state);
+        state.not_completed += settled.len();
+        for (key, outcome) in settled {
+            if let Some(record) = state.tasks.get_mut(key) {
+                record.stage = Stage::Done(outcome);
                 if observer.is_some() {
-                    observed.push((start.key, record.info.clone()));
+                    observed.push((key, record.info.clone()));
                 }
             }
             if observer.is_none() {
-                state.finished.push_back(start.key);
+                // Visible now; with an observer, once it has heard of it.
+                state.finished.push_back(key);
+                state.reporting -= 1;
             }
         }
-        state.not_completed += drained.len();
-        state.reporting += observed.len();
         let joiner = state.joiner.take();
-        let running = state.running > 0;
         drop(state);
-        // One by one: a closure whose drop panics must not keep the others, or the settling
-        // below, from happening.
-        drained.into_iter().for_each(drop_contained);
         if let Some(observer) = self.scope.node.observer() {
             observe::notify(observer, |o| {
                 o.group_cancelled(&GroupCancelled {
@@ -1424,4 +1436,13 @@ impl Watch {
 /// would wait forever and the panic would unwind into whoever cancelled the group.
 fn drop_contained<T>(value: T) {
     let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(value)));
+}
+
+/// How a task that never started ended: cancelled with `cause`, or panicked if dropping what
+/// it held (its closure) panicked.
+fn dropped_unstarted<X, T, E>(value: X, cause: &Cause) -> Outcome<T, E> {
+    match panic::catch_unwind(AssertUnwindSafe(|| drop(value))) {
+        Ok(()) => Outcome::Cancelled(cause.clone()),
+        Err(payload) => Outcome::Failed(Failure::Panic(panic_message(&*payload))),
+    }
 }
