@@ -905,10 +905,16 @@ impl Drop for PanicsOnDrop {
     }
 }
 
-/// Observes every task and does nothing: a group with a watcher.
-struct Watching;
+/// Observes every task, and keeps how each ended.
+#[derive(Default)]
+struct Watching(std::sync::Mutex<Vec<(String, taskscope::observe::TaskOutcome)>>);
 
-impl taskscope::observe::Observer for Watching {}
+impl taskscope::observe::Observer for Watching {
+    fn task_finished(&self, event: &taskscope::observe::TaskFinished<'_>) {
+        let ended = (event.task.name().to_owned(), event.outcome);
+        self.0.lock().unwrap().push(ended);
+    }
+}
 
 /// A task that never starts (pending under the limit, or spawned into a cancelled group) and
 /// whose closure panics when dropped: the panic stays inside the group and is that task's,
@@ -922,8 +928,9 @@ fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
             .build()
             .unwrap();
         runtime.block_on(async {
+            let watching = Arc::new(Watching::default());
             let root = if watched {
-                Scope::builder().observer(Arc::new(Watching)).build()
+                Scope::builder().observer(watching.clone()).build()
             } else {
                 Scope::new()
             };
@@ -976,6 +983,18 @@ fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
                 ],
                 "watched {watched}: {error:?}"
             );
+            if watched {
+                use taskscope::observe::TaskOutcome;
+                let ended = watching.0.lock().unwrap().clone();
+                assert!(
+                    ended.contains(&("pending".to_owned(), TaskOutcome::Panicked)),
+                    "{ended:?}"
+                );
+                assert!(
+                    ended.contains(&("late".to_owned(), TaskOutcome::Panicked)),
+                    "{ended:?}"
+                );
+            }
         });
     }
 }

@@ -294,6 +294,7 @@ where
             // is this task's panic. The group stays cancelled meanwhile.
             drop(state);
             let outcome = dropped_unstarted(task, &cause);
+            let panic = panic_of(&outcome);
             let mut state = lock(&self.state);
             let (id, key) = state.insert(name, spawned_at, Stage::Done(outcome));
             state.not_completed += 1;
@@ -311,7 +312,7 @@ where
             drop(state);
             // Reported as queued and cancelled before it started, like a pending task.
             self.spawned(observer, &info, true);
-            self.never_started(observer, &info, &cause);
+            self.never_started(observer, &info, &cause, panic.as_ref());
             self.reported(&[key]);
             return (Some(id), Admitted::Tracked);
         }
@@ -365,16 +366,27 @@ where
     }
 
     /// Reports a task that was cancelled before it started.
-    fn never_started(&self, observer: &Arc<dyn Observer>, task: &TaskInfo, cause: &Cause) {
+    /// `panic` is the message of a panic dropping its closure: then it ended as that panic.
+    fn never_started(
+        &self,
+        observer: &Arc<dyn Observer>,
+        task: &TaskInfo,
+        cause: &Cause,
+        panic: Option<&String>,
+    ) {
+        let panic = panic.map(|message| message as &dyn fmt::Display);
         observe::notify(observer, |o| {
             o.task_finished(&TaskFinished {
                 group: &self.scope,
                 group_attachment: self.attachment.as_deref(),
                 task,
                 attachment: None,
-                outcome: TaskOutcome::Cancelled,
+                outcome: match panic {
+                    Some(_) => TaskOutcome::Panicked,
+                    None => TaskOutcome::Cancelled,
+                },
                 started: false,
-                error: None,
+                error: panic,
                 cause: Some(cause),
                 elapsed: Duration::ZERO,
                 cancel_latency: None,
@@ -415,7 +427,7 @@ where
             match observed {
                 Some(observed) if observed.was_pending => {
                     if let Some(watcher) = &self.watcher {
-                        self.never_started(&watcher.observer, &observed.task, &cause);
+                        self.never_started(&watcher.observer, &observed.task, &cause, None);
                     }
                 }
                 // Reported as running since its spawn: it starts and ends at once, without its
@@ -700,10 +712,10 @@ where
         state.not_completed += settled.len();
         for (key, outcome) in settled {
             if let Some(record) = state.tasks.get_mut(key) {
-                record.stage = Stage::Done(outcome);
                 if observer.is_some() {
-                    observed.push((key, record.info.clone()));
+                    observed.push((key, record.info.clone(), panic_of(&outcome)));
                 }
+                record.stage = Stage::Done(outcome);
             }
             if observer.is_none() {
                 // Visible now; with an observer, once it has heard of it.
@@ -723,10 +735,10 @@ where
             });
         }
         if let Some(observer) = observer {
-            for (_, task) in &observed {
-                self.never_started(observer, task, cause);
+            for (_, task, panic) in &observed {
+                self.never_started(observer, task, cause, panic.as_ref());
             }
-            let keys: Vec<usize> = observed.iter().map(|(key, _)| *key).collect();
+            let keys: Vec<usize> = observed.iter().map(|(key, _, _)| *key).collect();
             self.reported(&keys);
             if running {
                 self.check_slow(at, None, cause);
@@ -1436,6 +1448,14 @@ impl Watch {
 /// would wait forever and the panic would unwind into whoever cancelled the group.
 fn drop_contained<T>(value: T) {
     let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(value)));
+}
+
+/// The panic message of `outcome`, if it is a panic.
+fn panic_of<T, E>(outcome: &Outcome<T, E>) -> Option<String> {
+    match outcome {
+        Outcome::Failed(Failure::Panic(message)) => Some(message.clone()),
+        _ => None,
+    }
 }
 
 /// How a task that never started ended: cancelled with `cause`, or panicked if dropping what
