@@ -170,6 +170,12 @@ impl fmt::Display for TaskPath<'_> {
     }
 }
 
+/// `error`'s text, or a placeholder if its `Display` panics: the event is emitted either way.
+fn error_text(error: &dyn fmt::Display) -> String {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| error.to_string()))
+        .unwrap_or_else(|_| "(its Display panicked)".to_owned())
+}
+
 pub(crate) fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
@@ -365,7 +371,7 @@ impl Observer for TraceObserver {
             task.spawned_at = %task.spawned_at(),
             task.outcome = event.outcome.as_str(),
             task.elapsed_us = micros(event.elapsed),
-            task.error = event.error.map(ToString::to_string).as_deref(),
+            task.error = event.error.map(error_text).as_deref(),
             cause.kind = cause.map(|cause| cause.kind().as_str()),
             cause.code = cause.map(Cause::code),
             cause.detail = cause.and_then(Cause::detail),

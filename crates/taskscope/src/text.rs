@@ -10,8 +10,9 @@ pub(crate) fn displayed(value: &dyn fmt::Display) -> String {
         .unwrap_or_else(|_| "(its Display panicked)".to_owned())
 }
 
-/// Displays its value with control characters escaped (`\n` as `\\n`), so that a name or a
-/// detail holding a line break cannot forge a line of a multi-line report.
+/// Displays its value with control characters, backslashes and the Unicode line, paragraph
+/// and bidirectional-override characters escaped (`\n` as `\\n`), so that a name or a detail
+/// cannot forge or disguise a line of a multi-line report.
 pub(crate) struct Escaped<T>(pub(crate) T);
 
 impl<T: fmt::Display> fmt::Display for Escaped<T> {
@@ -25,12 +26,23 @@ struct EscapeControl<'a, 'b>(&'a mut fmt::Formatter<'b>);
 impl Write for EscapeControl<'_, '_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let mut rest = text;
-        while let Some(at) = rest.find(char::is_control) {
+        while let Some(at) = rest.find(needs_escape) {
             self.0.write_str(&rest[..at])?;
-            let control = rest[at..].chars().next().expect("found at a character");
-            write!(self.0, "{}", control.escape_debug())?;
-            rest = &rest[at + control.len_utf8()..];
+            let special = rest[at..].chars().next().expect("found at a character");
+            if special.is_control() || special == '\\' {
+                write!(self.0, "{}", special.escape_debug())?;
+            } else {
+                write!(self.0, "{}", special.escape_unicode())?;
+            }
+            rest = &rest[at + special.len_utf8()..];
         }
         self.0.write_str(rest)
     }
+}
+
+/// Whether `c` could break or disguise a line when written as is.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || c == '\\'
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }

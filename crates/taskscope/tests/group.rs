@@ -324,6 +324,10 @@ async fn a_snapshot_escapes_names_and_details() {
     assert!(text.contains(r"orders\ngroup forged"), "{text}");
     assert!(text.contains(r"pay\n  #9 forged"), "{text}");
     assert!(text.contains(r"line one\nline two"), "{text}");
+    // A literal backslash-n and a right-to-left override cannot pass for something else.
+    let disguised = TaskGroup::<()>::new(&Scope::builder().name("a\\nb\u{202E}c").build());
+    let text = disguised.snapshot().to_string();
+    assert!(text.contains(r"a\\nb\u{202e}c"), "{text}");
     let _ = group.join().await;
 }
 
@@ -1000,37 +1004,198 @@ fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
 }
 
 /// A group's running task lives on a runtime that shuts down: the task is reported aborted,
-/// the pending task its end starts is spawned on that runtime and aborted in turn, and `join` on
-/// another runtime ends.
+/// the pending tasks waiting for its slot end with it, aborted without starting (however many:
+/// on a 2 MiB stack), and `join` on another runtime ends.
 #[test]
 fn a_runtime_shutting_down_under_a_running_task_does_not_hang_join() {
-    let other = tokio::runtime::Builder::new_current_thread()
-        .build()
+    const PENDING: usize = 20_000;
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(|| {
+            let other = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let main = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let group: TaskGroup<()> = main.block_on(async {
+                TaskGroup::builder(&Scope::new())
+                    .limit(std::num::NonZeroUsize::MIN)
+                    .build()
+            });
+            let started = Arc::new(AtomicUsize::new(0));
+            other.block_on(async {
+                group.spawn("on-other", |_| async {
+                    pending::<()>().await;
+                    Ok(())
+                });
+                for n in 0..PENDING {
+                    let started = started.clone();
+                    group.spawn(format!("queued-{n}"), move |_| {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        async { Ok(()) }
+                    });
+                }
+                tokio::task::yield_now().await;
+            });
+            drop(other);
+            let error = main.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), group.join())
+                    .await
+                    .expect("join ends")
+                    .unwrap_err()
+            });
+            assert_eq!(error.aborted().len(), PENDING + 1);
+            assert_eq!(error.aborted()[0].name(), "on-other");
+            assert_eq!(
+                started.load(Ordering::SeqCst),
+                0,
+                "no closure runs on a dying runtime"
+            );
+        })
+        .unwrap()
+        .join()
         .unwrap();
-    let main = tokio::runtime::Builder::new_current_thread()
+}
+
+/// A task joins a group with a limit and a backlog; its multi-thread runtime is dropped. The
+/// workers' 2 MiB stacks survive it.
+#[test]
+fn dropping_a_runtime_under_a_group_with_a_backlog() {
+    for _ in 0..3 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let joining = Arc::new(AtomicBool::new(false));
+        runtime.spawn({
+            let joining = joining.clone();
+            async move {
+                let group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
+                    .limit(4.try_into().unwrap())
+                    .build();
+                for n in 0..3_004 {
+                    group.spawn(format!("crawl-{n}"), |_| async {
+                        pending::<()>().await;
+                        Ok(())
+                    });
+                }
+                joining.store(true, Ordering::SeqCst);
+                let _ = group.join().await;
+            }
+        });
+        while !joining.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        drop(runtime);
+    }
+}
+
+/// A joiner's waker that cancels the group the first time it is woken: woken by a task's
+/// report, after its slot went to the next pending task and before that one starts.
+struct CancelOnWake {
+    scope: Scope,
+    done: AtomicBool,
+}
+
+impl std::task::Wake for CancelOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            self.scope.cancel(Cause::plain());
+        }
+    }
+}
+
+/// A pending task taken into a freed slot and cancelled before it starts: its closure's drop
+/// panic is its panic too, as when it is drained from the queue.
+#[test]
+fn a_pending_task_cancelled_on_its_way_to_start_keeps_its_drop_panic() {
+    for watched in [false, true] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let watching = Arc::new(Watching::default());
+            let root = if watched {
+                Scope::builder().observer(watching.clone()).build()
+            } else {
+                Scope::new()
+            };
+            let mut group: TaskGroup<()> = TaskGroup::builder(&root)
+                .limit(std::num::NonZeroUsize::MIN)
+                .build();
+            group.spawn("first", |_| async { Ok(()) });
+            let captured = PanicsOnDrop;
+            group.spawn("pending", move |_| async move {
+                let _keep = &captured;
+                pending::<()>().await;
+                Ok(())
+            });
+            let waker = std::task::Waker::from(Arc::new(CancelOnWake {
+                scope: group.scope().clone(),
+                done: AtomicBool::new(false),
+            }));
+            let mut cx = std::task::Context::from_waker(&waker);
+            assert!(group.poll_join_next(&mut cx).is_pending());
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            let mut ended = Vec::new();
+            while let Some(exit) = group.join_next().await {
+                let panicked =
+                    matches!(&exit.outcome, Outcome::Failed(failure) if failure.is_panic());
+                ended.push((exit.task.name().to_owned(), panicked));
+            }
+            assert!(
+                ended.contains(&("pending".to_owned(), true)),
+                "watched {watched}: {ended:?}"
+            );
+            if watched {
+                use taskscope::observe::TaskOutcome;
+                let seen = watching.0.lock().unwrap().clone();
+                assert!(
+                    seen.contains(&("pending".to_owned(), TaskOutcome::Panicked)),
+                    "{seen:?}"
+                );
+            }
+        });
+    }
+}
+
+/// With `resume_panics`, the first panic re-raised by `join` may be a never-started task's
+/// closure panicking when dropped.
+#[test]
+fn resume_panics_resumes_a_never_started_tasks_drop_panic() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
-    let group: TaskGroup<()> = main.block_on(async {
-        TaskGroup::builder(&Scope::new())
+    let joined = runtime.block_on(async {
+        let group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
             .limit(std::num::NonZeroUsize::MIN)
-            .build()
-    });
-    other.block_on(async {
-        group.spawn("on-other", |_| async {
-            pending::<()>().await;
+            .resume_panics()
+            .build();
+        group.spawn("first", |scope| async move {
+            let _ = scope.cancelled().await;
             Ok(())
         });
-        group.spawn("queued", |_| async { Ok(()) });
+        let captured = PanicsOnDrop;
+        group.spawn("pending", move |_| async move {
+            let _keep = &captured;
+            Ok(())
+        });
         tokio::task::yield_now().await;
+        group.scope().cancel(Cause::plain());
+        tokio::spawn(group.join()).await
     });
-    drop(other);
-    let error = main.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), group.join())
-            .await
-            .expect("join ends")
-            .unwrap_err()
-    });
-    let aborted: Vec<&str> = error.aborted().iter().map(|task| task.name()).collect();
-    assert_eq!(aborted, ["on-other", "queued"], "{error:?}");
+    let panic = joined.expect_err("join re-raises the panic").into_panic();
+    assert_eq!(
+        panic.downcast_ref::<&str>(),
+        Some(&"a captured value's drop panicked")
+    );
 }

@@ -293,15 +293,19 @@ where
             // The closure is dropped first, outside the lock (invariant 4): a drop that panics
             // is this task's panic. The group stays cancelled meanwhile.
             drop(state);
-            let outcome = dropped_unstarted(task, &cause);
-            let panic = panic_of(&outcome);
+            let (outcome, payload) = dropped_unstarted(task, || Outcome::Cancelled(cause.clone()));
+            let ended = Unstarted::of(&outcome);
             let mut state = lock(&self.state);
             let (id, key) = state.insert(name, spawned_at, Stage::Done(outcome));
             state.not_completed += 1;
+            let payload = state.keep_panic(id, payload);
             let Some(observer) = observer else {
                 state.finished.push_back(key);
                 let joiner = state.joiner.take();
                 drop(state);
+                if let Some(payload) = payload {
+                    drop_contained(payload);
+                }
                 if let Some(joiner) = joiner {
                     joiner.wake();
                 }
@@ -310,9 +314,12 @@ where
             let info = state.info(key);
             state.reporting += 1;
             drop(state);
+            if let Some(payload) = payload {
+                drop_contained(payload);
+            }
             // Reported as queued and cancelled before it started, like a pending task.
             self.spawned(observer, &info, true);
-            self.never_started(observer, &info, &cause, panic.as_ref());
+            self.never_started(observer, &info, &ended, Some(&cause));
             self.reported(&[key]);
             return (Some(id), Admitted::Tracked);
         }
@@ -365,29 +372,29 @@ where
         });
     }
 
-    /// Reports a task that was cancelled before it started.
-    /// `panic` is the message of a panic dropping its closure: then it ended as that panic.
+    /// Reports a task that ended before it started: cancelled with `cause`, aborted with its
+    /// runtime, or as the panic of dropping its closure.
     fn never_started(
         &self,
         observer: &Arc<dyn Observer>,
         task: &TaskInfo,
-        cause: &Cause,
-        panic: Option<&String>,
+        ended: &Unstarted,
+        cause: Option<&Cause>,
     ) {
-        let panic = panic.map(|message| message as &dyn fmt::Display);
+        let panic = ended
+            .panic
+            .as_ref()
+            .map(|message| message as &dyn fmt::Display);
         observe::notify(observer, |o| {
             o.task_finished(&TaskFinished {
                 group: &self.scope,
                 group_attachment: self.attachment.as_deref(),
                 task,
                 attachment: None,
-                outcome: match panic {
-                    Some(_) => TaskOutcome::Panicked,
-                    None => TaskOutcome::Cancelled,
-                },
+                outcome: ended.outcome,
                 started: false,
                 error: panic,
-                cause: Some(cause),
+                cause,
                 elapsed: Duration::ZERO,
                 cancel_latency: None,
             })
@@ -422,26 +429,31 @@ where
         } = starting;
         // A task of a cancelled group never starts (invariant 3): its closure is not called.
         if let Some(cause) = scope.cause() {
-            // The closure's captures are dropped here; a panic doing so changes nothing.
-            drop_contained(task);
+            // Its closure is dropped uncalled; a panic doing so is the task's.
+            let (outcome, panic) = dropped_unstarted(task, || Outcome::Cancelled(cause.clone()));
             match observed {
                 Some(observed) if observed.was_pending => {
                     if let Some(watcher) = &self.watcher {
-                        self.never_started(&watcher.observer, &observed.task, &cause, None);
+                        let ended = Unstarted::of(&outcome);
+                        self.never_started(&watcher.observer, &observed.task, &ended, Some(&cause));
                     }
                 }
                 // Reported as running since its spawn: it starts and ends at once, without its
                 // closure being called.
                 Some(observed) => {
                     if let Some(watch) = Watch::start(self, observed, &scope) {
-                        let cancelled = Outcome::Cancelled(cause.clone());
-                        watch.finished(self, key, &scope, &cancelled, false);
+                        watch.finished(self, key, &scope, &outcome, false);
                     }
                 }
                 None => {}
             }
             drop(scope);
-            return self.report(key, Exit::of(Outcome::Cancelled(cause)));
+            let exit = Exit {
+                outcome,
+                won: false,
+                panic,
+            };
+            return self.report(key, exit);
         }
         // A task of a group without watcher carries no watch at all (a zero-sized slot), so
         // that the hook costs it nothing but this branch at run time; the price is in binary
@@ -598,8 +610,14 @@ where
             .get_mut(key)
             .expect("a running task has a record");
         let id = record.info.id;
-        let (handle, kept) = match mem::replace(&mut record.stage, Stage::Done(outcome)) {
-            Stage::Running { handle, kept, .. } => (handle, kept),
+        let aborted = matches!(outcome, Outcome::Aborted);
+        let (handle, kept, asked) = match mem::replace(&mut record.stage, Stage::Done(outcome)) {
+            Stage::Running {
+                handle,
+                kept,
+                abort,
+                ..
+            } => (handle, kept, abort),
             Stage::Pending | Stage::Done(_) => unreachable!("only a running task reports"),
         };
         if let Some(kept) = kept {
@@ -619,10 +637,17 @@ where
         state.running -= 1;
         state.finished.push_back(key);
         state.not_completed += usize::from(!completed);
-        // Every end frees a slot, an abort's too. A cancelled group has no pending task left
-        // (invariant 3); a task aborted by its runtime shutting down hands its slot on to the
-        // next, which is spawned on that runtime and aborted in turn, so none is left waiting.
-        let next = self.next_pending(&mut state);
+        // An abort the group did not ask for is the task's runtime shutting down under it. The
+        // tasks waiting for its slot would start on that runtime, each dropped at once inside
+        // the spawn of the one before: instead they end with it, aborted without starting, and
+        // none is left waiting. (A group that aborts has been cancelled: none is waiting.)
+        let (next, stranded) = if aborted && !asked {
+            let stranded = mem::take(&mut state.pending);
+            state.reporting += stranded.len();
+            (None, stranded)
+        } else {
+            (self.next_pending(&mut state), VecDeque::new())
+        };
         let last = state.unfinished() == 0;
         if last && !state.cut_short {
             // A deadline that passed before the last task ended cut the group short even if
@@ -641,7 +666,63 @@ where
         if let Some(joiner) = joiner {
             joiner.wake();
         }
+        self.settle_unstarted(stranded, || Outcome::Aborted, None);
         next
+    }
+
+    /// Settles tasks taken from the pending queue, counted in `reporting` until now (invariants
+    /// 1 and 3): drops their closures outside the lock, one by one, records each as `ended` or
+    /// as the panic its drop raised, tells the observer, and makes them visible.
+    fn settle_unstarted(
+        &self,
+        drained: VecDeque<Start<T, E>>,
+        ended: impl Fn() -> Outcome<T, E>,
+        cause: Option<&Cause>,
+    ) {
+        if drained.is_empty() {
+            return;
+        }
+        let settled: Vec<_> = drained
+            .into_iter()
+            .map(|start| {
+                let key = start.key;
+                let (outcome, payload) = dropped_unstarted(start, &ended);
+                (key, outcome, payload)
+            })
+            .collect();
+        let observer = self.watcher.as_ref().map(|watcher| &watcher.observer);
+        let mut observed = Vec::new();
+        let mut payloads = Vec::new();
+        let mut state = lock(&self.state);
+        state.not_completed += settled.len();
+        for (key, outcome, payload) in settled {
+            if let Some(record) = state.tasks.get_mut(key) {
+                let id = record.info.id;
+                if observer.is_some() {
+                    observed.push((key, record.info.clone(), Unstarted::of(&outcome)));
+                }
+                record.stage = Stage::Done(outcome);
+                payloads.extend(state.keep_panic(id, payload));
+            }
+            if observer.is_none() {
+                // Visible now; with an observer, once it has heard of it.
+                state.finished.push_back(key);
+                state.reporting -= 1;
+            }
+        }
+        let joiner = state.joiner.take();
+        drop(state);
+        payloads.into_iter().for_each(drop_contained);
+        if let Some(observer) = observer {
+            for (_, task, ended) in &observed {
+                self.never_started(observer, task, ended, cause);
+            }
+            let keys: Vec<usize> = observed.iter().map(|(key, _, _)| *key).collect();
+            self.reported(&keys);
+        }
+        if let Some(joiner) = joiner {
+            joiner.wake();
+        }
     }
 
     /// Takes the oldest pending task into the slot just freed, unless the group is cancelled.
@@ -699,30 +780,6 @@ where
         // Settled below, once their closures are dropped (invariant 3); counted until then.
         state.reporting += drained.len();
         let running = state.running > 0;
-        drop(state);
-        // Outside the lock (invariant 4), one by one: a closure whose drop panics is that
-        // task's panic, and the others still settle.
-        let settled: Vec<(usize, Outcome<T, E>)> = drained
-            .into_iter()
-            .map(|start| (start.key, dropped_unstarted(start, cause)))
-            .collect();
-        let observer = self.watcher.as_ref().map(|watcher| &watcher.observer);
-        let mut observed = Vec::new();
-        let mut state = lock(&self.state);
-        state.not_completed += settled.len();
-        for (key, outcome) in settled {
-            if let Some(record) = state.tasks.get_mut(key) {
-                if observer.is_some() {
-                    observed.push((key, record.info.clone(), panic_of(&outcome)));
-                }
-                record.stage = Stage::Done(outcome);
-            }
-            if observer.is_none() {
-                // Visible now; with an observer, once it has heard of it.
-                state.finished.push_back(key);
-                state.reporting -= 1;
-            }
-        }
         let joiner = state.joiner.take();
         drop(state);
         if let Some(observer) = self.scope.node.observer() {
@@ -734,15 +791,9 @@ where
                 })
             });
         }
-        if let Some(observer) = observer {
-            for (_, task, panic) in &observed {
-                self.never_started(observer, task, cause, panic.as_ref());
-            }
-            let keys: Vec<usize> = observed.iter().map(|(key, _, _)| *key).collect();
-            self.reported(&keys);
-            if running {
-                self.check_slow(at, None, cause);
-            }
+        self.settle_unstarted(drained, || Outcome::Cancelled(cause.clone()), Some(cause));
+        if running && self.watcher.is_some() {
+            self.check_slow(at, None, cause);
         }
         if let Some(joiner) = joiner {
             joiner.wake();
@@ -1082,6 +1133,18 @@ fn values_in_spawn_order<T, E>(mut tasks: Slab<Record<T, E>>) -> Vec<T> {
 }
 
 impl<T, E> State<T, E> {
+    /// Keeps `payload` as the group's first panic (for `resume_panics`) unless it has one;
+    /// else hands it back, to be dropped outside the lock.
+    fn keep_panic(&mut self, id: TaskId, payload: Option<PanicPayload>) -> Option<PanicPayload> {
+        match payload {
+            Some(payload) if self.panic.is_none() => {
+                self.panic = Some((id, payload));
+                None
+            }
+            other => other,
+        }
+    }
+
     fn insert(
         &mut self,
         name: Name,
@@ -1450,19 +1513,43 @@ fn drop_contained<T>(value: T) {
     let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(value)));
 }
 
-/// The panic message of `outcome`, if it is a panic.
-fn panic_of<T, E>(outcome: &Outcome<T, E>) -> Option<String> {
-    match outcome {
-        Outcome::Failed(Failure::Panic(message)) => Some(message.clone()),
-        _ => None,
+/// How a task that never started ended, as its observer hears it.
+struct Unstarted {
+    outcome: TaskOutcome,
+    /// The message of the panic that dropping its closure raised.
+    panic: Option<String>,
+}
+
+impl Unstarted {
+    fn of<T, E>(outcome: &Outcome<T, E>) -> Unstarted {
+        match outcome {
+            Outcome::Failed(Failure::Panic(message)) => Unstarted {
+                outcome: TaskOutcome::Panicked,
+                panic: Some(message.clone()),
+            },
+            Outcome::Aborted => Unstarted {
+                outcome: TaskOutcome::Aborted,
+                panic: None,
+            },
+            _ => Unstarted {
+                outcome: TaskOutcome::Cancelled,
+                panic: None,
+            },
+        }
     }
 }
 
-/// How a task that never started ended: cancelled with `cause`, or panicked if dropping what
-/// it held (its closure) panicked.
-fn dropped_unstarted<X, T, E>(value: X, cause: &Cause) -> Outcome<T, E> {
+/// Drops what a task that never started held (its closure), outside any lock, and says how it
+/// ended: as `ended`, or as the panic that drop raised, whose payload comes back too.
+fn dropped_unstarted<X, T, E>(
+    value: X,
+    ended: impl FnOnce() -> Outcome<T, E>,
+) -> (Outcome<T, E>, Option<PanicPayload>) {
     match panic::catch_unwind(AssertUnwindSafe(|| drop(value))) {
-        Ok(()) => Outcome::Cancelled(cause.clone()),
-        Err(payload) => Outcome::Failed(Failure::Panic(panic_message(&*payload))),
+        Ok(()) => (ended(), None),
+        Err(payload) => {
+            let message = panic_message(&*payload);
+            (Outcome::Failed(Failure::Panic(message)), Some(payload))
+        }
     }
 }

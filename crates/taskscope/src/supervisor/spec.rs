@@ -128,6 +128,7 @@ where
         let builder = Deferred::new(builder);
         let factory = move |scope: Scope, slot: Option<&Nested>| -> ChildFuture<E> {
             let builder = builder.get().clone();
+            let slot_now = slot.cloned();
             let slot = slot.cloned();
             let start = move || {
                 let runner = builder.runner(scope, location);
@@ -147,7 +148,14 @@ where
                     drop(level);
                     Box::pin(async move { runner.await.map_err(E::from) })
                 }
-                None => Box::pin(async move { start().await.map_err(E::from) }),
+                None => {
+                    // Until its first poll, no stale run of it is snapshotted or forced.
+                    if let Some(slot) = slot_now {
+                        let stale = lock(&slot).take();
+                        drop(stale);
+                    }
+                    Box::pin(async move { start().await.map_err(E::from) })
+                }
             }
         };
         ChildSpec {
