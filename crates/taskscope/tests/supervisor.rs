@@ -1123,3 +1123,58 @@ fn supervisors_nest_ten_thousand_deep() {
         .join()
         .unwrap();
 }
+
+/// A snapshot of supervisors nested 1 000 deep is built and printed without recursion, on a
+/// 2 MiB stack.
+#[test]
+fn a_deep_tree_snapshots_and_prints() {
+    const DEPTH: usize = 1_000;
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut builder = Supervisor::builder().name("leaf").child(ChildSpec::new(
+                    "work",
+                    |scope: Scope| async move {
+                        let _ = scope.cancelled().await;
+                        Ok(())
+                    },
+                ));
+                for level in 0..DEPTH {
+                    builder = Supervisor::builder()
+                        .name(format!("l{level}"))
+                        .child(ChildSpec::supervisor(builder));
+                }
+                let supervisor = builder.start(&Scope::new()).unwrap();
+                sleep(Duration::from_millis(1)).await;
+                let snapshot = supervisor.snapshot();
+                let mut depth = 0;
+                let mut level = &snapshot;
+                while let Some(nested) = level.children[0].supervisor.as_deref() {
+                    depth += 1;
+                    level = nested;
+                }
+                assert_eq!(depth, DEPTH);
+                let text = snapshot.to_string();
+                assert_eq!(text.lines().count(), 2 * (DEPTH + 1));
+                assert!(
+                    text.lines()
+                        .last()
+                        .unwrap()
+                        .trim_start()
+                        .starts_with("work: running")
+                );
+                drop(snapshot);
+                supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
+                supervisor.join().await.unwrap();
+            });
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}

@@ -92,34 +92,69 @@ enum Status {
 }
 
 impl Inner {
+    /// This supervisor's tree, nested supervisors included, built without recursion: each
+    /// level is taken on its own (under its own lock only), then the levels are nested.
     pub(crate) fn snapshot(&self) -> SupervisorSnapshot {
         let now = Instant::now();
-        let (state, cause, children) = {
+        let (root, nested) = self.level(now);
+        // Each level, and where it goes: (index of its parent level, index of the child).
+        let mut levels: Vec<(SupervisorSnapshot, Option<(usize, usize)>)> = vec![(root, None)];
+        let mut todo: Vec<(Arc<Inner>, (usize, usize))> = nested
+            .into_iter()
+            .map(|(child, inner)| (inner, (0, child)))
+            .collect();
+        while let Some((inner, place)) = todo.pop() {
+            let (level, nested) = inner.level(now);
+            let at = levels.len();
+            levels.push((level, Some(place)));
+            todo.extend(
+                nested
+                    .into_iter()
+                    .map(|(child, inner)| (inner, (at, child))),
+            );
+        }
+        // A level's own nested levels come after it: from the last, each is complete.
+        while levels.len() > 1 {
+            let (level, place) = levels.pop().expect("more than one level");
+            let (parent, child) = place.expect("only the first level has no parent");
+            levels[parent].0.children[child].supervisor = Some(Box::new(level));
+        }
+        levels.pop().expect("the root level").0
+    }
+
+    /// This supervisor's own level of the tree, and its nested supervisors' states by child.
+    fn level(&self, now: Instant) -> (SupervisorSnapshot, Vec<(usize, Arc<Inner>)>) {
+        let (state, cause, children, nested) = {
             let tree = lock(&self.tree);
-            let children: Vec<_> = tree
+            let children: Vec<ChildSnapshot> = tree
                 .children
                 .iter()
-                .map(|view| (view.snapshot(now), view.nested.clone()))
+                .map(|view| view.snapshot(now))
                 .collect();
-            (tree.state, tree.cause.clone(), children)
+            let slots: Vec<(usize, Nested)> = tree
+                .children
+                .iter()
+                .enumerate()
+                .filter_map(|(child, view)| Some((child, view.nested.clone()?)))
+                .collect();
+            (tree.state, tree.cause.clone(), children, slots)
         };
-        let children = children
+        // Outside our lock: each nested supervisor's slot has its own.
+        let nested = nested
             .into_iter()
-            .map(|(mut child, nested)| {
-                // Outside our lock: the nested supervisor takes its own.
-                child.supervisor = nested
-                    .and_then(|nested| lock(&nested).as_ref().map(|inner| inner.get().clone()))
-                    .map(|inner| Box::new(inner.snapshot()));
-                child
+            .filter_map(|(child, slot)| {
+                let inner = lock(&slot).as_ref().map(|inner| inner.get().clone())?;
+                Some((child, inner))
             })
             .collect();
-        SupervisorSnapshot {
+        let level = SupervisorSnapshot {
             path: self.scope.path().to_string(),
             strategy: self.strategy,
             state,
             cause,
             children,
-        }
+        };
+        (level, nested)
     }
 
     /// Asks the runner to abort every child now.

@@ -134,7 +134,8 @@ impl SupervisorSnapshot {
         self.children.iter().find(|child| child.name == name)
     }
 
-    fn write_tree(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+    /// This supervisor's own line.
+    fn write_header(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = if self.path.is_empty() {
             "(unnamed)"
         } else {
@@ -145,38 +146,36 @@ impl SupervisorSnapshot {
         if let Some(cause) = &self.cause {
             write!(f, ": {}", Escaped(cause))?;
         }
-        writeln!(f)?;
-        for child in &self.children {
-            let indent = 2 * (depth + 1);
-            write!(f, "{:indent$}{}: {}", "", Escaped(&child.name), child.state)?;
-            if let Some(restart_in) = child.restart_in {
-                write!(f, " in {:?}", whole_millis(restart_in))?;
-            }
-            if let Some(uptime) = child.uptime {
-                write!(f, ", up {:?}", whole_millis(uptime))?;
-            }
-            match child.restarts {
-                0 => {}
-                1 => f.write_str(", 1 restart")?,
-                n => write!(f, ", {n} restarts")?,
-            }
-            if let Some(cause) = child
-                .last_cause
-                .as_ref()
-                .filter(|_| matches!(child.state, ChildState::Cancelled | ChildState::Aborted))
-            {
-                write!(f, ", cause: {}", Escaped(cause))?;
-            }
-            if let Some(failure) = &child.last_failure {
-                write!(f, ", last failure: {}", Escaped(failure))?;
-            }
-            writeln!(f)?;
-            if let Some(nested) = &child.supervisor {
-                write!(f, "{:indent$}  ", "")?;
-                nested.write_tree(f, depth + 2)?;
-            }
+        writeln!(f)
+    }
+}
+
+impl ChildSnapshot {
+    /// This child's line, after its indentation.
+    fn write_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", Escaped(&self.name), self.state)?;
+        if let Some(restart_in) = self.restart_in {
+            write!(f, " in {:?}", whole_millis(restart_in))?;
         }
-        Ok(())
+        if let Some(uptime) = self.uptime {
+            write!(f, ", up {:?}", whole_millis(uptime))?;
+        }
+        match self.restarts {
+            0 => {}
+            1 => f.write_str(", 1 restart")?,
+            n => write!(f, ", {n} restarts")?,
+        }
+        if let Some(cause) = self
+            .last_cause
+            .as_ref()
+            .filter(|_| matches!(self.state, ChildState::Cancelled | ChildState::Aborted))
+        {
+            write!(f, ", cause: {}", Escaped(cause))?;
+        }
+        if let Some(failure) = &self.last_failure {
+            write!(f, ", last failure: {}", Escaped(failure))?;
+        }
+        writeln!(f)
     }
 }
 
@@ -190,7 +189,25 @@ fn whole_millis(duration: Duration) -> Duration {
 
 impl fmt::Display for SupervisorSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.write_tree(f, 0)
+        // Depth first with a stack of (supervisor, its depth, its next child), not recursion:
+        // trees of nested supervisors may be thousands deep.
+        self.write_header(f)?;
+        let mut stack = vec![(self, 0, 0)];
+        while let Some((supervisor, depth, next)) = stack.pop() {
+            let Some(child) = supervisor.children.get(next) else {
+                continue;
+            };
+            stack.push((supervisor, depth, next + 1));
+            let indent = 2 * (depth + 1);
+            write!(f, "{:indent$}", "")?;
+            child.write_line(f)?;
+            if let Some(nested) = &child.supervisor {
+                write!(f, "{:indent$}  ", "")?;
+                nested.write_header(f)?;
+                stack.push((nested, depth + 2, 0));
+            }
+        }
+        Ok(())
     }
 }
 
