@@ -1178,3 +1178,32 @@ fn a_deep_tree_snapshots_and_prints() {
         .join()
         .unwrap();
 }
+
+/// Nested supervisors escalating one into the other: each level's cause quotes at most the
+/// start of the failure below it, so the detail stays short however deep the chain; the whole
+/// chain is in the causes' sources.
+#[tokio::test(start_paused = true)]
+async fn an_escalation_chain_quotes_only_the_start_of_each_failure() {
+    let mut builder = Supervisor::builder()
+        .name("leaf")
+        .intensity(0, Duration::from_secs(1))
+        .child(
+            ChildSpec::new("work", |_| async { Err("x".repeat(1_000).into()) })
+                .restart(Restart::Never),
+        );
+    for level in 0..20 {
+        builder = Supervisor::builder()
+            .name(format!("l{level}"))
+            .intensity(0, Duration::from_secs(1))
+            .child(ChildSpec::supervisor(builder).restart_if(|_, _| false));
+    }
+    let error = builder
+        .start(&Scope::new())
+        .unwrap()
+        .join()
+        .await
+        .unwrap_err();
+    let detail = error.cause().unwrap().detail().unwrap().to_owned();
+    assert!(detail.len() < 600, "{} bytes: {detail}", detail.len());
+    assert!(detail.ends_with('…'), "{detail}");
+}

@@ -890,7 +890,7 @@ where
                 Escalation::Refused => ": ",
             };
             detail.push_str(separator);
-            detail.push_str(&describe(failure));
+            detail.push_str(&excerpt(&describe(failure)));
         }
         let origin = failure_cause
             .as_ref()
@@ -1152,6 +1152,19 @@ fn child_path(scope: &Scope, name: &str) -> Option<Arc<str>> {
 fn far_or(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay)
         .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
+}
+
+/// At most this many characters of a failure's text go into an escalation's detail.
+const EXCERPT: usize = 200;
+
+/// `text` as it appears inside an escalation's detail: its first [`EXCERPT`] characters, the
+/// rest in the cause's source chain. Whole, each level of nested supervisors escalating would
+/// repeat every level below it: memory quadratic in the depth.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// A failure as a snapshot shows it: the error's `Display`, or the panic.
