@@ -909,6 +909,24 @@ impl Drop for PanicsOnDrop {
     }
 }
 
+/// A group of limit 1 from `builder`: `first` runs until the group is cancelled, and `pending`
+/// waits for its slot holding a value whose drop panics.
+fn a_pending_task_that_panics_when_dropped(
+    builder: taskscope::TaskGroupBuilder<'_>,
+) -> TaskGroup<()> {
+    let group = builder.limit(std::num::NonZeroUsize::MIN).build();
+    group.spawn("first", |scope| async move {
+        let _ = scope.cancelled().await;
+        Ok(())
+    });
+    let captured = PanicsOnDrop;
+    group.spawn("pending", move |_| async move {
+        let _keep = &captured;
+        Ok(())
+    });
+    group
+}
+
 /// Observes every task, and keeps how each ended.
 #[derive(Default)]
 struct Watching(std::sync::Mutex<Vec<(String, taskscope::observe::TaskOutcome)>>);
@@ -938,18 +956,7 @@ fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
             } else {
                 Scope::new()
             };
-            let group: TaskGroup<()> = TaskGroup::builder(&root)
-                .limit(std::num::NonZeroUsize::MIN)
-                .build();
-            group.spawn("first", |scope| async move {
-                let _ = scope.cancelled().await;
-                Ok(())
-            });
-            let captured = PanicsOnDrop;
-            group.spawn("pending", move |_| async move {
-                let _keep = &captured;
-                Ok(())
-            });
+            let group = a_pending_task_that_panics_when_dropped(TaskGroup::builder(&root));
             tokio::task::yield_now().await;
             let cancel = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 group.scope().cancel(Cause::plain())
@@ -1176,19 +1183,9 @@ fn resume_panics_resumes_a_never_started_tasks_drop_panic() {
         .build()
         .unwrap();
     let joined = runtime.block_on(async {
-        let group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
-            .limit(std::num::NonZeroUsize::MIN)
-            .resume_panics()
-            .build();
-        group.spawn("first", |scope| async move {
-            let _ = scope.cancelled().await;
-            Ok(())
-        });
-        let captured = PanicsOnDrop;
-        group.spawn("pending", move |_| async move {
-            let _keep = &captured;
-            Ok(())
-        });
+        let group = a_pending_task_that_panics_when_dropped(
+            TaskGroup::builder(&Scope::new()).resume_panics(),
+        );
         tokio::task::yield_now().await;
         group.scope().cancel(Cause::plain());
         tokio::spawn(group.join()).await

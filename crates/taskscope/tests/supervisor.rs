@@ -1079,49 +1079,63 @@ fn no_backoff_stays_none_however_many_restarts() {
     );
 }
 
+/// Runs `test` in a paused current-thread runtime on a thread with the default 2 MiB stack.
+fn on_a_2mib_stack<F>(test: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+                .block_on(test())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// A supervisor named `leaf` with the one child `work`, under `depth` supervisors each the only
+/// child of the next.
+fn nested_supervisors(depth: usize, work: ChildSpec) -> taskscope::SupervisorBuilder {
+    let mut builder = Supervisor::builder().name("leaf").child(work);
+    for level in 0..depth {
+        builder = Supervisor::builder()
+            .name(format!("level-{level}"))
+            .child(ChildSpec::supervisor(builder));
+    }
+    builder
+}
+
 /// Supervisors nest 10 000 deep on a default 2 MiB thread stack: built, started, shut down,
 /// joined and dropped without recursion (each nested supervisor starts its children in its own
 /// task).
 #[test]
 fn supervisors_nest_ten_thousand_deep() {
-    const DEPTH: usize = 10_000;
-    std::thread::Builder::new()
-        .stack_size(2 * 1024 * 1024)
-        .spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let started = Arc::new(AtomicUsize::new(0));
-                let mut builder = Supervisor::builder().name("leaf").child({
-                    let started = started.clone();
-                    ChildSpec::new("work", move |scope: Scope| {
-                        started.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            let _ = scope.cancelled().await;
-                            Ok(())
-                        }
-                    })
-                });
-                for level in 0..DEPTH {
-                    builder = Supervisor::builder()
-                        .name(format!("level-{level}"))
-                        .child(ChildSpec::supervisor(builder));
+    on_a_2mib_stack(|| async {
+        let started = Arc::new(AtomicUsize::new(0));
+        let work = ChildSpec::new("work", {
+            let started = started.clone();
+            move |scope: Scope| {
+                started.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let _ = scope.cancelled().await;
+                    Ok(())
                 }
-                let root = Scope::builder().name("app").build();
-                let supervisor = builder.start(&root).unwrap();
-                // Paused time advances only once every level has started.
-                sleep(Duration::from_millis(1)).await;
-                assert_eq!(started.load(Ordering::SeqCst), 1, "the leaf's child runs");
-                supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
-                supervisor.join().await.unwrap();
-            });
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+            }
+        });
+        let root = Scope::builder().name("app").build();
+        let supervisor = nested_supervisors(10_000, work).start(&root).unwrap();
+        // Paused time advances only once every level has started.
+        sleep(Duration::from_millis(1)).await;
+        assert_eq!(started.load(Ordering::SeqCst), 1, "the leaf's child runs");
+        supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
+        supervisor.join().await.unwrap();
+    });
 }
 
 /// A snapshot of supervisors nested 1 000 deep is built and printed without recursion, on a
@@ -1129,54 +1143,36 @@ fn supervisors_nest_ten_thousand_deep() {
 #[test]
 fn a_deep_tree_snapshots_and_prints() {
     const DEPTH: usize = 1_000;
-    std::thread::Builder::new()
-        .stack_size(2 * 1024 * 1024)
-        .spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let mut builder = Supervisor::builder().name("leaf").child(ChildSpec::new(
-                    "work",
-                    |scope: Scope| async move {
-                        let _ = scope.cancelled().await;
-                        Ok(())
-                    },
-                ));
-                for level in 0..DEPTH {
-                    builder = Supervisor::builder()
-                        .name(format!("l{level}"))
-                        .child(ChildSpec::supervisor(builder));
-                }
-                let supervisor = builder.start(&Scope::new()).unwrap();
-                sleep(Duration::from_millis(1)).await;
-                let snapshot = supervisor.snapshot();
-                let mut depth = 0;
-                let mut level = &snapshot;
-                while let Some(nested) = level.children[0].supervisor.as_deref() {
-                    depth += 1;
-                    level = nested;
-                }
-                assert_eq!(depth, DEPTH);
-                let text = snapshot.to_string();
-                assert_eq!(text.lines().count(), 2 * (DEPTH + 1));
-                assert!(
-                    text.lines()
-                        .last()
-                        .unwrap()
-                        .trim_start()
-                        .starts_with("work: running")
-                );
-                drop(snapshot);
-                supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
-                supervisor.join().await.unwrap();
-            });
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    on_a_2mib_stack(|| async {
+        let work = ChildSpec::new("work", |scope: Scope| async move {
+            let _ = scope.cancelled().await;
+            Ok(())
+        });
+        let supervisor = nested_supervisors(DEPTH, work)
+            .start(&Scope::new())
+            .unwrap();
+        sleep(Duration::from_millis(1)).await;
+        let snapshot = supervisor.snapshot();
+        let mut depth = 0;
+        let mut level = &snapshot;
+        while let Some(nested) = level.children[0].supervisor.as_deref() {
+            depth += 1;
+            level = nested;
+        }
+        assert_eq!(depth, DEPTH);
+        let text = snapshot.to_string();
+        assert_eq!(text.lines().count(), 2 * (DEPTH + 1));
+        assert!(
+            text.lines()
+                .last()
+                .unwrap()
+                .trim_start()
+                .starts_with("work: running")
+        );
+        drop(snapshot);
+        supervisor.shutdown(Cause::of_kind(CauseKind::Shutdown));
+        supervisor.join().await.unwrap();
+    });
 }
 
 /// Nested supervisors escalating one into the other: each level's cause quotes at most the

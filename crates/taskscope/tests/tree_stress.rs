@@ -179,16 +179,7 @@ fn round(seed: u64) {
 
 #[test]
 fn concurrent_cancels_in_random_trees() {
-    let seeds: Vec<u64> = match std::env::var("TASKSCOPE_STRESS_SEED") {
-        Ok(seed) => vec![seed.parse().expect("TASKSCOPE_STRESS_SEED is a number")],
-        Err(_) => {
-            let rounds = std::env::var("TASKSCOPE_STRESS_ROUNDS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(300);
-            (0..rounds).collect()
-        }
-    };
+    let seeds = common::seeds(300);
     for seed in seeds {
         round(seed);
     }

@@ -128,8 +128,16 @@ where
         let builder = Deferred::new(builder);
         let factory = move |scope: Scope, slot: Option<&Nested>| -> ChildFuture<E> {
             let builder = builder.get().clone();
-            let slot_now = slot.cloned();
             let slot = slot.cloned();
+            // Started now, so its children start before its parent's next child (OTP's order),
+            // unless this thread is already that deep in starting nested supervisors: then on
+            // the child's first poll, in its own task, so no depth overflows the stack.
+            let level = nesting::enter();
+            if let (None, Some(slot)) = (&level, &slot) {
+                // Until its first poll, no stale run of it is snapshotted or forced.
+                let stale = lock(slot).take();
+                drop(stale);
+            }
             let start = move || {
                 let runner = builder.runner(scope, location);
                 if let Some(slot) = slot {
@@ -139,23 +147,13 @@ where
                 }
                 runner
             };
-            // Started now, so its children start before its parent's next child (OTP's order),
-            // unless this thread is already that deep in starting nested supervisors: then on
-            // the child's first poll, in its own task, so no depth overflows the stack.
-            match nesting::enter() {
+            match level {
                 Some(level) => {
                     let runner = start();
                     drop(level);
                     Box::pin(async move { runner.await.map_err(E::from) })
                 }
-                None => {
-                    // Until its first poll, no stale run of it is snapshotted or forced.
-                    if let Some(slot) = slot_now {
-                        let stale = lock(&slot).take();
-                        drop(stale);
-                    }
-                    Box::pin(async move { start().await.map_err(E::from) })
-                }
+                None => Box::pin(async move { start().await.map_err(E::from) }),
             }
         };
         ChildSpec {

@@ -52,6 +52,21 @@ pub fn replaying() -> bool {
     std::env::var("TASKSCOPE_STRESS_SEED").is_ok()
 }
 
+/// The seeds to run: `TASKSCOPE_STRESS_SEED` alone, or the first `TASKSCOPE_STRESS_ROUNDS`
+/// (`default_rounds` unless set).
+pub fn seeds(default_rounds: u64) -> Vec<u64> {
+    match std::env::var("TASKSCOPE_STRESS_SEED") {
+        Ok(seed) => vec![seed.parse().expect("TASKSCOPE_STRESS_SEED is a number")],
+        Err(_) => {
+            let rounds = std::env::var("TASKSCOPE_STRESS_ROUNDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(default_rounds);
+            (0..rounds).collect()
+        }
+    }
+}
+
 /// Runs `round(seed)` for every seed (`default_rounds` of them unless the environment says
 /// otherwise) on a multi-thread runtime with two workers, each within 20 s; a panic or a hang
 /// fails the test with its seed.
@@ -65,16 +80,7 @@ where
         .enable_time()
         .build()
         .unwrap();
-    let seeds: Vec<u64> = match std::env::var("TASKSCOPE_STRESS_SEED") {
-        Ok(seed) => vec![seed.parse().expect("TASKSCOPE_STRESS_SEED is a number")],
-        Err(_) => {
-            let rounds = std::env::var("TASKSCOPE_STRESS_ROUNDS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(default_rounds);
-            (0..rounds).collect()
-        }
-    };
+    let seeds = seeds(default_rounds);
     // Panicking tasks are expected; keep their messages out of the test output.
     std::panic::set_hook(Box::new(|_| {}));
     for seed in seeds {
