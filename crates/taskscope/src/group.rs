@@ -1,8 +1,11 @@
 //! [`TaskGroup`]: errgroup-style groups of tasks bound to a scope.
 
 mod failure;
+mod guard;
 mod report;
 mod shared;
+mod state;
+mod watch;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -17,14 +20,14 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::path::Name;
-use crate::{CancelledOwned, Cause, CauseKind, Scope};
+use crate::{CancelledOwned, Cause, CauseKind, Scope, TaskId};
 pub(crate) use failure::failure_cause;
-pub(crate) use shared::Config;
-use shared::{Admitted, Shared};
+use shared::Shared;
+pub(crate) use shared::{Config, Spawned};
 
 pub use report::{
-    Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskFailure, TaskId, TaskInfo,
-    TaskSnapshot, TaskState, TrySpawnError,
+    Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskFailure, TaskSnapshot, TaskState,
+    TrySpawnError,
 };
 
 /// The default error type of a task: any error, boxed.
@@ -161,10 +164,8 @@ where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        match self.admit(Name::from(name.into()), Location::caller(), task, true) {
-            Ok(id) => id,
-            Err(_) => unreachable!("a queueing spawn is never refused"),
-        }
+        self.spawn_child(Name::from(name.into()), Location::caller(), task)
+            .id
     }
 
     /// Spawns a task like [`spawn`](TaskGroup::spawn), unless the group is at its concurrency
@@ -183,36 +184,10 @@ where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.admit(Name::from(name.into()), Location::caller(), task, false)
-    }
-
-    fn admit<F, Fut>(
-        &self,
-        name: Name,
-        spawned_at: &'static Location<'static>,
-        task: F,
-        queue: bool,
-    ) -> Result<TaskId, TrySpawnError<F>>
-    where
-        F: FnOnce(Scope) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let (id, admitted) = self.shared.admit(
-            name,
-            spawned_at,
-            task,
-            queue,
-            Shared::pending_start::<F, Fut>,
-        );
-        match admitted {
-            Admitted::Run(starting, task) => {
-                let next = self.shared.run(starting, task);
-                self.shared.run_next(next);
-            }
-            Admitted::Tracked => {}
-            Admitted::Refused(task, cause) => return Err(TrySpawnError { task, cause }),
-        }
-        Ok(id.expect("an admitted task has an id"))
+        let spawned = self
+            .shared
+            .spawn(name.into().into(), Location::caller(), task, false);
+        spawned.map(|spawned| spawned.id)
     }
 
     /// Spawns a task like [`spawn`](TaskGroup::spawn), at `spawned_at`, and returns the task's
@@ -228,30 +203,17 @@ where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let (id, admitted) = self.shared.admit(
-            name,
-            spawned_at,
-            task,
-            true,
-            Shared::pending_start::<F, Fut>,
-        );
-        let id = id.expect("a queueing spawn is never refused");
-        match admitted {
-            Admitted::Run(starting, task) => {
-                let started = Some((starting.key, starting.scope.clone()));
-                let next = self.shared.run(starting, task);
-                self.shared.run_next(next);
-                Spawned { id, started }
-            }
-            Admitted::Tracked => Spawned { id, started: None },
-            Admitted::Refused(..) => unreachable!("a queueing spawn is never refused"),
+        match self.shared.spawn(name, spawned_at, task, true) {
+            Ok(spawned) => spawned,
+            Err(_) => unreachable!("a queueing spawn is never refused"),
         }
     }
 
     /// The task `id`, recorded at `key`, was stopped alone (by its supervisor) with `cause`:
     /// tells the observer's bookkeeping (cancel latency, slow to stop).
     pub(crate) fn child_stopped(&self, key: usize, id: TaskId, cause: &Cause) {
-        self.shared.child_stopped(key, id, cause);
+        let _ = key;
+        self.shared.child_stopped(id, cause);
     }
 
     /// Aborts the task `id`, recorded at `key`, if it is still running.
@@ -544,13 +506,6 @@ where
             created_at,
         }
     }
-}
-
-/// A task started by [`TaskGroup::spawn_child`].
-pub(crate) struct Spawned {
-    pub(crate) id: TaskId,
-    /// Its slab key and scope, unless it was recorded as cancelled without starting.
-    pub(crate) started: Option<(usize, Scope)>,
 }
 
 /// Waits for every task of a group; returned by [`TaskGroup::join`].

@@ -66,14 +66,14 @@ mod scope;
 mod slab;
 mod supervisor;
 mod sync;
+mod task;
 mod text;
 
 pub use cancelled::{Cancelled, CancelledOwned};
 pub use cause::{CallSite, Cause, CauseKind};
 pub use group::{
     BoxError, DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Join, JoinNext, Outcome, TaskExit,
-    TaskFailure, TaskGroup, TaskGroupBuilder, TaskId, TaskInfo, TaskSnapshot, TaskState,
-    TrySpawnError,
+    TaskFailure, TaskGroup, TaskGroupBuilder, TaskSnapshot, TaskState, TrySpawnError,
 };
 pub use on_cancel::OnCancel;
 pub use scope::{DropGuard, Scope, ScopeBuilder, ScopePath, WeakScope};
@@ -82,6 +82,7 @@ pub use supervisor::{
     Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorError, SupervisorHandle,
     SupervisorJoin, SupervisorSnapshot, SupervisorState,
 };
+pub use task::{TaskId, TaskInfo};
 
 // The code of the README is tested as doctests (the guides, in taskscope-trace).
 #[cfg(doctest)]

@@ -1,0 +1,198 @@
+//! A running task as spawned on tokio: the user's future, and the [`Guard`] that reports how
+//! it ended exactly once.
+//!
+//! A running task reports through its guard as soon as its future completes (after dropping
+//! the future, so that what it held is released first), or as aborted when the future is
+//! dropped unfinished (aborted, or its runtime shut down). A panic while polling or dropping it
+//! is caught and reported as a failure. So every `Running` record becomes `Done` exactly once,
+//! and `join` ends exactly when every task has ended.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+
+use super::failure::panic_message;
+use super::report::{Failure, Outcome};
+use super::shared::{Exit, Next, Shared};
+use super::state::PanicPayload;
+use super::watch::Watch;
+use crate::Scope;
+
+pin_project! {
+    /// A task's future as spawned: the user's future, and the guard that reports its end.
+    pub(super) struct TaskFuture<F, T, E>
+    where
+        T: Send,
+        T: 'static,
+        E: fmt::Debug,
+        E: fmt::Display,
+        E: Send,
+        E: Sync,
+        E: 'static,
+    {
+        #[pin]
+        user: User<F>,
+        guard: Guard<T, E>,
+    }
+}
+
+pin_project! {
+    /// The user's future, until it is dropped right after it completes.
+    #[project = UserProj]
+    enum User<F> {
+        Running { #[pin] future: F },
+        Done,
+    }
+}
+
+impl<F, T, E> TaskFuture<F, T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    pub(super) fn new(future: F, guard: Guard<T, E>) -> Self {
+        TaskFuture {
+            user: User::Running { future },
+            guard,
+        }
+    }
+}
+
+impl<F, T, E> Future for TaskFuture<F, T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let UserProj::Running { future } = this.user.as_mut().project() else {
+            return Poll::Ready(());
+        };
+        let polled = entered(this.guard.watch.as_deref(), || {
+            panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
+        });
+        let mut result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => Ok(result),
+            Err(payload) => Err(payload),
+        };
+        // The exit is reported only once the user's future, and everything it held, is gone.
+        // A panic while dropping it is the task's panic.
+        let mut user = this.user;
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| user.set(User::Done)))
+            && result.is_ok()
+        {
+            result = Err(payload);
+        }
+        let next = this.guard.report(|shared, key, scope| {
+            // Classifying runs user code (the error's `Display` and `source`); if that panics,
+            // the task is reported as having panicked.
+            panic::catch_unwind(AssertUnwindSafe(|| shared.conclude(key, scope, result)))
+                .unwrap_or_else(|payload| shared.conclude(key, scope, Err(payload)))
+        });
+        this.guard.shared.run_next(next);
+        Poll::Ready(())
+    }
+}
+
+/// Reports a running task's end exactly once: when its future completes, or as aborted when
+/// it is dropped before that.
+pub(super) struct Guard<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    pub(super) shared: Arc<Shared<T, E>>,
+    pub(super) key: usize,
+    /// The task's scope; taken when the task is reported.
+    pub(super) scope: Option<Scope>,
+    /// What the group's watcher keeps of the task, if the group has one.
+    pub(super) watch: Option<Box<Watch>>,
+}
+
+impl<T, E> Guard<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    /// Reports the task's end, unless it was; returns the pending task that takes its slot,
+    /// for the caller to start.
+    #[must_use]
+    pub(super) fn report(
+        &mut self,
+        exit: impl FnOnce(&Shared<T, E>, usize, &Scope) -> Exit<T, E>,
+    ) -> Option<Next<T, E>> {
+        let scope = self.scope.take()?;
+        let exit = exit(&self.shared, self.key, &scope);
+        // Before the exit becomes visible, so that whoever joins the group has seen it reported.
+        if let Some(watch) = self.watch.take() {
+            self.shared.watch_finished(watch, &scope, &exit);
+        }
+        // The task's scope goes first, so that it is unlinked from the group's when the exit
+        // becomes visible.
+        drop(scope);
+        self.shared.report(self.key, exit)
+    }
+}
+
+impl<T, E> Drop for Guard<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        let next = self.report(|_, _, _| Exit::of(Outcome::Aborted));
+        self.shared.run_next(next);
+    }
+}
+
+/// Runs `f` inside the task's attachment, if it has one, and returns what it returned. A panic
+/// of the attachment's `enter` is ignored like any observer's; if `enter` did not run `f`, it
+/// runs here. `f` must not unwind (callers wrap the task's code in `catch_unwind`).
+pub(super) fn entered<R>(watch: Option<&Watch>, f: impl FnOnce() -> R) -> R {
+    let Some(attachment) = watch.and_then(Watch::attachment) else {
+        return f();
+    };
+    let (mut f, mut out) = (Some(f), None);
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+        attachment.enter(&mut || {
+            if let Some(f) = f.take() {
+                out = Some(f());
+            }
+        })
+    }));
+    match out {
+        Some(out) => out,
+        None => f.take().expect("`f` runs at most once")(),
+    }
+}
+
+/// Drops a user value, containing a panic of its `Drop`: the panic hook has reported it, and
+/// the group's accounting must still settle, or `join` would wait forever and the panic would
+/// unwind into whoever cancelled the group.
+pub(super) fn drop_contained<X>(value: X) {
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(value)));
+}
+
+/// Drops what a task that never started held (its closure) and says how it ended: as `ended`,
+/// or as the panic that drop raised, whose payload comes back too.
+pub(super) fn dropped_unstarted<X, T, E>(
+    value: X,
+    ended: impl FnOnce() -> Outcome<T, E>,
+) -> (Outcome<T, E>, Option<PanicPayload>) {
+    match panic::catch_unwind(AssertUnwindSafe(|| drop(value))) {
+        Ok(()) => (ended(), None),
+        Err(payload) => {
+            let message = panic_message(&*payload);
+            (Outcome::Failed(Failure::Panic(message)), Some(payload))
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! What a group tells the observer of its tasks: spawned, started, finished, slow to stop.
+//!
+//! A group has a [`Watcher`] when its scope's observer [observes its
+//! tasks](crate::observe::Observer::observes_tasks). The watcher keeps, under its own lock, the
+//! tasks it has seen start and not yet finish: for slow-to-stop reports and cancel latencies.
+//! That lock is never held together with the group's, and no user code (observer, attachment)
+//! runs under it. A task the watcher follows carries a boxed [`Watch`] in its guard.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+
+use super::report::{Failure, Outcome};
+use super::shared::Exit;
+use crate::observe::{
+    self, Attachment, GroupCreated, Observer, TaskFinished, TaskOutcome, TaskSlowToStop,
+    TaskSpawned, TaskStarted,
+};
+use crate::sync::{Mutex, lock};
+use crate::{Cause, Scope, TaskId, TaskInfo};
+
+/// The group an event is about: its scope, and what the observer attached to it.
+#[derive(Clone, Copy)]
+pub(super) struct Group<'a> {
+    pub(super) scope: &'a Scope,
+    pub(super) attachment: Option<&'a dyn Attachment>,
+}
+
+/// A group's observer of tasks, and what it asked for.
+pub(super) struct Watcher {
+    observer: Arc<dyn Observer>,
+    /// How long after its cancellation a running task is reported slow to stop.
+    slow_after: Option<Duration>,
+    /// Where slow-to-stop checks run when the group is cancelled off its runtime.
+    runtime: Option<Handle>,
+    /// The tasks started and not yet finished.
+    running: Mutex<BTreeMap<TaskId, Running>>,
+}
+
+/// What the watcher keeps of a running task.
+struct Running {
+    task: TaskInfo,
+    /// Weak: the task's guard owns it, and no user `Drop` runs under the watcher's lock.
+    attachment: Option<Weak<dyn Attachment>>,
+    reported_slow: bool,
+    /// When its supervisor cancelled its scope, stopping it alone.
+    stopped_at: Option<Instant>,
+}
+
+/// A running task as its guard carries it for the watcher.
+pub(super) struct Watch {
+    task: TaskInfo,
+    attachment: Option<Arc<dyn Attachment>>,
+    started: Instant,
+}
+
+impl Watch {
+    /// What the observer attached to the task when it started.
+    pub(super) fn attachment(&self) -> Option<&dyn Attachment> {
+        self.attachment.as_deref()
+    }
+}
+
+/// How a task that never started ended, as its observer hears it.
+pub(super) struct Unstarted {
+    outcome: TaskOutcome,
+    /// The message of the panic that dropping its closure raised.
+    panic: Option<String>,
+}
+
+impl Unstarted {
+    pub(super) fn of<T, E>(outcome: &Outcome<T, E>) -> Unstarted {
+        let (outcome, panic) = match outcome {
+            Outcome::Failed(Failure::Panic(message)) => {
+                (TaskOutcome::Panicked, Some(message.clone()))
+            }
+            Outcome::Aborted => (TaskOutcome::Aborted, None),
+            _ => (TaskOutcome::Cancelled, None),
+        };
+        Unstarted { outcome, panic }
+    }
+}
+
+impl Watcher {
+    /// Tells `observer` of the group made on `scope`; returns its attachment, and a watcher
+    /// if it observes the group's tasks.
+    pub(super) fn new(
+        observer: &Arc<dyn Observer>,
+        scope: &Scope,
+    ) -> (Option<Arc<dyn Attachment>>, Option<Watcher>) {
+        let group = GroupCreated { scope };
+        let attachment = observe::notify(observer, |o| o.group_created(&group));
+        if !observe::notify(observer, |o| o.observes_tasks(&group)) {
+            return (attachment, None);
+        }
+        let slow_after = observe::notify(observer, |o| o.slow_to_stop_after());
+        let watcher = Watcher {
+            observer: observer.clone(),
+            slow_after,
+            runtime: slow_after.and_then(|_| Handle::try_current().ok()),
+            running: Mutex::new(BTreeMap::new()),
+        };
+        (attachment, Some(watcher))
+    }
+
+    /// `task` was spawned: it starts now, or waits as pending.
+    pub(super) fn spawned(&self, group: Group<'_>, task: &TaskInfo, pending: bool) {
+        observe::notify(&self.observer, |o| {
+            o.task_spawned(&TaskSpawned {
+                group: group.scope,
+                task,
+                pending,
+            })
+        });
+    }
+
+    /// `task` ended before it started: cancelled with `cause`, aborted with its runtime, or as
+    /// the panic of dropping its closure.
+    pub(super) fn never_started(
+        &self,
+        group: Group<'_>,
+        task: &TaskInfo,
+        ended: &Unstarted,
+        cause: Option<&Cause>,
+    ) {
+        let panic = ended.panic.as_ref().map(|m| m as &dyn fmt::Display);
+        observe::notify(&self.observer, |o| {
+            o.task_finished(&TaskFinished {
+                group: group.scope,
+                group_attachment: group.attachment,
+                task,
+                attachment: None,
+                outcome: ended.outcome,
+                started: false,
+                error: panic,
+                cause,
+                elapsed: Duration::ZERO,
+                cancel_latency: None,
+            })
+        });
+    }
+
+    /// `task` starts in `scope`; the watcher follows it until [`finished`](Self::finished).
+    pub(super) fn start(
+        &self,
+        group: Group<'_>,
+        task: TaskInfo,
+        was_pending: bool,
+        scope: &Scope,
+    ) -> Box<Watch> {
+        let attachment = observe::notify(&self.observer, |o| {
+            o.task_started(&TaskStarted {
+                group: group.scope,
+                group_attachment: group.attachment,
+                task: &task,
+                scope,
+                was_pending,
+            })
+        });
+        let running = Running {
+            task: task.clone(),
+            attachment: attachment.as_ref().map(Arc::downgrade),
+            reported_slow: false,
+            stopped_at: None,
+        };
+        lock(&self.running).insert(task.id, running);
+        Box::new(Watch {
+            task,
+            attachment,
+            started: Instant::now(),
+        })
+    }
+
+    /// The task of `watch`, in `scope`, ended with `exit`. A failure that cancelled the group
+    /// (`won`) is the task's doing: its scope's cause is not what stopped it.
+    pub(super) fn finished<T, E>(
+        &self,
+        group: Group<'_>,
+        watch: Box<Watch>,
+        scope: &Scope,
+        exit: &Exit<T, E>,
+    ) where
+        E: fmt::Display,
+    {
+        let now = Instant::now();
+        let stopped_at = lock(&self.running)
+            .remove(&watch.task.id)
+            .and_then(|running| running.stopped_at);
+        // A deadline that passed before the task ended cut it short (time order decides), as
+        // `join` reports it: noticed here, if nobody did.
+        let looked = || scope.cause();
+        let won = exit.won;
+        let (outcome, error, cause): (_, Option<&dyn fmt::Display>, _) = match &exit.outcome {
+            Outcome::Completed(_) => (TaskOutcome::Completed, None, looked()),
+            Outcome::Failed(Failure::Error(error)) => (
+                TaskOutcome::Failed,
+                Some(&**error),
+                looked().filter(|_| !won),
+            ),
+            Outcome::Failed(Failure::Panic(message)) => (
+                TaskOutcome::Panicked,
+                Some(message),
+                looked().filter(|_| !won),
+            ),
+            Outcome::Cancelled(cause) => (TaskOutcome::Cancelled, None, Some(cause.clone())),
+            Outcome::Aborted => (TaskOutcome::Aborted, None, looked()),
+        };
+        // From when this task's scope was cancelled: when its supervisor stopped it, or when
+        // the cause took effect.
+        let cancel_latency = cause
+            .as_ref()
+            .and_then(|cause| stopped_at.or(cause.instant()))
+            .map(|at| now.saturating_duration_since(at));
+        observe::notify(&self.observer, |o| {
+            o.task_finished(&TaskFinished {
+                group: group.scope,
+                group_attachment: group.attachment,
+                task: &watch.task,
+                attachment: watch.attachment.as_deref(),
+                outcome,
+                started: true,
+                error,
+                cause: cause.as_ref(),
+                elapsed: now.saturating_duration_since(watch.started),
+                cancel_latency,
+            })
+        });
+    }
+
+    /// The running task `id` was stopped alone (by its supervisor) at `at`: its cancel latency
+    /// counts from then.
+    pub(super) fn stopped(&self, id: TaskId, at: Instant) {
+        if let Some(running) = lock(&self.running).get_mut(&id) {
+            running.stopped_at = Some(at);
+        }
+    }
+
+    /// When and where to look for tasks still running after a cancellation at `since`, if the
+    /// observer asked for slow-to-stop reports and a runtime is at hand.
+    pub(super) fn slow_check(&self, since: Instant) -> Option<(Instant, Handle)> {
+        let at = since.checked_add(self.slow_after?)?;
+        let runtime = Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone())?;
+        Some((at, runtime))
+    }
+
+    /// Reports the tasks still running after a cancellation at `since` with `cause`: every one,
+    /// or only `only`. Each task is reported once.
+    pub(super) fn report_slow(
+        &self,
+        group: Group<'_>,
+        since: Instant,
+        only: Option<TaskId>,
+        cause: &Cause,
+    ) {
+        let slow: Vec<(TaskInfo, Option<Arc<dyn Attachment>>)> = {
+            let mut running = lock(&self.running);
+            let range = match only {
+                Some(id) => running.range_mut(id..=id),
+                None => running.range_mut(..),
+            };
+            range
+                .map(|(_, running)| running)
+                .filter(|running| !running.reported_slow)
+                .map(|running| {
+                    running.reported_slow = true;
+                    let attachment = running.attachment.as_ref().and_then(Weak::upgrade);
+                    (running.task.clone(), attachment)
+                })
+                .collect()
+        };
+        let since_cancel = Instant::now().saturating_duration_since(since);
+        for (task, attachment) in &slow {
+            observe::notify(&self.observer, |o| {
+                o.task_slow_to_stop(&TaskSlowToStop {
+                    group: group.scope,
+                    group_attachment: group.attachment,
+                    task,
+                    attachment: attachment.as_deref(),
+                    cause,
+                    since_cancel,
+                })
+            });
+        }
+    }
+}
