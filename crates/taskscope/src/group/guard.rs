@@ -134,7 +134,7 @@ where
         let exit = exit(&self.shared, self.key, &scope);
         // Before the exit becomes visible, so that whoever joins the group has seen it reported.
         if let Some(watch) = self.watch.take() {
-            self.shared.watch_finished(watch, &scope, &exit);
+            self.shared.watch_finished(&watch, &scope, &exit);
         }
         // The task's scope goes first, so that it is unlinked from the group's when the exit
         // becomes visible.

@@ -242,7 +242,7 @@ where
                 // Reported as running since its spawn: it starts and ends at once.
                 (Some(watcher), Some(watched)) => {
                     let watch = watcher.start(self.group(), watched.task, false, &scope);
-                    watcher.finished(self.group(), watch, &scope, &exit);
+                    watcher.finished(self.group(), &watch, &scope, &exit);
                 }
                 _ => {}
             }
@@ -315,7 +315,7 @@ where
     }
 
     /// Tells the watcher that the task of `watch` ended with `exit`.
-    pub(super) fn watch_finished(&self, watch: Box<Watch>, scope: &Scope, exit: &Exit<T, E>) {
+    pub(super) fn watch_finished(&self, watch: &Watch, scope: &Scope, exit: &Exit<T, E>) {
         if let Some(watcher) = &self.watcher {
             watcher.finished(self.group(), watch, scope, exit);
         }

@@ -180,7 +180,7 @@ impl Watcher {
     pub(super) fn finished<T, E>(
         &self,
         group: Group<'_>,
-        watch: Box<Watch>,
+        watch: &Watch,
         scope: &Scope,
         exit: &Exit<T, E>,
     ) where
