@@ -212,8 +212,7 @@ where
     /// The task `id`, recorded at `key`, was stopped alone (by its supervisor) with `cause`:
     /// tells the observer's bookkeeping (cancel latency, slow to stop).
     pub(crate) fn child_stopped(&self, key: usize, id: TaskId, cause: &Cause) {
-        let _ = key;
-        self.shared.child_stopped(id, cause);
+        self.shared.child_stopped(key, id, cause);
     }
 
     /// Aborts the task `id`, recorded at `key`, if it is still running.

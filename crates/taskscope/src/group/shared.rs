@@ -241,7 +241,7 @@ where
                 }
                 // Reported as running since its spawn: it starts and ends at once.
                 (Some(watcher), Some(watched)) => {
-                    let watch = watcher.start(self.group(), watched.task, false, &scope);
+                    let watch = watcher.start(self.group(), key, watched.task, false, &scope);
                     watcher.finished(self.group(), &watch, &scope, &exit);
                 }
                 _ => {}
@@ -252,7 +252,7 @@ where
         let watch = match (watcher, watched) {
             (Some(watcher), Some(watched)) => {
                 let task = watched.task;
-                Some(watcher.start(self.group(), task, watched.was_pending, &scope))
+                Some(watcher.start(self.group(), key, task, watched.was_pending, &scope))
             }
             _ => None,
         };
@@ -559,21 +559,21 @@ where
         }
     }
 
-    /// The task `id` was stopped alone (by its supervisor) with `cause`: its cancel latency
-    /// counts from now, and it is checked for stopping in time.
-    pub(crate) fn child_stopped(self: &Arc<Self>, id: TaskId, cause: &Cause) {
+    /// The task `id`, recorded at `key`, was stopped alone (by its supervisor) with `cause`:
+    /// its cancel latency counts from now, and it is checked for stopping in time.
+    pub(crate) fn child_stopped(self: &Arc<Self>, key: usize, id: TaskId, cause: &Cause) {
         let Some(watcher) = &self.watcher else {
             return;
         };
         let now = Instant::now();
-        watcher.stopped(id, now);
-        self.check_slow(now, Some(id), cause);
+        watcher.stopped(key, id, now);
+        self.check_slow(now, Some((key, id)), cause);
     }
 
     /// Reports the tasks still running [`slow_to_stop_after`](crate::observe::Observer::slow_to_stop_after)
     /// after `since`, when their scopes were cancelled with `cause`: every running task, or
     /// only the task `only`. Spawns one timer.
-    fn check_slow(self: &Arc<Self>, since: Instant, only: Option<TaskId>, cause: &Cause) {
+    fn check_slow(self: &Arc<Self>, since: Instant, only: Option<(usize, TaskId)>, cause: &Cause) {
         let Some((at, runtime)) = self.watcher.as_ref().and_then(|w| w.slow_check(since)) else {
             return;
         };

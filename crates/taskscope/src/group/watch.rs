@@ -6,7 +6,6 @@
 //! That lock is never held together with the group's, and no user code (observer, attachment)
 //! runs under it. A task the watcher follows carries a boxed [`Watch`] in its guard.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -37,8 +36,9 @@ pub(super) struct Watcher {
     slow_after: Option<Duration>,
     /// Where slow-to-stop checks run when the group is cancelled off its runtime.
     runtime: Option<Handle>,
-    /// The tasks started and not yet finished.
-    running: Mutex<BTreeMap<TaskId, Running>>,
+    /// The tasks started and not yet finished, at their records' keys in the group (stable
+    /// while a task runs).
+    running: Mutex<Vec<Option<Running>>>,
 }
 
 /// What the watcher keeps of a running task.
@@ -53,6 +53,8 @@ struct Running {
 
 /// A running task as its guard carries it for the watcher.
 pub(super) struct Watch {
+    /// Its record's key in the group.
+    key: usize,
     task: TaskInfo,
     attachment: Option<Arc<dyn Attachment>>,
     started: Instant,
@@ -102,7 +104,7 @@ impl Watcher {
             observer: observer.clone(),
             slow_after,
             runtime: slow_after.and_then(|_| Handle::try_current().ok()),
-            running: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(Vec::new()),
         };
         (attachment, Some(watcher))
     }
@@ -144,10 +146,12 @@ impl Watcher {
         });
     }
 
-    /// `task` starts in `scope`; the watcher follows it until [`finished`](Self::finished).
+    /// `task`, recorded at `key`, starts in `scope`; the watcher follows it until
+    /// [`finished`](Self::finished).
     pub(super) fn start(
         &self,
         group: Group<'_>,
+        key: usize,
         task: TaskInfo,
         was_pending: bool,
         scope: &Scope,
@@ -167,8 +171,15 @@ impl Watcher {
             reported_slow: false,
             stopped_at: None,
         };
-        lock(&self.running).insert(task.id, running);
+        {
+            let mut tasks = lock(&self.running);
+            if tasks.len() <= key {
+                tasks.resize_with(key + 1, || None);
+            }
+            tasks[key] = Some(running);
+        }
         Box::new(Watch {
+            key,
             task,
             attachment,
             started: Instant::now(),
@@ -188,7 +199,8 @@ impl Watcher {
     {
         let now = Instant::now();
         let stopped_at = lock(&self.running)
-            .remove(&watch.task.id)
+            .get_mut(watch.key)
+            .and_then(Option::take)
             .and_then(|running| running.stopped_at);
         // A deadline that passed before the task ended cut it short (time order decides), as
         // `join` reports it: noticed here, if nobody did.
@@ -231,10 +243,13 @@ impl Watcher {
         });
     }
 
-    /// The running task `id` was stopped alone (by its supervisor) at `at`: its cancel latency
-    /// counts from then.
-    pub(super) fn stopped(&self, id: TaskId, at: Instant) {
-        if let Some(running) = lock(&self.running).get_mut(&id) {
+    /// The running task `id`, recorded at `key`, was stopped alone (by its supervisor) at
+    /// `at`: its cancel latency counts from then.
+    pub(super) fn stopped(&self, key: usize, id: TaskId, at: Instant) {
+        let mut running = lock(&self.running);
+        if let Some(Some(running)) = running.get_mut(key)
+            && running.task.id == id
+        {
             running.stopped_at = Some(at);
         }
     }
@@ -250,22 +265,24 @@ impl Watcher {
     }
 
     /// Reports the tasks still running after a cancellation at `since` with `cause`: every one,
-    /// or only `only`. Each task is reported once.
+    /// or only the task `only` (its key and id). Each task is reported once, in key order.
     pub(super) fn report_slow(
         &self,
         group: Group<'_>,
         since: Instant,
-        only: Option<TaskId>,
+        only: Option<(usize, TaskId)>,
         cause: &Cause,
     ) {
         let slow: Vec<(TaskInfo, Option<Arc<dyn Attachment>>)> = {
             let mut running = lock(&self.running);
-            let range = match only {
-                Some(id) => running.range_mut(id..=id),
-                None => running.range_mut(..),
+            let tasks = match only {
+                Some((key, _)) => running.get_mut(key..=key).unwrap_or_default(),
+                None => &mut running[..],
             };
-            range
-                .map(|(_, running)| running)
+            tasks
+                .iter_mut()
+                .flatten()
+                .filter(|running| only.is_none_or(|(_, id)| running.task.id == id))
                 .filter(|running| !running.reported_slow)
                 .map(|running| {
                     running.reported_slow = true;
