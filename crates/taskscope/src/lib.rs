@@ -55,6 +55,13 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+// Layers, bottom up; a module imports from its own layer or below:
+// 1. `sync`, `slab`, `text`, `path`, `task`: locks, storage, names, task identities;
+// 2. `cause`: why a scope was cancelled;
+// 3. `node`, `observe`, `scope`, `cancelled`, `on_cancel`: the tree and its public handles.
+//    The one layer with edges both ways: a node stores and calls its `Observer`, whose events
+//    hand out the `Scope` that wraps a node; `Scope` returns the futures that wait on it;
+// 4. `group`, then `supervisor` (built on `group`), reporting to `observe`.
 mod cancelled;
 mod cause;
 mod group;
