@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use crate::path::Name;
 use crate::{CancelledOwned, Cause, CauseKind, Scope, TaskId};
 pub(crate) use failure::failure_cause;
-use shared::Shared;
+use shared::{Admit, Shared};
 pub(crate) use shared::{Config, Spawned};
 
 pub use report::{
@@ -164,7 +164,8 @@ where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.spawn_child(Name::from(name.into()), Location::caller(), task)
+        let name = Name::from(name.into());
+        self.spawn_queued(name, Location::caller(), task, Admit::Queue)
             .id
     }
 
@@ -184,9 +185,10 @@ where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        let name = Name::from(name.into());
         let spawned = self
             .shared
-            .spawn(name.into().into(), Location::caller(), task, false);
+            .spawn(name, Location::caller(), task, Admit::Try);
         spawned.map(|spawned| spawned.id)
     }
 
@@ -203,7 +205,21 @@ where
         F: FnOnce(Scope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        match self.shared.spawn(name, spawned_at, task, true) {
+        self.spawn_queued(name, spawned_at, task, Admit::Child)
+    }
+
+    fn spawn_queued<F, Fut>(
+        &self,
+        name: Name,
+        spawned_at: &'static Location<'static>,
+        task: F,
+        admit: Admit,
+    ) -> Spawned
+    where
+        F: FnOnce(Scope) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        match self.shared.spawn(name, spawned_at, task, admit) {
             Ok(spawned) => spawned,
             Err(_) => unreachable!("a queueing spawn is never refused"),
         }

@@ -59,10 +59,23 @@ pub(crate) struct Config {
     pub(crate) resume_panics: bool,
 }
 
+/// How [`Shared::spawn`] admits a task.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// `try_spawn`: refuse a task that would wait or be cancelled.
+    Try,
+    /// `spawn`: queue a task over the limit.
+    Queue,
+    /// As `Queue`, and return the task's key and scope if it starts at once (a supervisor's
+    /// child).
+    Child,
+}
+
 /// A task just admitted.
 pub(crate) struct Spawned {
     pub(crate) id: TaskId,
-    /// Its slab key and scope if it started at once (not queued, not cancelled).
+    /// For [`Admit::Child`], its slab key and scope if it started at once (not queued, not
+    /// cancelled).
     pub(crate) started: Option<(usize, Scope)>,
 }
 
@@ -141,14 +154,14 @@ where
     }
 
     /// Admits a task: starts it now, queues it as pending, or, in a cancelled group, records
-    /// it as cancelled without starting it. Without `queue` (`try_spawn`), a task that would
-    /// wait or be cancelled is handed back instead.
+    /// it as cancelled without starting it. For [`Admit::Try`], a task that would wait or be
+    /// cancelled is handed back instead.
     pub(crate) fn spawn<F, Fut>(
         self: &Arc<Self>,
         name: Name,
         spawned_at: &'static Location<'static>,
         task: F,
-        queue: bool,
+        admit: Admit,
     ) -> Result<Spawned, TrySpawnError<F>>
     where
         F: FnOnce(Scope) -> Fut + Send + 'static,
@@ -160,7 +173,7 @@ where
         let mut state = lock(&self.state);
         let cause = state.cause.clone().or(observed);
         let free = cause.is_none() && state.running < self.config.limit;
-        if !queue && !free {
+        if admit == Admit::Try && !free {
             return Err(TrySpawnError { task, cause });
         }
         if free {
@@ -175,7 +188,8 @@ where
                 watcher.spawned(self.group(), &watched.task, false);
             }
             let scope = self.scope.named_child(name);
-            let started = Some((key, scope.clone()));
+            // Cloned only for a supervisor: an atomic increment and decrement per task.
+            let started = (admit == Admit::Child).then(|| (key, scope.clone()));
             let starting = Starting {
                 key,
                 id,
