@@ -20,8 +20,8 @@ use super::failure::panic_message;
 use super::report::{Failure, Outcome};
 use super::shared::{Exit, Next, Shared};
 use super::state::PanicPayload;
-use super::watch::Watch;
 use crate::Scope;
+use crate::observe::Attachment;
 
 pin_project! {
     /// A task's future as spawned: the user's future, and the guard that reports its end.
@@ -76,7 +76,7 @@ where
         let UserProj::Running { future } = this.user.as_mut().project() else {
             return Poll::Ready(());
         };
-        let polled = entered(this.guard.watch.as_deref(), || {
+        let polled = entered(this.guard.attachment.as_deref(), || {
             panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
         });
         let mut result = match polled {
@@ -114,8 +114,8 @@ where
     pub(super) key: usize,
     /// The task's scope; taken when the task is reported.
     pub(super) scope: Option<Scope>,
-    /// What the group's watcher keeps of the task, if the group has one.
-    pub(super) watch: Option<Box<Watch>>,
+    /// What the group's observer attached to the task when it started.
+    pub(super) attachment: Option<Arc<dyn Attachment>>,
 }
 
 impl<T, E> Guard<T, E>
@@ -133,9 +133,8 @@ where
         let scope = self.scope.take()?;
         let exit = exit(&self.shared, self.key, &scope);
         // Before the exit becomes visible, so that whoever joins the group has seen it reported.
-        if let Some(watch) = self.watch.take() {
-            self.shared.watch_finished(&watch, &scope, &exit);
-        }
+        self.shared
+            .watch_finished(self.key, self.attachment.take(), &scope, &exit);
         // The task's scope goes first, so that it is unlinked from the group's when the exit
         // becomes visible.
         drop(scope);
@@ -157,8 +156,8 @@ where
 /// Runs `f` inside the task's attachment, if it has one, and returns what it returned. A panic
 /// of the attachment's `enter` is ignored like any observer's; if `enter` did not run `f`, it
 /// runs here. `f` must not unwind (callers wrap the task's code in `catch_unwind`).
-pub(super) fn entered<R>(watch: Option<&Watch>, f: impl FnOnce() -> R) -> R {
-    let Some(attachment) = watch.and_then(Watch::attachment) else {
+pub(super) fn entered<R>(attachment: Option<&dyn Attachment>, f: impl FnOnce() -> R) -> R {
+    let Some(attachment) = attachment else {
         return f();
     };
     let (mut f, mut out) = (Some(f), None);

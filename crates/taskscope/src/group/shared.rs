@@ -29,7 +29,7 @@ use super::guard::{Guard, TaskFuture, dropped_unstarted, entered};
 use super::report::{Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskSnapshot};
 use super::report::{TaskState, TrySpawnError};
 use super::state::{PanicPayload, Queued, Stage, StartFn, State, Taken, View, group_error};
-use super::watch::{Group, Unstarted, Watch, Watcher};
+use super::watch::{Group, Unstarted, Watcher};
 use crate::observe::{self, Attachment, GroupCancelled};
 use crate::path::Name;
 use crate::sync::{Mutex, lock};
@@ -255,29 +255,30 @@ where
                 }
                 // Reported as running since its spawn: it starts and ends at once.
                 (Some(watcher), Some(watched)) => {
-                    let watch = watcher.start(self.group(), key, watched.task, false, &scope);
-                    watcher.finished(self.group(), &watch, &scope, &exit);
+                    let attachment = watcher.start(self.group(), key, watched.task, false, &scope);
+                    let attachment = attachment.as_deref();
+                    watcher.finished(self.group(), key, attachment, &scope, &exit);
                 }
                 _ => {}
             }
             drop(scope);
             return self.report(key, exit);
         }
-        let watch = match (watcher, watched) {
+        let attachment = match (watcher, watched) {
             (Some(watcher), Some(watched)) => {
                 let task = watched.task;
-                Some(watcher.start(self.group(), key, task, watched.was_pending, &scope))
+                watcher.start(self.group(), key, task, watched.was_pending, &scope)
             }
             _ => None,
         };
-        let made = entered(watch.as_deref(), || {
+        let made = entered(attachment.as_deref(), || {
             panic::catch_unwind(AssertUnwindSafe(|| task(scope.clone())))
         });
         let mut guard = Guard {
             shared: self.clone(),
             key,
             scope: Some(scope),
-            watch,
+            attachment,
         };
         let future = match made {
             Ok(future) => future,
@@ -328,10 +329,17 @@ where
         }
     }
 
-    /// Tells the watcher that the task of `watch` ended with `exit`.
-    pub(super) fn watch_finished(&self, watch: &Watch, scope: &Scope, exit: &Exit<T, E>) {
+    /// Tells the watcher, if any, that the task recorded at `key`, with `attachment`, ended
+    /// with `exit`; then drops the attachment.
+    pub(super) fn watch_finished(
+        &self,
+        key: usize,
+        attachment: Option<Arc<dyn Attachment>>,
+        scope: &Scope,
+        exit: &Exit<T, E>,
+    ) {
         if let Some(watcher) = &self.watcher {
-            watcher.finished(self.group(), watch, scope, exit);
+            watcher.finished(self.group(), key, attachment.as_deref(), scope, exit);
         }
     }
 

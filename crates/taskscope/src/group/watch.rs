@@ -2,9 +2,10 @@
 //!
 //! A group has a [`Watcher`] when its scope's observer [observes its
 //! tasks](crate::observe::Observer::observes_tasks). The watcher keeps, under its own lock, the
-//! tasks it has seen start and not yet finish: for slow-to-stop reports and cancel latencies.
-//! That lock is never held together with the group's, and no user code (observer, attachment)
-//! runs under it. A task the watcher follows carries a boxed [`Watch`] in its guard.
+//! tasks it has seen start and not yet finish, at their records' keys: who they are, when they
+//! started, for slow-to-stop reports and cancel latencies. That lock is never held together
+//! with the group's, and no user code (observer, attachment) runs under it. A running task's
+//! guard holds only the task's attachment, entered around each poll.
 
 use std::fmt;
 use std::sync::{Arc, Weak};
@@ -44,27 +45,12 @@ pub(super) struct Watcher {
 /// What the watcher keeps of a running task.
 struct Running {
     task: TaskInfo,
+    started: Instant,
     /// Weak: the task's guard owns it, and no user `Drop` runs under the watcher's lock.
     attachment: Option<Weak<dyn Attachment>>,
     reported_slow: bool,
     /// When its supervisor cancelled its scope, stopping it alone.
     stopped_at: Option<Instant>,
-}
-
-/// A running task as its guard carries it for the watcher.
-pub(super) struct Watch {
-    /// Its record's key in the group.
-    key: usize,
-    task: TaskInfo,
-    attachment: Option<Arc<dyn Attachment>>,
-    started: Instant,
-}
-
-impl Watch {
-    /// What the observer attached to the task when it started.
-    pub(super) fn attachment(&self) -> Option<&dyn Attachment> {
-        self.attachment.as_deref()
-    }
 }
 
 /// How a task that never started ended, as its observer hears it.
@@ -147,7 +133,7 @@ impl Watcher {
     }
 
     /// `task`, recorded at `key`, starts in `scope`; the watcher follows it until
-    /// [`finished`](Self::finished).
+    /// [`finished`](Self::finished). Returns what the observer attached to it.
     pub(super) fn start(
         &self,
         group: Group<'_>,
@@ -155,7 +141,7 @@ impl Watcher {
         task: TaskInfo,
         was_pending: bool,
         scope: &Scope,
-    ) -> Box<Watch> {
+    ) -> Option<Arc<dyn Attachment>> {
         let attachment = observe::notify(&self.observer, |o| {
             o.task_started(&TaskStarted {
                 group: group.scope,
@@ -166,7 +152,8 @@ impl Watcher {
             })
         });
         let running = Running {
-            task: task.clone(),
+            task,
+            started: Instant::now(),
             attachment: attachment.as_ref().map(Arc::downgrade),
             reported_slow: false,
             stopped_at: None,
@@ -178,30 +165,26 @@ impl Watcher {
             }
             tasks[key] = Some(running);
         }
-        Box::new(Watch {
-            key,
-            task,
-            attachment,
-            started: Instant::now(),
-        })
+        attachment
     }
 
-    /// The task of `watch`, in `scope`, ended with `exit`. A failure that cancelled the group
-    /// (`won`) is the task's doing: its scope's cause is not what stopped it.
+    /// The task recorded at `key`, in `scope`, with `attachment`, ended with `exit`. A failure
+    /// that cancelled the group (`won`) is the task's doing: its scope's cause is not what
+    /// stopped it.
     pub(super) fn finished<T, E>(
         &self,
         group: Group<'_>,
-        watch: &Watch,
+        key: usize,
+        attachment: Option<&dyn Attachment>,
         scope: &Scope,
         exit: &Exit<T, E>,
     ) where
         E: fmt::Display,
     {
         let now = Instant::now();
-        let stopped_at = lock(&self.running)
-            .get_mut(watch.key)
-            .and_then(Option::take)
-            .and_then(|running| running.stopped_at);
+        let Some(running) = lock(&self.running).get_mut(key).and_then(Option::take) else {
+            return;
+        };
         // A deadline that passed before the task ended cut it short (time order decides), as
         // `join` reports it: noticed here, if nobody did.
         let looked = || scope.cause();
@@ -225,19 +208,19 @@ impl Watcher {
         // the cause took effect.
         let cancel_latency = cause
             .as_ref()
-            .and_then(|cause| stopped_at.or(cause.instant()))
+            .and_then(|cause| running.stopped_at.or(cause.instant()))
             .map(|at| now.saturating_duration_since(at));
         observe::notify(&self.observer, |o| {
             o.task_finished(&TaskFinished {
                 group: group.scope,
                 group_attachment: group.attachment,
-                task: &watch.task,
-                attachment: watch.attachment.as_deref(),
+                task: &running.task,
+                attachment,
                 outcome,
                 started: true,
                 error,
                 cause: cause.as_ref(),
-                elapsed: now.saturating_duration_since(watch.started),
+                elapsed: now.saturating_duration_since(running.started),
                 cancel_latency,
             })
         });
