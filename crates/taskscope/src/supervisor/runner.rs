@@ -1,4 +1,4 @@
-//! The supervisor's loop, and the state it shares with handles and snapshots.
+//! The supervisor's loop.
 //!
 //! The [`Runner`] is a future: spawned by [`SupervisorBuilder::start`](super::SupervisorBuilder::start),
 //! or run inside its parent's child task when nested. It owns a [`TaskGroup`] whose scope is a
@@ -7,223 +7,53 @@
 //!
 //! Invariants:
 //!
-//! 1. Only the runner changes `runs`; `Tree::children` mirrors them for snapshots and is
-//!    updated in the same step, under its lock, with no user code run under it.
-//! 2. `active` counts the runs that are `Running` or `Stopping`: exactly the children whose task
-//!    the group has not reported yet. `waiting` counts the runs that are `Waiting`. A `Held` run
-//!    exists only while `plan` is set. So the runner has nothing left to do, and ends, when
-//!    `active == 0`, `waiting == 0` and there is no plan.
-//! 3. At most one child is stopped gracefully at a time (`stopping`), so children stop one
+//! 1. A child is its index, its start position: `specs[i]` is what it is made of (immutable,
+//!    generic in the error type, so the runner's), `Tree::children[i]` all of its state (a
+//!    [`Child`](super::child::Child)). Only the runner changes that state, in place, under the
+//!    tree's lock; snapshots read it there. There is no other copy.
+//! 2. No user code and no waker code runs under the tree's lock: a user's `Display`, predicate
+//!    or factory, an observer, a scope's cancel (which runs its callbacks), a waker's clone,
+//!    wake or drop. Whatever a change replaces (a run, which may hold a scope; a cause or a
+//!    failure, which may hold a user's error) is returned and dropped after unlocking.
+//! 3. A child's run changes only through `Tree::set_run`, which keeps `Tree::tasks` (the child
+//!    of each task the group has not reported yet: exactly the `Running` and `Stopping` runs)
+//!    and the count of `Waiting` runs. A `Held` run exists only while `plan` is set. So the
+//!    runner has nothing left to do, and ends, when the tree is idle and there is no plan.
+//! 4. At most one child is stopped gracefully at a time (`stopping`), so children stop one
 //!    after the other in the order of `stop_queue` (reverse start order); a forced stop aborts
 //!    them all at once.
-//! 4. Once `shutdown` is set, nothing starts again: waiting and held runs are stopped, the plan
-//!    and the timers are dropped.
-//! 5. A child's scope is cancelled only with a cause that is fully stamped (origin, time,
+//! 5. Once `shutdown` is set, nothing starts again: waiting and held runs end, the plan and the
+//!    timers are dropped.
+//! 6. A child's scope is cancelled only with a cause that is fully stamped (origin, time,
 //!    location), so the scope stores that very cause and the child's error echoing it is
 //!    recognised as a cancellation.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
 use super::backoff::Rng;
-use super::snapshot::{ChildSnapshot, ChildState, SupervisorSnapshot, SupervisorState};
+use super::child::{Child, LastFailure, Run, Task};
+use super::snapshot::{ChildState, SupervisorState};
 use super::spec::{ChildSpec, Nested};
+use super::tree::{Inner, Tree};
 use super::{Backoff, Restart, Strategy, SupervisorError};
 use crate::cause::Origin;
 use crate::group::{Config, Spawned, failure_cause};
 use crate::observe::{self, ChildRestarting};
 use crate::path::Name;
-use crate::sync::{Mutex, lock};
-use crate::text::displayed;
+use crate::sync::{Mutex, MutexGuard, lock};
 use crate::{CancelledOwned, Cause, CauseKind, Failure, Outcome, Scope, TaskExit, TaskGroup};
 use crate::{TaskId, TaskInfo};
-
-/// What a supervisor shares with its handles.
-pub(crate) struct Inner {
-    /// The supervisor's scope: cancelling it shuts the supervisor down.
-    pub(crate) scope: Scope,
-    pub(crate) strategy: Strategy,
-    /// Cancelled when the runner has ended; never seen by users.
-    pub(crate) done: Scope,
-    tree: Mutex<Tree>,
-}
-
-struct Tree {
-    state: SupervisorState,
-    /// What the supervisor stops for: its scope's cause, or its escalation's.
-    cause: Option<Cause>,
-    children: Vec<View>,
-    /// A forced shutdown was asked for.
-    force: bool,
-    /// The children aborted during the shutdown, once the runner has ended.
-    aborted: Vec<TaskInfo>,
-    runner: Option<Waker>,
-}
-
-/// What a snapshot shows of one child (invariant 1).
-struct View {
-    name: Name,
-    status: Status,
-    restarts: u32,
-    started: Option<Instant>,
-    last_failure: Option<String>,
-    last_cause: Option<Cause>,
-    nested: Option<Nested>,
-}
-
-#[derive(Clone, Copy)]
-enum Status {
-    Running,
-    Stopping,
-    /// Restarts at this instant; `None` while its siblings stop first.
-    Restarting(Option<Instant>),
-    Ended(ChildState),
-}
-
-impl Inner {
-    /// This supervisor's tree, nested supervisors included, built without recursion: each
-    /// level is taken on its own (under its own lock only), then the levels are nested.
-    pub(crate) fn snapshot(&self) -> SupervisorSnapshot {
-        let now = Instant::now();
-        let (root, nested) = self.level(now);
-        // Each level, and where it goes: (index of its parent level, index of the child).
-        let mut levels: Vec<(SupervisorSnapshot, Option<(usize, usize)>)> = vec![(root, None)];
-        let mut todo: Vec<(Arc<Inner>, (usize, usize))> = nested
-            .into_iter()
-            .map(|(child, inner)| (inner, (0, child)))
-            .collect();
-        while let Some((inner, place)) = todo.pop() {
-            let (level, nested) = inner.level(now);
-            let at = levels.len();
-            levels.push((level, Some(place)));
-            todo.extend(
-                nested
-                    .into_iter()
-                    .map(|(child, inner)| (inner, (at, child))),
-            );
-        }
-        // A level's own nested levels come after it: from the last, each is complete.
-        while levels.len() > 1 {
-            let (level, place) = levels.pop().expect("more than one level");
-            let (parent, child) = place.expect("only the first level has no parent");
-            levels[parent].0.children[child].supervisor = Some(Box::new(level));
-        }
-        levels.pop().expect("the root level").0
-    }
-
-    /// This supervisor's own level of the tree, and its nested supervisors' states by child.
-    fn level(&self, now: Instant) -> (SupervisorSnapshot, Vec<(usize, Arc<Inner>)>) {
-        let (state, cause, children, nested) = {
-            let tree = lock(&self.tree);
-            let children: Vec<ChildSnapshot> = tree
-                .children
-                .iter()
-                .map(|view| view.snapshot(now))
-                .collect();
-            let slots: Vec<(usize, Nested)> = tree
-                .children
-                .iter()
-                .enumerate()
-                .filter_map(|(child, view)| Some((child, view.nested.clone()?)))
-                .collect();
-            (tree.state, tree.cause.clone(), children, slots)
-        };
-        // Outside our lock: each nested supervisor's slot has its own.
-        let nested = nested
-            .into_iter()
-            .filter_map(|(child, slot)| {
-                let inner = lock(&slot).as_ref().map(|inner| inner.get().clone())?;
-                Some((child, inner))
-            })
-            .collect();
-        let level = SupervisorSnapshot {
-            path: self.scope.path().to_string(),
-            strategy: self.strategy,
-            state,
-            cause,
-            children,
-        };
-        (level, nested)
-    }
-
-    /// Asks the runner to abort every child now.
-    pub(crate) fn force(&self) {
-        let runner = {
-            let mut tree = lock(&self.tree);
-            tree.force = true;
-            tree.runner.take()
-        };
-        if let Some(runner) = runner {
-            runner.wake();
-        }
-    }
-
-    /// The children this supervisor aborted during its shutdown, once it has ended.
-    fn aborted(&self) -> Vec<TaskInfo> {
-        lock(&self.tree).aborted.clone()
-    }
-
-    fn register(&self, waker: &Waker) {
-        let mut tree = lock(&self.tree);
-        match &tree.runner {
-            Some(old) if old.will_wake(waker) => {}
-            _ => tree.runner = Some(waker.clone()),
-        }
-    }
-
-    fn take_force(&self) -> bool {
-        mem::take(&mut lock(&self.tree).force)
-    }
-
-    fn set_state(&self, state: SupervisorState) {
-        lock(&self.tree).state = state;
-    }
-
-    fn view(&self, child: usize, update: impl FnOnce(&mut View)) {
-        update(&mut lock(&self.tree).children[child]);
-    }
-}
-
-impl View {
-    fn snapshot(&self, now: Instant) -> ChildSnapshot {
-        let (state, uptime, restart_in) = match self.status {
-            Status::Running => (ChildState::Running, self.uptime(now), None),
-            Status::Stopping => (ChildState::Stopping, self.uptime(now), None),
-            Status::Restarting(at) => (
-                ChildState::Restarting,
-                None,
-                at.map(|at| at.saturating_duration_since(now)),
-            ),
-            Status::Ended(state) => (state, None, None),
-        };
-        ChildSnapshot {
-            name: self.name.to_string(),
-            state,
-            restarts: self.restarts,
-            uptime,
-            restart_in,
-            last_failure: self.last_failure.clone(),
-            last_cause: self.last_cause.clone(),
-            supervisor: None,
-        }
-    }
-
-    fn uptime(&self, now: Instant) -> Option<Duration> {
-        self.started
-            .map(|started| now.saturating_duration_since(started))
-    }
-}
 
 /// The settings a runner works with, checked by the builder.
 #[derive(Clone, Debug)]
@@ -236,31 +66,10 @@ pub(crate) struct Settings {
     pub(crate) seed: Option<u64>,
 }
 
-/// One child, as the runner tracks it.
-enum Run {
-    Running {
-        id: TaskId,
-        /// The task's slab key and scope; `None` if the group recorded it as cancelled.
-        task: Option<(usize, Scope)>,
-        since: Instant,
-    },
-    /// Its scope is cancelled; waiting for it to return.
-    Stopping {
-        id: TaskId,
-        key: Option<usize>,
-    },
-    /// Backing off before a one-for-one restart; `ticket` tells its timer from stale ones.
-    Waiting {
-        ticket: u64,
-    },
-    /// Stopped, to restart with the plan.
-    Held,
-    Stopped,
-}
-
 /// A restart of several children (one-for-all, rest-for-one): they stop, then restart together.
 struct Plan {
-    members: Vec<bool>,
+    /// The children in it.
+    members: Vec<usize>,
     /// When they restart, at the earliest.
     at: Instant,
     /// What the stopped siblings are told.
@@ -269,7 +78,7 @@ struct Plan {
     armed: bool,
 }
 
-/// The child being stopped gracefully (invariant 3).
+/// The child being stopped gracefully (invariant 4).
 struct StopTimer {
     child: usize,
     /// When to abort it; `None` once aborted, or with a grace that never ends.
@@ -288,15 +97,8 @@ where
 {
     inner: Arc<Inner>,
     group: TaskGroup<(), E>,
+    /// What each child is made of (invariant 1).
     specs: Vec<ChildSpec<E>>,
-    /// Where each nested supervisor child publishes its latest run.
-    nested: Vec<Option<Nested>>,
-    runs: Vec<Run>,
-    /// Consecutive restarts per child, for the backoff.
-    attempts: Vec<u32>,
-    by_task: HashMap<TaskId, usize, BuildHasherDefault<IdHasher>>,
-    /// Each child's scope path, made at its first failure.
-    paths: Vec<Option<Origin>>,
     settings: Settings,
     rng: Rng,
     /// When the restarts within the intensity window happened, oldest first.
@@ -315,8 +117,6 @@ where
     plan: Option<Plan>,
     escalated: Option<(TaskInfo, Option<Failure<E>>)>,
     aborted: Vec<TaskInfo>,
-    active: usize,
-    waiting: usize,
     location: &'static Location<'static>,
     finished: bool,
 }
@@ -340,48 +140,20 @@ where
             resume_panics: false,
         };
         let group = TaskGroup::on_scope(scope.detached_child(), config, location);
-        // One slot per nested supervisor, for this supervisor only (specs may be shared).
-        let nested: Vec<Option<Nested>> = specs
-            .iter()
-            .map(|spec| spec.supervisor.then(|| Arc::new(Mutex::new(None))))
-            .collect();
         let children = specs
             .iter()
-            .zip(&nested)
-            .map(|(spec, nested)| View {
-                name: spec.name.clone(),
-                // Until it starts; it never does if the supervisor is cancelled first.
-                status: Status::Ended(ChildState::Cancelled),
-                restarts: 0,
-                started: None,
-                last_failure: None,
-                last_cause: None,
-                nested: nested.clone(),
+            .map(|spec| {
+                // One slot per nested supervisor, for this supervisor only (specs may be shared).
+                let nested = spec.supervisor.then(|| Arc::new(Mutex::new(None)));
+                Child::new(spec.name.clone(), nested)
             })
             .collect();
-        let inner = Arc::new(Inner {
-            scope: scope.clone(),
-            strategy: settings.strategy,
-            done: Scope::new(),
-            tree: Mutex::new(Tree {
-                state: SupervisorState::Running,
-                cause: None,
-                children,
-                force: false,
-                aborted: Vec::new(),
-                runner: None,
-            }),
-        });
+        let inner = Arc::new(Inner::new(scope.clone(), settings.strategy, children));
         let count = specs.len();
         let mut runner = Runner {
             inner,
             group,
             specs,
-            nested,
-            runs: (0..count).map(|_| Run::Stopped).collect(),
-            attempts: vec![0; count],
-            by_task: HashMap::with_capacity_and_hasher(count, Default::default()),
-            paths: vec![None; count],
             rng: Rng::new(settings.seed.unwrap_or_else(Rng::random_seed)),
             settings,
             restarts: VecDeque::new(),
@@ -397,8 +169,6 @@ where
             plan: None,
             escalated: None,
             aborted: Vec::new(),
-            active: 0,
-            waiting: 0,
             location,
             finished: false,
         };
@@ -413,42 +183,43 @@ where
         &self.inner
     }
 
+    /// The children's state (invariant 2: hold it only for bookkeeping).
+    fn tree(&self) -> MutexGuard<'_, Tree> {
+        lock(&self.inner.tree)
+    }
+
     fn start(&mut self, child: usize, restart: bool) {
         let spec = &self.specs[child];
         let factory = spec.factory.clone();
-        let slot = self.nested[child].clone();
+        let slot = self.slot(child);
         let Spawned { id, started } =
             self.group
                 .spawn_child(spec.name.clone(), spec.location, move |scope| {
                     factory(scope, slot.as_ref())
                 });
-        let now = Instant::now();
-        self.by_task.insert(id, child);
-        self.runs[child] = Run::Running {
+        let run = Run::Running {
             id,
             task: started,
-            since: now,
+            since: Instant::now(),
         };
-        self.active += 1;
-        self.inner.view(child, |view| {
-            view.status = Status::Running;
-            view.started = Some(now);
-            view.restarts = view.restarts.saturating_add(u32::from(restart));
-        });
+        let stale = {
+            let mut tree = self.tree();
+            let restarts = &mut tree.children[child].restarts;
+            *restarts = restarts.saturating_add(u32::from(restart));
+            tree.set_run(child, run)
+        };
+        drop(stale);
     }
 
-    /// Restarts `child`, which is `Stopped` for the moment, unless the supervisor's scope was
-    /// cancelled since the runner last looked: then it shuts down instead (invariant 4), so that
+    /// Restarts `child`, which has ended for the moment, unless the supervisor's scope was
+    /// cancelled since the runner last looked: then it shuts down instead (invariant 5), so that
     /// nothing starts after `shutdown` returned, but for a cancel landing in the instant between
     /// this check and the spawn.
     fn restart_now(&mut self, child: usize) {
         match self.inner.scope.cause() {
             None => self.start(child, true),
             Some(cause) => {
-                self.inner.view(child, |view| {
-                    view.status = Status::Ended(ChildState::Cancelled);
-                    view.last_cause = Some(cause.clone());
-                });
+                self.end(child, ChildState::Cancelled, None, Some(cause.clone()));
                 self.begin_shutdown(cause);
             }
         }
@@ -476,8 +247,8 @@ where
             progress |= self.fire_timers(now);
             progress |= self.advance_stops(now);
             progress |= self.advance_plan(now);
-            // Invariant 2: nothing is left to run or to wait for.
-            if self.active == 0 && self.waiting == 0 && self.plan.is_none() {
+            // Invariant 3: nothing is left to run or to wait for.
+            if self.plan.is_none() && self.tree().is_idle() {
                 return Poll::Ready(self.finish());
             }
             if progress {
@@ -513,10 +284,19 @@ where
     }
 
     fn on_exit(&mut self, exit: TaskExit<(), E>) {
-        let Some(child) = self.by_task.remove(&exit.task.id) else {
-            return;
-        };
         let TaskExit { task, outcome } = exit;
+        // How the run was going: returned on its own (with its scope and start), or stopped.
+        let (child, returned) = {
+            let mut tree = self.tree();
+            let Some(child) = tree.running(task.id) else {
+                return;
+            };
+            let returned = match &mut tree.children[child].run {
+                Run::Running { task, since, .. } => Some((task.take(), *since)),
+                _ => None,
+            };
+            (child, returned)
+        };
         if self.shutdown.is_some()
             && let Some(nested) = self.nested(child)
         {
@@ -528,24 +308,13 @@ where
                     ..grandchild
                 }));
         }
-        match mem::replace(&mut self.runs[child], Run::Stopped) {
-            Run::Running {
-                task: started,
-                since,
-                ..
-            } => {
-                self.active -= 1;
+        match returned {
+            Some((started, since)) => {
                 let uptime = Instant::now().saturating_duration_since(since);
-                self.returned(
-                    child,
-                    task,
-                    outcome,
-                    started.map(|(_, scope)| scope),
-                    uptime,
-                );
+                let scope = started.map(|(_, scope)| scope);
+                self.returned(child, task, outcome, scope, uptime);
             }
-            Run::Stopping { .. } => {
-                self.active -= 1;
+            None => {
                 if self
                     .stopping
                     .as_ref()
@@ -560,7 +329,6 @@ where
                 self.record(child, &task, &outcome, cause, true);
                 self.hold_or_stop(child, true);
             }
-            other => self.runs[child] = other,
         }
     }
 
@@ -594,23 +362,7 @@ where
         let restart = self.specs[child].restart;
         match outcome {
             Outcome::Failed(failure) => {
-                let spec = &self.specs[child];
-                // Every run of a child has the same path: made once.
-                if self.paths[child].is_none() {
-                    self.paths[child] = scope.as_ref().and_then(|scope| scope.node.origin());
-                }
-                let origin = self.paths[child].clone();
-                // It formats the user's error; a `Display` that panics must not take the
-                // supervisor down.
-                let cause =
-                    panic::catch_unwind(AssertUnwindSafe(|| failure_cause(&spec.name, &failure)))
-                        .unwrap_or_else(|_| {
-                            Cause::of_kind(CauseKind::TaskFailed).with_detail(format!(
-                                "task '{}' failed: (its error's Display panicked)",
-                                &*spec.name
-                            ))
-                        })
-                        .stamped(|| origin, Instant::now(), spec.location);
+                let cause = self.failure_cause(child, &failure, scope.as_ref());
                 let outcome = Outcome::Failed(failure);
                 self.record(child, &task, &outcome, Some(cause.clone()), false);
                 let Outcome::Failed(failure) = outcome else {
@@ -634,7 +386,29 @@ where
         }
     }
 
-    /// Mirrors how a child ended in its view; lists it if it was aborted at shutdown.
+    /// The cause `failure` makes, stamped with the child's path (invariant 6). Formats the
+    /// user's error, once per failure: a `Display` that panics must not take the supervisor
+    /// down.
+    fn failure_cause(&self, child: usize, failure: &Failure<E>, scope: Option<&Scope>) -> Cause {
+        let spec = &self.specs[child];
+        // Every run of a child has the same path: made once.
+        let known = self.tree().children[child].origin.clone();
+        let origin = known.or_else(|| {
+            let origin = scope.and_then(|scope| scope.node.origin());
+            self.tree().children[child].origin.clone_from(&origin);
+            origin
+        });
+        panic::catch_unwind(AssertUnwindSafe(|| failure_cause(&spec.name, failure)))
+            .unwrap_or_else(|_| {
+                Cause::of_kind(CauseKind::TaskFailed).with_detail(format!(
+                    "task '{}' failed: (its error's Display panicked)",
+                    &*spec.name
+                ))
+            })
+            .stamped(|| origin, Instant::now(), spec.location)
+    }
+
+    /// Records how a child ended; lists it if it was aborted at shutdown.
     fn record(
         &mut self,
         child: usize,
@@ -646,7 +420,7 @@ where
         let (state, failure) = match outcome {
             Outcome::Completed(()) if cancelled => (ChildState::Cancelled, None),
             Outcome::Completed(()) => (ChildState::Completed, None),
-            Outcome::Failed(failure) => (ChildState::Failed, Some(describe(failure))),
+            Outcome::Failed(failure) => (ChildState::Failed, Some(LastFailure::of(failure))),
             Outcome::Cancelled(_) => (ChildState::Cancelled, None),
             Outcome::Aborted => {
                 // What `join` reports: the children that did not stop in time at the end.
@@ -656,15 +430,29 @@ where
                 (ChildState::Aborted, None)
             }
         };
-        self.inner.view(child, |view| {
-            view.status = Status::Ended(state);
-            if failure.is_some() {
-                view.last_failure = failure;
-            }
-            if cause.is_some() {
-                view.last_cause = cause;
-            }
-        });
+        self.end(child, state, failure, cause);
+    }
+
+    /// Ends `child`'s run in `state`, with its last failure and cause when given.
+    fn end(
+        &self,
+        child: usize,
+        state: ChildState,
+        failure: Option<LastFailure>,
+        cause: Option<Cause>,
+    ) {
+        let stale = {
+            let mut tree = self.tree();
+            let run = tree.set_run(child, Run::Ended(state));
+            (run, tree.children[child].ended(failure, cause))
+        };
+        drop(stale);
+    }
+
+    /// Sets `child`'s run; the run it replaces is dropped after unlocking (invariant 2).
+    fn set_run(&self, child: usize, run: Run) {
+        let stale = self.tree().set_run(child, run);
+        drop(stale);
     }
 
     /// A child that stopped waits for its plan's restart, if it is in one and may restart;
@@ -675,22 +463,24 @@ where
             && self.specs[child].restart != Restart::Never
             && self.in_plan(child);
         if held {
-            self.runs[child] = Run::Held;
-            self.inner
-                .view(child, |view| view.status = Status::Restarting(None));
-        } else {
-            self.runs[child] = Run::Stopped;
-            if let Some(plan) = &mut self.plan {
-                plan.members[child] = false;
-            }
+            self.set_run(child, Run::Held { at: None });
+        } else if let Some(plan) = &mut self.plan {
+            plan.members.retain(|member| *member != child);
         }
+    }
+
+    /// Where `child` publishes its latest run, if it is a nested supervisor.
+    fn slot(&self, child: usize) -> Option<Nested> {
+        if !self.specs[child].supervisor {
+            return None;
+        }
+        self.tree().children[child].nested.clone()
     }
 
     /// The latest run of `child`, if it is a nested supervisor.
     fn nested(&self, child: usize) -> Option<Arc<Inner>> {
-        lock(self.nested[child].as_ref()?)
-            .as_ref()
-            .map(|inner| inner.get().clone())
+        let slot = self.slot(child)?;
+        lock(&slot).as_ref().map(|inner| inner.get().clone())
     }
 
     /// Aborts the run `id` of `child`; a nested supervisor is forced instead, so that it aborts
@@ -707,7 +497,9 @@ where
     }
 
     fn in_plan(&self, child: usize) -> bool {
-        self.plan.as_ref().is_some_and(|plan| plan.members[child])
+        self.plan
+            .as_ref()
+            .is_some_and(|plan| plan.members.contains(&child))
     }
 
     /// What a child being stopped is told: the shutdown's cause, or the plan's.
@@ -748,26 +540,24 @@ where
         }
         self.restarts.push_back(now);
         let backoff = &self.settings.backoff;
-        if uptime >= backoff.reset_after_uptime() {
-            self.attempts[child] = 0;
-        }
-        let delay = backoff.delay(self.attempts[child], self.rng.next_f64());
-        self.attempts[child] = self.attempts[child].saturating_add(1);
+        let attempts = {
+            let mut tree = self.tree();
+            let attempts = &mut tree.children[child].attempts;
+            if uptime >= backoff.reset_after_uptime() {
+                *attempts = 0;
+            }
+            mem::replace(attempts, attempts.saturating_add(1))
+        };
+        let delay = backoff.delay(attempts, self.rng.next_f64());
         self.report_restart(child, delay, failure.as_ref().map(|(_, cause)| cause));
         let at = far_or(now, delay);
         match self.settings.strategy {
-            Strategy::OneForOne if delay.is_zero() => {
-                self.runs[child] = Run::Stopped;
-                self.restart_now(child);
-            }
+            Strategy::OneForOne if delay.is_zero() => self.restart_now(child),
             Strategy::OneForOne => {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
-                self.runs[child] = Run::Waiting { ticket };
-                self.waiting += 1;
+                self.set_run(child, Run::Waiting { ticket, at });
                 self.timers.push(Reverse((at, child, ticket)));
-                self.inner
-                    .view(child, |view| view.status = Status::Restarting(Some(at)));
             }
             Strategy::OneForAll => self.plan_restart(child, 0, at, failure),
             Strategy::RestForOne => self.plan_restart(child, child, at, failure),
@@ -779,8 +569,7 @@ where
         let Some(observer) = self.inner.scope.node.observer() else {
             return;
         };
-        let mut restarts = 0;
-        self.inner.view(child, |view| restarts = view.restarts);
+        let restarts = self.tree().children[child].restarts;
         observe::notify(observer, |o| {
             o.child_restarting(&ChildRestarting {
                 supervisor: &self.inner.scope,
@@ -801,7 +590,6 @@ where
         at: Instant,
         failure: Option<(Failure<E>, Cause)>,
     ) {
-        let count = self.specs.len();
         let cause = match failure {
             Some((_, cause)) => cause,
             None => {
@@ -813,34 +601,33 @@ where
                     .stamped(|| origin, Instant::now(), spec.location)
             }
         };
+        let mut tree = lock(&self.inner.tree);
         let plan = self.plan.get_or_insert_with(|| Plan {
-            members: vec![false; count],
+            members: Vec::new(),
             at,
             cause,
             armed: false,
         });
         plan.at = plan.at.max(at);
         plan.armed = false;
-        plan.members[child] = true;
-        self.runs[child] = Run::Held;
-        self.inner
-            .view(child, |view| view.status = Status::Restarting(None));
+        plan.members.push(child);
+        let stale = tree.set_run(child, Run::Held { at: None });
         let mut siblings = Vec::new();
-        for sibling in from..count {
-            if plan.members[sibling] {
+        for sibling in from..tree.children.len() {
+            if plan.members.contains(&sibling) {
                 continue;
             }
-            match self.runs[sibling] {
-                Run::Running { .. } => {
-                    plan.members[sibling] = true;
-                    self.stop_queue.push(sibling);
-                }
-                Run::Stopping { .. } | Run::Held => plan.members[sibling] = true,
-                // Waiting only happens one-for-one; a stopped child has ended for good.
-                Run::Waiting { .. } | Run::Stopped => continue,
+            match tree.children[sibling].run {
+                Run::Running { .. } => self.stop_queue.push(sibling),
+                Run::Stopping { .. } | Run::Held { .. } => {}
+                // Waiting only happens one-for-one; an ended child has ended for good.
+                Run::Waiting { .. } | Run::Ended(_) => continue,
             }
+            plan.members.push(sibling);
             siblings.push(sibling);
         }
+        drop(tree);
+        drop(stale);
         let (at, cause) = (plan.at, plan.cause.clone());
         for sibling in siblings {
             let delay = at.saturating_duration_since(Instant::now());
@@ -890,7 +677,7 @@ where
                 Escalation::Refused => ": ",
             };
             detail.push_str(separator);
-            detail.push_str(&excerpt(&describe(failure)));
+            detail.push_str(&excerpt(&LastFailure::of(failure).text()));
         }
         let origin = failure_cause
             .as_ref()
@@ -902,26 +689,27 @@ where
             cause = cause.with_source(failure_cause);
         }
         let cause = cause.stamped(|| origin, Instant::now(), spec.location);
+        // The child's run has ended already.
         self.escalated = Some((task, failure));
-        self.runs[child] = Run::Stopped;
         // The supervisor's own scope stays as it is: an escalation is the supervisor failing,
         // reported by its return, and a parent supervisor restarts a failed child, never a
         // cancelled one.
         self.begin_shutdown(cause);
     }
 
-    /// The supervisor's scope is cancelled: stop every child, last started first (invariant 4).
+    /// The supervisor's scope is cancelled: stop every child, last started first (invariant 5).
     fn begin_shutdown(&mut self, cause: Cause) {
         if self.shutdown.is_some() {
             return;
         }
-        // Stamped once here (invariant 5): every child is then told this very cause.
+        // Stamped once here (invariant 6): every child is then told this very cause.
         let origin = self.inner.scope.node.origin();
         let cause = cause.stamped(|| origin, Instant::now(), self.location);
         self.shutdown = Some(cause.clone());
         self.plan = None;
         self.timers.clear();
         self.stop_queue.clear();
+        let mut stale = Vec::new();
         let mut tree = lock(&self.inner.tree);
         tree.cause = Some(cause.clone());
         tree.state = if self.escalated.is_some() {
@@ -929,50 +717,42 @@ where
         } else {
             SupervisorState::ShuttingDown
         };
-        for (child, run) in self.runs.iter_mut().enumerate() {
-            match run {
-                Run::Waiting { .. } | Run::Held => {
-                    if matches!(run, Run::Waiting { .. }) {
-                        self.waiting -= 1;
-                    }
-                    *run = Run::Stopped;
-                    let view = &mut tree.children[child];
-                    view.status = Status::Ended(ChildState::Cancelled);
-                    view.last_cause = Some(cause.clone());
+        for child in 0..tree.children.len() {
+            match tree.children[child].run {
+                Run::Waiting { .. } | Run::Held { .. } => {
+                    let run = tree.set_run(child, Run::Ended(ChildState::Cancelled));
+                    let replaced = tree.children[child].ended(None, Some(cause.clone()));
+                    stale.push((run, replaced));
                 }
                 Run::Running { .. } => self.stop_queue.push(child),
-                Run::Stopping { .. } | Run::Stopped => {}
+                Run::Stopping { .. } | Run::Ended(_) => {}
             }
         }
+        drop(tree);
+        drop(stale);
     }
 
-    /// Starts stopping the next child of the queue, if none is being stopped (invariant 3).
+    /// Starts stopping the next child of the queue, if none is being stopped (invariant 4).
     fn advance_stops(&mut self, now: Instant) -> bool {
         if self.stopping.is_some() {
             return false;
         }
         while let Some(child) = self.stop_queue.pop() {
-            if !matches!(self.runs[child], Run::Running { .. }) {
+            let Some((id, task, since)) = self.take_running(child) else {
                 // It ended meanwhile; its exit was handled.
                 continue;
-            }
-            let Run::Running { id, task, .. } = mem::replace(&mut self.runs[child], Run::Stopped)
-            else {
-                unreachable!("checked above");
             };
             let cause = self
                 .stop_cause()
                 .expect("children stop for a shutdown or a plan");
             let spec = &self.specs[child];
             let key = task.as_ref().map(|(key, _)| *key);
-            if let Some((key, scope)) = task {
+            if let Some((key, scope)) = &task {
                 // A callback panicking here was reported by the panic hook.
                 let _ = scope.node.cancel(cause.clone(), spec.location);
-                self.group.child_stopped(key, id, &cause);
+                self.group.child_stopped(*key, id, &cause);
             }
-            self.runs[child] = Run::Stopping { id, key };
-            self.inner
-                .view(child, |view| view.status = Status::Stopping);
+            self.set_run(child, Run::Stopping { id, key, since });
             self.stopping = Some(StopTimer {
                 child,
                 abort_at: now.checked_add(spec.grace),
@@ -980,6 +760,16 @@ where
             return true;
         }
         false
+    }
+
+    /// If `child` is running: its task, taken out of its run, which stays `Running` until the
+    /// caller has cancelled the task's scope (outside the lock, invariant 2) and set it
+    /// `Stopping`.
+    fn take_running(&self, child: usize) -> Option<(TaskId, Option<Task>, Instant)> {
+        match &mut self.tree().children[child].run {
+            Run::Running { id, task, since } => Some((*id, task.take(), *since)),
+            _ => None,
+        }
     }
 
     /// Aborts the stopping child once its grace is over; starts one-for-one restarts due.
@@ -990,7 +780,11 @@ where
         {
             stop.abort_at = None;
             let child = stop.child;
-            if let Run::Stopping { id, key } = self.runs[child] {
+            let stopping = match self.tree().children[child].run {
+                Run::Stopping { id, key, .. } => Some((id, key)),
+                _ => None,
+            };
+            if let Some((id, key)) = stopping {
                 self.abort(child, id, key);
             }
             progress = true;
@@ -1000,9 +794,11 @@ where
                 break;
             }
             self.timers.pop();
-            if matches!(self.runs[child], Run::Waiting { ticket: current } if current == ticket) {
-                self.waiting -= 1;
-                self.runs[child] = Run::Stopped;
+            let due = matches!(
+                self.tree().children[child].run,
+                Run::Waiting { ticket: current, .. } if current == ticket
+            );
+            if due {
                 self.restart_now(child);
                 progress = true;
             }
@@ -1021,21 +817,20 @@ where
         }
         if !plan.armed {
             plan.armed = true;
-            let at = plan.at;
             let mut tree = lock(&self.inner.tree);
-            for (child, member) in plan.members.iter().enumerate() {
-                if *member {
-                    tree.children[child].status = Status::Restarting(Some(at));
+            for &child in &plan.members {
+                if let Run::Held { at } = &mut tree.children[child].run {
+                    *at = Some(plan.at);
                 }
             }
         }
         if plan.at > now {
             return false;
         }
-        let plan = self.plan.take().expect("checked above");
-        for (child, member) in plan.members.into_iter().enumerate() {
-            if member && matches!(self.runs[child], Run::Held) {
-                self.runs[child] = Run::Stopped;
+        let mut plan = self.plan.take().expect("checked above");
+        plan.members.sort_unstable();
+        for child in plan.members {
+            if matches!(self.tree().children[child].run, Run::Held { .. }) {
                 self.restart_now(child);
             }
         }
@@ -1054,24 +849,21 @@ where
         let cause = self.shutdown.clone().expect("set above");
         self.stop_queue.clear();
         self.stopping = None;
-        for child in (0..self.runs.len()).rev() {
-            let (id, key) = match mem::replace(&mut self.runs[child], Run::Stopped) {
-                Run::Running { id, task, .. } => {
+        for child in (0..self.specs.len()).rev() {
+            let (id, key) = match self.take_running(child) {
+                Some((id, task, since)) => {
                     let key = task.as_ref().map(|(key, _)| *key);
-                    if let Some((_, scope)) = task {
+                    if let Some((_, scope)) = &task {
                         let _ = scope.node.cancel(cause.clone(), self.specs[child].location);
                     }
-                    self.inner
-                        .view(child, |view| view.status = Status::Stopping);
+                    self.set_run(child, Run::Stopping { id, key, since });
                     (id, key)
                 }
-                Run::Stopping { id, key } => (id, key),
-                other => {
-                    self.runs[child] = other;
-                    continue;
-                }
+                None => match self.tree().children[child].run {
+                    Run::Stopping { id, key, .. } => (id, key),
+                    _ => continue,
+                },
             };
-            self.runs[child] = Run::Stopping { id, key };
             self.abort(child, id, key);
         }
     }
@@ -1079,13 +871,16 @@ where
     fn finish(&mut self) -> Result<(), SupervisorError<E>> {
         self.finished = true;
         let escalated = self.escalated.take();
-        self.inner.set_state(if escalated.is_some() {
-            SupervisorState::Escalated
-        } else {
-            SupervisorState::Stopped
-        });
         let aborted = mem::take(&mut self.aborted);
-        lock(&self.inner.tree).aborted.clone_from(&aborted);
+        {
+            let mut tree = self.tree();
+            tree.state = if escalated.is_some() {
+                SupervisorState::Escalated
+            } else {
+                SupervisorState::Stopped
+            };
+            tree.aborted.clone_from(&aborted);
+        }
         let result = if escalated.is_none() && aborted.is_empty() {
             Ok(())
         } else {
@@ -1125,15 +920,17 @@ where
         }
         // Dropped unfinished (aborted, or its runtime shut down): the group's own drop cancels
         // and aborts the children; handles see the supervisor stopped.
-        {
-            let mut tree = lock(&self.inner.tree);
+        let stale: Vec<Run> = {
+            let mut tree = self.tree();
             tree.state = SupervisorState::Stopped;
-            for view in &mut tree.children {
-                if !matches!(view.status, Status::Ended(_)) {
-                    view.status = Status::Ended(ChildState::Aborted);
-                }
-            }
-        }
+            (0..tree.children.len())
+                .filter(|&child| !matches!(tree.children[child].run, Run::Ended(_)))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|child| tree.set_run(child, Run::Ended(ChildState::Aborted)))
+                .collect()
+        };
+        drop(stale);
         let _ = self.inner.done.node.cancel(Cause::plain(), self.location);
     }
 }
@@ -1164,35 +961,5 @@ fn excerpt(text: &str) -> String {
     match text.char_indices().nth(EXCERPT) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
-    }
-}
-
-/// A failure as a snapshot shows it: the error's `Display`, or the panic.
-fn describe<E: fmt::Display>(failure: &Failure<E>) -> String {
-    match failure {
-        Failure::Error(error) => displayed(&**error),
-        Failure::Panic(message) => format!("panicked: {message}"),
-    }
-}
-
-/// Hashes a [`TaskId`], a number unique within the group, as itself: no need for SipHash's
-/// defence against chosen keys.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 << 8) | u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        // Spread sequential ids over the table's buckets (Fibonacci hashing).
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }

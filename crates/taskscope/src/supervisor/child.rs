@@ -1,0 +1,158 @@
+//! One child of a supervisor: its state from one run to the next, and what a snapshot shows of
+//! it.
+//!
+//! A [`Child`] lives in the supervisor's [`Tree`](super::tree::Tree), behind the lock that
+//! snapshots read, and the runner changes it there: a snapshot is derived from the very state
+//! the runner works with, never from a copy of it. What a child is made of (its factory, its
+//! restart rules) is its [`ChildSpec`](super::ChildSpec), which the runner keeps.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::snapshot::{ChildSnapshot, ChildState};
+use super::spec::Nested;
+use crate::cause::Origin;
+use crate::path::Name;
+use crate::text::displayed;
+use crate::{Cause, Failure, Scope, TaskId};
+
+/// One child, as the runner drives it and as snapshots show it.
+pub(super) struct Child {
+    pub(super) name: Name,
+    /// Where the child publishes its latest run, if it is a nested supervisor.
+    pub(super) nested: Option<Nested>,
+    /// Changed only through [`Tree::set_run`](super::tree::Tree::set_run) (invariant 2).
+    pub(super) run: Run,
+    /// How many times it was restarted.
+    pub(super) restarts: u32,
+    /// Consecutive restarts, for the backoff: reset by a run that lasted long enough.
+    pub(super) attempts: u32,
+    /// Its scope's path, the same for every run: made at its first failure.
+    pub(super) origin: Option<Origin>,
+    pub(super) last_failure: Option<LastFailure>,
+    pub(super) last_cause: Option<Cause>,
+}
+
+/// A running task's slab key in the group, and its scope.
+pub(super) type Task = (usize, Scope);
+
+/// Where a child is between its runs.
+pub(super) enum Run {
+    /// Its task runs.
+    Running {
+        id: TaskId,
+        /// The task's slab key and scope; `None` if the group recorded it as cancelled.
+        task: Option<Task>,
+        since: Instant,
+    },
+    /// Its scope is cancelled; waiting for its task to return.
+    Stopping {
+        id: TaskId,
+        key: Option<usize>,
+        since: Instant,
+    },
+    /// Backing off before a one-for-one restart at `at`; `ticket` tells its timer from stale
+    /// ones.
+    Waiting { ticket: u64, at: Instant },
+    /// Stopped, to restart with its siblings (the runner's plan) at `at`; `None` while
+    /// siblings are still stopping.
+    Held { at: Option<Instant> },
+    /// Not running, and not to restart: not started yet (`Cancelled` until it starts; it never
+    /// does if the supervisor is cancelled first), or ended for good, or for the instant
+    /// between its end and its restart.
+    Ended(ChildState),
+}
+
+impl Run {
+    /// The task of this run that the group has not reported yet.
+    pub(super) fn task(&self) -> Option<TaskId> {
+        match self {
+            Run::Running { id, .. } | Run::Stopping { id, .. } => Some(*id),
+            Run::Waiting { .. } | Run::Held { .. } | Run::Ended(_) => None,
+        }
+    }
+}
+
+/// A child's last failure. An error is kept as it is and formatted when a snapshot is taken:
+/// a restart then formats the error once, for the cause, not a second time for snapshots that
+/// may never be taken. Its last cause keeps the error alive anyway.
+#[derive(Clone)]
+pub(super) enum LastFailure {
+    Error(Arc<dyn fmt::Display + Send + Sync>),
+    Panic(String),
+}
+
+impl LastFailure {
+    pub(super) fn of<E>(failure: &Failure<E>) -> LastFailure
+    where
+        E: fmt::Display + Send + Sync + 'static,
+    {
+        match failure {
+            Failure::Error(error) => LastFailure::Error(error.clone()),
+            Failure::Panic(message) => LastFailure::Panic(message.clone()),
+        }
+    }
+
+    /// The failure as a snapshot shows it: the error's `Display`, or the panic. Runs the user's
+    /// `Display`: never under a lock (invariant 1).
+    pub(super) fn text(&self) -> String {
+        match self {
+            LastFailure::Error(error) => displayed(&**error),
+            LastFailure::Panic(message) => format!("panicked: {message}"),
+        }
+    }
+}
+
+impl Child {
+    pub(super) fn new(name: Name, nested: Option<Nested>) -> Child {
+        Child {
+            name,
+            nested,
+            run: Run::Ended(ChildState::Cancelled),
+            restarts: 0,
+            attempts: 0,
+            origin: None,
+            last_failure: None,
+            last_cause: None,
+        }
+    }
+
+    /// This child's snapshot at `now`, but for its last failure, which is formatted after the
+    /// lock is released (invariant 1).
+    pub(super) fn snapshot(&self, now: Instant) -> ChildSnapshot {
+        let since = |since: &Instant| Some(now.saturating_duration_since(*since));
+        let until = |at: &Instant| Some(at.saturating_duration_since(now));
+        let (state, uptime, restart_in): (_, _, Option<Duration>) = match &self.run {
+            Run::Running { since: at, .. } => (ChildState::Running, since(at), None),
+            Run::Stopping { since: at, .. } => (ChildState::Stopping, since(at), None),
+            Run::Waiting { at, .. } => (ChildState::Restarting, None, until(at)),
+            Run::Held { at } => (ChildState::Restarting, None, at.as_ref().and_then(until)),
+            Run::Ended(state) => (*state, None, None),
+        };
+        ChildSnapshot {
+            name: self.name.to_string(),
+            state,
+            restarts: self.restarts,
+            uptime,
+            restart_in,
+            last_failure: None,
+            last_cause: self.last_cause.clone(),
+            supervisor: None,
+        }
+    }
+
+    /// Records how its run ended; returns what it replaced, to be dropped after unlocking
+    /// (invariant 1).
+    pub(super) fn ended(
+        &mut self,
+        failure: Option<LastFailure>,
+        cause: Option<Cause>,
+    ) -> (Option<LastFailure>, Option<Cause>) {
+        let failure = failure.and_then(|failure| self.last_failure.replace(failure));
+        let cause = cause.and_then(|cause| self.last_cause.replace(cause));
+        (failure, cause)
+    }
+}

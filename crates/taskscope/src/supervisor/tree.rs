@@ -1,0 +1,213 @@
+//! What a supervisor shares with its handles: its state and its children's, behind one lock,
+//! and the snapshots taken from them.
+//!
+//! The invariants cited here are the runner's (`runner.rs`).
+
+use std::collections::BTreeMap;
+use std::mem;
+use std::sync::Arc;
+use std::task::Waker;
+
+use tokio::time::Instant;
+
+use super::Strategy;
+use super::child::{Child, LastFailure, Run};
+use super::snapshot::{SupervisorSnapshot, SupervisorState};
+use crate::sync::{Mutex, lock};
+use crate::{Cause, Scope, TaskId, TaskInfo};
+
+/// What a supervisor shares with its handles.
+pub(crate) struct Inner {
+    /// The supervisor's scope: cancelling it shuts the supervisor down.
+    pub(crate) scope: Scope,
+    pub(crate) strategy: Strategy,
+    /// Cancelled when the runner has ended; never seen by users.
+    pub(crate) done: Scope,
+    pub(super) tree: Mutex<Tree>,
+}
+
+/// The supervisor's state and its children's: the one copy (invariant 1).
+pub(super) struct Tree {
+    pub(super) state: SupervisorState,
+    /// What the supervisor stops for: its scope's cause, or its escalation's.
+    pub(super) cause: Option<Cause>,
+    /// In start order.
+    pub(super) children: Vec<Child>,
+    /// Which child runs each task the group has not reported yet (invariant 3).
+    tasks: BTreeMap<TaskId, usize>,
+    /// How many runs are `Waiting` (invariant 3).
+    waiting: usize,
+    /// A forced shutdown was asked for.
+    force: bool,
+    /// The children aborted during the shutdown, once the runner has ended.
+    pub(super) aborted: Vec<TaskInfo>,
+    runner: Option<Waker>,
+}
+
+impl Tree {
+    pub(super) fn new(children: Vec<Child>) -> Tree {
+        Tree {
+            state: SupervisorState::Running,
+            cause: None,
+            children,
+            tasks: BTreeMap::new(),
+            waiting: 0,
+            force: false,
+            aborted: Vec::new(),
+            runner: None,
+        }
+    }
+
+    /// Sets `child`'s run, and what is counted of it (invariant 3). Returns the run it
+    /// replaced, to be dropped after unlocking: it may hold the last handle to a scope
+    /// (invariant 2).
+    pub(super) fn set_run(&mut self, child: usize, run: Run) -> Run {
+        let (task, waits) = (run.task(), matches!(run, Run::Waiting { .. }));
+        let old = mem::replace(&mut self.children[child].run, run);
+        if old.task() != task {
+            if let Some(id) = old.task() {
+                self.tasks.remove(&id);
+            }
+            if let Some(id) = task {
+                self.tasks.insert(id, child);
+            }
+        }
+        self.waiting =
+            self.waiting + usize::from(waits) - usize::from(matches!(old, Run::Waiting { .. }));
+        old
+    }
+
+    /// The child whose run is the task `id`, if the group has not reported it yet.
+    pub(super) fn running(&self, id: TaskId) -> Option<usize> {
+        self.tasks.get(&id).copied()
+    }
+
+    /// Whether no run is left to wait for: no task, no backoff (invariant 3).
+    pub(super) fn is_idle(&self) -> bool {
+        self.tasks.is_empty() && self.waiting == 0
+    }
+}
+
+impl Inner {
+    pub(super) fn new(scope: Scope, strategy: Strategy, children: Vec<Child>) -> Inner {
+        Inner {
+            scope,
+            strategy,
+            done: Scope::new(),
+            tree: Mutex::new(Tree::new(children)),
+        }
+    }
+
+    /// This supervisor's tree, nested supervisors included, built without recursion: each
+    /// level is taken on its own (under its own lock only), then the levels are nested.
+    pub(crate) fn snapshot(&self) -> SupervisorSnapshot {
+        let now = Instant::now();
+        let (root, nested) = self.level(now);
+        // Each level, and where it goes: (index of its parent level, index of the child).
+        let mut levels: Vec<(SupervisorSnapshot, Option<(usize, usize)>)> = vec![(root, None)];
+        let mut todo: Vec<(Arc<Inner>, (usize, usize))> = nested
+            .into_iter()
+            .map(|(child, inner)| (inner, (0, child)))
+            .collect();
+        while let Some((inner, place)) = todo.pop() {
+            let (level, nested) = inner.level(now);
+            let at = levels.len();
+            levels.push((level, Some(place)));
+            todo.extend(
+                nested
+                    .into_iter()
+                    .map(|(child, inner)| (inner, (at, child))),
+            );
+        }
+        // A level's own nested levels come after it: from the last, each is complete.
+        while levels.len() > 1 {
+            let (level, place) = levels.pop().expect("more than one level");
+            let (parent, child) = place.expect("only the first level has no parent");
+            levels[parent].0.children[child].supervisor = Some(Box::new(level));
+        }
+        levels.pop().expect("the root level").0
+    }
+
+    /// This supervisor's own level of the tree, and its nested supervisors' states by child.
+    fn level(&self, now: Instant) -> (SupervisorSnapshot, Vec<(usize, Arc<Inner>)>) {
+        let mut failures: Vec<(usize, LastFailure)> = Vec::new();
+        let mut slots = Vec::new();
+        let (state, cause, mut children) = {
+            let tree = lock(&self.tree);
+            let children: Vec<_> = tree
+                .children
+                .iter()
+                .enumerate()
+                .map(|(at, child)| {
+                    if let Some(failure) = &child.last_failure {
+                        failures.push((at, failure.clone()));
+                    }
+                    if let Some(slot) = &child.nested {
+                        slots.push((at, slot.clone()));
+                    }
+                    child.snapshot(now)
+                })
+                .collect();
+            (tree.state, tree.cause.clone(), children)
+        };
+        // Outside our lock (invariant 2): the user's `Display`, and each nested supervisor's
+        // slot, which has its own lock.
+        for (at, failure) in failures {
+            children[at].last_failure = Some(failure.text());
+        }
+        let nested = slots
+            .into_iter()
+            .filter_map(|(child, slot)| {
+                let inner = lock(&slot).as_ref().map(|inner| inner.get().clone())?;
+                Some((child, inner))
+            })
+            .collect();
+        let level = SupervisorSnapshot {
+            path: self.scope.path().to_string(),
+            strategy: self.strategy,
+            state,
+            cause,
+            children,
+        };
+        (level, nested)
+    }
+
+    /// Asks the runner to abort every child now.
+    pub(crate) fn force(&self) {
+        let runner = {
+            let mut tree = lock(&self.tree);
+            tree.force = true;
+            tree.runner.take()
+        };
+        if let Some(runner) = runner {
+            runner.wake();
+        }
+    }
+
+    /// The children this supervisor aborted during its shutdown, once it has ended.
+    pub(super) fn aborted(&self) -> Vec<TaskInfo> {
+        lock(&self.tree).aborted.clone()
+    }
+
+    /// Has [`force`](Inner::force) wake the runner's task. The waker is cloned, and the one it
+    /// replaces dropped, outside the lock (invariant 2): a `force` in between finds no waker,
+    /// but sets the flag before the runner reads it, since the runner reads it only after this.
+    pub(super) fn register(&self, waker: &Waker) {
+        let stale = {
+            let mut tree = lock(&self.tree);
+            match &tree.runner {
+                Some(old) if old.will_wake(waker) => return,
+                _ => tree.runner.take(),
+            }
+        };
+        drop(stale);
+        let waker = waker.clone();
+        let stale = lock(&self.tree).runner.replace(waker);
+        drop(stale);
+    }
+
+    /// Whether a forced shutdown was asked for since the last call.
+    pub(super) fn take_force(&self) -> bool {
+        mem::take(&mut lock(&self.tree).force)
+    }
+}
