@@ -4,6 +4,7 @@ mod backoff;
 mod child;
 mod deep;
 mod error;
+mod failure;
 mod runner;
 mod snapshot;
 mod spec;

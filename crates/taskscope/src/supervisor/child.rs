@@ -6,18 +6,17 @@
 //! the runner works with, never from a copy of it. What a child is made of (its factory, its
 //! restart rules) is its [`ChildSpec`](super::ChildSpec), which the runner keeps.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::failure::LastFailure;
 use super::snapshot::{ChildSnapshot, ChildState};
 use super::spec::Nested;
 use crate::cause::Origin;
 use crate::path::Name;
-use crate::text::displayed;
-use crate::{Cause, Failure, Scope, TaskId};
+use crate::{Cause, Scope, TaskId};
 
 /// One child, as the runner drives it and as snapshots show it.
 pub(super) struct Child {
@@ -32,8 +31,8 @@ pub(super) struct Child {
     pub(super) attempts: u32,
     /// Its scope's path, the same for every run: made at its first failure.
     pub(super) origin: Option<Origin>,
-    pub(super) last_failure: Option<LastFailure>,
-    pub(super) last_cause: Option<Cause>,
+    pub(super) last_failure: Option<Arc<dyn LastFailure>>,
+    pub(super) last_cause: Option<LastCause>,
 }
 
 /// A running task's slab key in the group, and its scope.
@@ -76,34 +75,13 @@ impl Run {
     }
 }
 
-/// A child's last failure. An error is kept as it is and formatted when a snapshot is taken:
-/// a restart then formats the error once, for the cause, not a second time for snapshots that
-/// may never be taken. Its last cause keeps the error alive anyway.
+/// The cause of a child's last stop.
 #[derive(Clone)]
-pub(super) enum LastFailure {
-    Error(Arc<dyn fmt::Display + Send + Sync>),
-    Panic(String),
-}
-
-impl LastFailure {
-    pub(super) fn of<E>(failure: &Failure<E>) -> LastFailure
-    where
-        E: fmt::Display + Send + Sync + 'static,
-    {
-        match failure {
-            Failure::Error(error) => LastFailure::Error(error.clone()),
-            Failure::Panic(message) => LastFailure::Panic(message.clone()),
-        }
-    }
-
-    /// The failure as a snapshot shows it: the error's `Display`, or the panic. Runs the user's
-    /// `Display`: never under a lock (invariant 1).
-    pub(super) fn text(&self) -> String {
-        match self {
-            LastFailure::Error(error) => displayed(&**error),
-            LastFailure::Panic(message) => format!("panicked: {message}"),
-        }
-    }
+pub(super) enum LastCause {
+    /// The cancellation or shutdown that stopped it.
+    Given(Cause),
+    /// The cause its failure made, made when first read.
+    Of(Arc<dyn LastFailure>),
 }
 
 impl Child {
@@ -120,8 +98,8 @@ impl Child {
         }
     }
 
-    /// This child's snapshot at `now`, but for its last failure, which is formatted after the
-    /// lock is released (invariant 1).
+    /// This child's snapshot at `now`, but for its last failure and a last cause made by it,
+    /// which are made after the lock is released (invariant 2).
     pub(super) fn snapshot(&self, now: Instant) -> ChildSnapshot {
         let since = |since: &Instant| Some(now.saturating_duration_since(*since));
         let until = |at: &Instant| Some(at.saturating_duration_since(now));
@@ -139,18 +117,21 @@ impl Child {
             uptime,
             restart_in,
             last_failure: None,
-            last_cause: self.last_cause.clone(),
+            last_cause: match &self.last_cause {
+                Some(LastCause::Given(cause)) => Some(cause.clone()),
+                Some(LastCause::Of(_)) | None => None,
+            },
             supervisor: None,
         }
     }
 
     /// Records how its run ended; returns what it replaced, to be dropped after unlocking
-    /// (invariant 1).
+    /// (invariant 2).
     pub(super) fn ended(
         &mut self,
-        failure: Option<LastFailure>,
-        cause: Option<Cause>,
-    ) -> (Option<LastFailure>, Option<Cause>) {
+        failure: Option<Arc<dyn LastFailure>>,
+        cause: Option<LastCause>,
+    ) -> (Option<Arc<dyn LastFailure>>, Option<LastCause>) {
         let failure = failure.and_then(|failure| self.last_failure.replace(failure));
         let cause = cause.and_then(|cause| self.last_cause.replace(cause));
         (failure, cause)

@@ -42,13 +42,14 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use super::backoff::Rng;
-use super::child::{Child, LastFailure, Run, Task};
+use super::child::{Child, LastCause, Run, Task};
+use super::failure::{ChildFailure, LastFailure};
 use super::snapshot::{ChildState, SupervisorState};
 use super::spec::{ChildSpec, Nested};
 use super::tree::{Inner, Tree};
 use super::{Backoff, Restart, Strategy, SupervisorError};
 use crate::cause::Origin;
-use crate::group::{Config, Spawned, failure_cause};
+use crate::group::{Config, Spawned};
 use crate::observe::{self, ChildRestarting};
 use crate::path::Name;
 use crate::sync::{Mutex, MutexGuard, lock};
@@ -219,7 +220,8 @@ where
         match self.inner.scope.cause() {
             None => self.start(child, true),
             Some(cause) => {
-                self.end(child, ChildState::Cancelled, None, Some(cause.clone()));
+                let last = LastCause::Given(cause.clone());
+                self.end(child, ChildState::Cancelled, None, Some(last));
                 self.begin_shutdown(cause);
             }
         }
@@ -228,10 +230,12 @@ where
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SupervisorError<E>>> {
         self.inner.register(cx.waker());
         loop {
+            // Exits alone are no reason to go round again: the group's waker is registered once
+            // `poll_join_next` is pending, after every exit was handled and every task they
+            // started was spawned. What follows can start, stop or time children, so it is.
             let mut progress = false;
             while let Poll::Ready(Some(exit)) = self.group.poll_join_next(cx) {
                 self.on_exit(exit);
-                progress = true;
             }
             if self.shutdown.is_none()
                 && let Poll::Ready(cause) = Pin::new(&mut self.cancelled).poll(cx)
@@ -326,7 +330,7 @@ where
                     Outcome::Cancelled(cause) => Some(cause.clone()),
                     _ => self.stop_cause(),
                 };
-                self.record(child, &task, &outcome, cause, true);
+                self.record(child, &task, outcome, cause, true);
                 self.hold_or_stop(child, true);
             }
         }
@@ -355,30 +359,35 @@ where
             };
             let done = matches!(outcome, Outcome::Completed(()))
                 && self.specs[child].restart != Restart::Always;
-            self.record(child, &task, &outcome, cause, cancelled);
+            self.record(child, &task, outcome, cause, cancelled);
             self.hold_or_stop(child, !cancelled && !done);
             return;
         }
         let restart = self.specs[child].restart;
         match outcome {
             Outcome::Failed(failure) => {
-                let cause = self.failure_cause(child, &failure, scope.as_ref());
-                let outcome = Outcome::Failed(failure);
-                self.record(child, &task, &outcome, Some(cause.clone()), false);
-                let Outcome::Failed(failure) = outcome else {
-                    unreachable!("just made")
-                };
+                let spec = &self.specs[child];
+                let origin = self.origin(child, scope.as_ref());
+                let failure = ChildFailure::new(spec.name.clone(), failure, origin, spec.location);
+                let failure = Arc::new(failure);
+                let cause = LastCause::Of(failure.clone());
+                self.end(
+                    child,
+                    ChildState::Failed,
+                    Some(failure.clone()),
+                    Some(cause),
+                );
                 if restart == Restart::Never {
                     return;
                 }
-                if !self.allows(child, &failure, &cause) {
-                    self.escalate(child, task, Some((failure, cause)), Escalation::Refused);
+                if !self.allows(child, &failure) {
+                    self.escalate(child, task, Some(failure), Escalation::Refused);
                     return;
                 }
-                self.restart(child, task, Some((failure, cause)), uptime);
+                self.restart(child, task, Some(failure), uptime);
             }
             outcome => {
-                self.record(child, &task, &outcome, None, false);
+                self.record(child, &task, outcome, None, false);
                 if restart == Restart::Always {
                     self.restart(child, task, None, uptime);
                 }
@@ -386,41 +395,36 @@ where
         }
     }
 
-    /// The cause `failure` makes, stamped with the child's path (invariant 6). Formats the
-    /// user's error, once per failure: a `Display` that panics must not take the supervisor
-    /// down.
-    fn failure_cause(&self, child: usize, failure: &Failure<E>, scope: Option<&Scope>) -> Cause {
-        let spec = &self.specs[child];
-        // Every run of a child has the same path: made once.
+    /// `child`'s path, the same for every run: made from its scope at its first failure.
+    fn origin(&self, child: usize, scope: Option<&Scope>) -> Option<Origin> {
         let known = self.tree().children[child].origin.clone();
-        let origin = known.or_else(|| {
+        known.or_else(|| {
             let origin = scope.and_then(|scope| scope.node.origin());
             self.tree().children[child].origin.clone_from(&origin);
             origin
-        });
-        panic::catch_unwind(AssertUnwindSafe(|| failure_cause(&spec.name, failure)))
-            .unwrap_or_else(|_| {
-                Cause::of_kind(CauseKind::TaskFailed).with_detail(format!(
-                    "task '{}' failed: (its error's Display panicked)",
-                    &*spec.name
-                ))
-            })
-            .stamped(|| origin, Instant::now(), spec.location)
+        })
     }
 
-    /// Records how a child ended; lists it if it was aborted at shutdown.
+    /// Records how a child ended, stopped with `cause` if any; lists it if it was aborted at
+    /// shutdown.
     fn record(
         &mut self,
         child: usize,
         task: &TaskInfo,
-        outcome: &Outcome<(), E>,
+        outcome: Outcome<(), E>,
         cause: Option<Cause>,
         cancelled: bool,
     ) {
         let (state, failure) = match outcome {
             Outcome::Completed(()) if cancelled => (ChildState::Cancelled, None),
             Outcome::Completed(()) => (ChildState::Completed, None),
-            Outcome::Failed(failure) => (ChildState::Failed, Some(LastFailure::of(failure))),
+            Outcome::Failed(failure) => {
+                // For its text only: the child's last cause is `cause`, not the one it makes.
+                let spec = &self.specs[child];
+                let failure = ChildFailure::new(spec.name.clone(), failure, None, spec.location);
+                let failure: Arc<dyn LastFailure> = Arc::new(failure);
+                (ChildState::Failed, Some(failure))
+            }
             Outcome::Cancelled(_) => (ChildState::Cancelled, None),
             Outcome::Aborted => {
                 // What `join` reports: the children that did not stop in time at the end.
@@ -430,7 +434,7 @@ where
                 (ChildState::Aborted, None)
             }
         };
-        self.end(child, state, failure, cause);
+        self.end(child, state, failure, cause.map(LastCause::Given));
     }
 
     /// Ends `child`'s run in `state`, with its last failure and cause when given.
@@ -438,8 +442,8 @@ where
         &self,
         child: usize,
         state: ChildState,
-        failure: Option<LastFailure>,
-        cause: Option<Cause>,
+        failure: Option<Arc<dyn LastFailure>>,
+        cause: Option<LastCause>,
     ) {
         let stale = {
             let mut tree = self.tree();
@@ -510,12 +514,13 @@ where
     }
 
     /// Whether the child's restart predicate lets this failure be retried.
-    fn allows(&self, child: usize, failure: &Failure<E>, cause: &Cause) -> bool {
+    fn allows(&self, child: usize, failure: &ChildFailure<E>) -> bool {
         match &self.specs[child].restart_if {
             None => true,
-            Some(predicate) => {
-                panic::catch_unwind(AssertUnwindSafe(|| predicate(failure, cause))).unwrap_or(false)
-            }
+            Some(predicate) => panic::catch_unwind(AssertUnwindSafe(|| {
+                predicate(failure.failure(), failure.cause())
+            }))
+            .unwrap_or(false),
         }
     }
 
@@ -525,7 +530,7 @@ where
         &mut self,
         child: usize,
         task: TaskInfo,
-        failure: Option<(Failure<E>, Cause)>,
+        failure: Option<Arc<ChildFailure<E>>>,
         uptime: Duration,
     ) {
         let now = Instant::now();
@@ -549,7 +554,9 @@ where
             mem::replace(attempts, attempts.saturating_add(1))
         };
         let delay = backoff.delay(attempts, self.rng.next_f64());
-        self.report_restart(child, delay, failure.as_ref().map(|(_, cause)| cause));
+        self.report_restart(child, delay, || {
+            failure.as_ref().map(|failure| failure.cause())
+        });
         let at = far_or(now, delay);
         match self.settings.strategy {
             Strategy::OneForOne if delay.is_zero() => self.restart_now(child),
@@ -564,11 +571,18 @@ where
         }
     }
 
-    /// Tells the observer that `child` will restart after `delay`, because of `cause`.
-    fn report_restart(&self, child: usize, delay: Duration, cause: Option<&Cause>) {
+    /// Tells the observer that `child` will restart after `delay`, because of `cause`, read only
+    /// if there is an observer.
+    fn report_restart<'a>(
+        &self,
+        child: usize,
+        delay: Duration,
+        cause: impl FnOnce() -> Option<&'a Cause>,
+    ) {
         let Some(observer) = self.inner.scope.node.observer() else {
             return;
         };
+        let cause = cause();
         let restarts = self.tree().children[child].restarts;
         observe::notify(observer, |o| {
             o.child_restarting(&ChildRestarting {
@@ -588,10 +602,10 @@ where
         child: usize,
         from: usize,
         at: Instant,
-        failure: Option<(Failure<E>, Cause)>,
+        failure: Option<Arc<ChildFailure<E>>>,
     ) {
         let cause = match failure {
-            Some((_, cause)) => cause,
+            Some(failure) => failure.cause().clone(),
             None => {
                 let spec = &self.specs[child];
                 let origin = self.inner.scope.node.origin();
@@ -631,7 +645,7 @@ where
         let (at, cause) = (plan.at, plan.cause.clone());
         for sibling in siblings {
             let delay = at.saturating_duration_since(Instant::now());
-            self.report_restart(sibling, delay, Some(&cause));
+            self.report_restart(sibling, delay, || Some(&cause));
         }
         self.stop_queue.sort_unstable();
         self.stop_queue.dedup();
@@ -643,15 +657,12 @@ where
         &mut self,
         child: usize,
         task: TaskInfo,
-        failure: Option<(Failure<E>, Cause)>,
+        failure: Option<Arc<ChildFailure<E>>>,
         why: Escalation,
     ) {
         let spec = &self.specs[child];
         let name = &*spec.name;
-        let (failure, failure_cause) = match failure {
-            Some((failure, cause)) => (Some(failure), Some(cause)),
-            None => (None, None),
-        };
+        let failure_cause = failure.as_ref().map(|failure| failure.cause().clone());
         let kind = failure_cause
             .as_ref()
             .map_or(CauseKind::TaskFailed, Cause::kind);
@@ -677,7 +688,7 @@ where
                 Escalation::Refused => ": ",
             };
             detail.push_str(separator);
-            detail.push_str(&excerpt(&LastFailure::of(failure).text()));
+            detail.push_str(&excerpt(&failure.text()));
         }
         let origin = failure_cause
             .as_ref()
@@ -690,7 +701,7 @@ where
         }
         let cause = cause.stamped(|| origin, Instant::now(), spec.location);
         // The child's run has ended already.
-        self.escalated = Some((task, failure));
+        self.escalated = Some((task, failure.map(|failure| failure.to_failure())));
         // The supervisor's own scope stays as it is: an escalation is the supervisor failing,
         // reported by its return, and a parent supervisor restarts a failed child, never a
         // cancelled one.
@@ -721,7 +732,8 @@ where
             match tree.children[child].run {
                 Run::Waiting { .. } | Run::Held { .. } => {
                     let run = tree.set_run(child, Run::Ended(ChildState::Cancelled));
-                    let replaced = tree.children[child].ended(None, Some(cause.clone()));
+                    let cause = LastCause::Given(cause.clone());
+                    let replaced = tree.children[child].ended(None, Some(cause));
                     stale.push((run, replaced));
                 }
                 Run::Running { .. } => self.stop_queue.push(child),

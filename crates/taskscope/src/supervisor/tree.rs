@@ -11,7 +11,8 @@ use std::task::Waker;
 use tokio::time::Instant;
 
 use super::Strategy;
-use super::child::{Child, LastFailure, Run};
+use super::child::{Child, LastCause, Run};
+use super::failure::LastFailure;
 use super::snapshot::{SupervisorSnapshot, SupervisorState};
 use crate::sync::{Mutex, lock};
 use crate::{Cause, Scope, TaskId, TaskInfo};
@@ -130,7 +131,8 @@ impl Inner {
 
     /// This supervisor's own level of the tree, and its nested supervisors' states by child.
     fn level(&self, now: Instant) -> (SupervisorSnapshot, Vec<(usize, Arc<Inner>)>) {
-        let mut failures: Vec<(usize, LastFailure)> = Vec::new();
+        let mut failures: Vec<(usize, Arc<dyn LastFailure>)> = Vec::new();
+        let mut causes: Vec<(usize, Arc<dyn LastFailure>)> = Vec::new();
         let mut slots = Vec::new();
         let (state, cause, mut children) = {
             let tree = lock(&self.tree);
@@ -142,6 +144,9 @@ impl Inner {
                     if let Some(failure) = &child.last_failure {
                         failures.push((at, failure.clone()));
                     }
+                    if let Some(LastCause::Of(failure)) = &child.last_cause {
+                        causes.push((at, failure.clone()));
+                    }
                     if let Some(slot) = &child.nested {
                         slots.push((at, slot.clone()));
                     }
@@ -150,10 +155,13 @@ impl Inner {
                 .collect();
             (tree.state, tree.cause.clone(), children)
         };
-        // Outside our lock (invariant 2): the user's `Display`, and each nested supervisor's
-        // slot, which has its own lock.
+        // Outside our lock (invariant 2): failures run the user's `Display`, and each nested
+        // supervisor's slot has its own lock.
         for (at, failure) in failures {
             children[at].last_failure = Some(failure.text());
+        }
+        for (at, failure) in causes {
+            children[at].last_cause = Some(failure.cause());
         }
         let nested = slots
             .into_iter()
