@@ -32,7 +32,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,8 +40,11 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use restart::{Escalation, Plan};
+use shutdown::StopTimer;
+
 use super::backoff::Rng;
-use super::child::{Child, LastCause, Run, Task};
+use super::child::{Child, LastCause, Run};
 use super::failure::{ChildFailure, LastFailure};
 use super::snapshot::{ChildState, SupervisorState};
 use super::spec::{ChildSpec, Nested};
@@ -50,11 +52,13 @@ use super::tree::{Inner, Tree};
 use super::{Backoff, Restart, Strategy, SupervisorError};
 use crate::cause::Origin;
 use crate::group::{Config, Spawned};
-use crate::observe::{self, ChildRestarting};
 use crate::path::Name;
 use crate::sync::{Mutex, MutexGuard, lock};
-use crate::{CancelledOwned, Cause, CauseKind, Failure, Outcome, Scope, TaskExit, TaskGroup};
+use crate::{CancelledOwned, Cause, Failure, Outcome, Scope, TaskExit, TaskGroup};
 use crate::{TaskId, TaskInfo};
+
+mod restart;
+mod shutdown;
 
 /// The settings a runner works with, checked by the builder.
 #[derive(Clone, Debug)]
@@ -65,30 +69,6 @@ pub(crate) struct Settings {
     pub(crate) window: Duration,
     /// The jitter's seed; random when `None`.
     pub(crate) seed: Option<u64>,
-}
-
-/// A restart of several children (one-for-all, rest-for-one): they stop, then restart together.
-struct Plan {
-    /// The children in it.
-    members: Vec<usize>,
-    /// When they restart, at the earliest.
-    at: Instant,
-    /// What the stopped siblings are told.
-    cause: Cause,
-    /// Every member has stopped: the restart only waits for `at`.
-    armed: bool,
-}
-
-/// The child being stopped gracefully (invariant 4).
-struct StopTimer {
-    child: usize,
-    /// When to abort it; `None` once aborted, or with a grace that never ends.
-    abort_at: Option<Instant>,
-}
-
-enum Escalation {
-    Intensity,
-    Refused,
 }
 
 /// The supervisor itself: a future that ends when every child has stopped for good.
@@ -248,7 +228,8 @@ where
                 progress = true;
             }
             let now = Instant::now();
-            progress |= self.fire_timers(now);
+            progress |= self.abort_overdue(now);
+            progress |= self.restart_due(now);
             progress |= self.advance_stops(now);
             progress |= self.advance_plan(now);
             // Invariant 3: nothing is left to run or to wait for.
@@ -523,388 +504,6 @@ where
             .unwrap_or(false),
         }
     }
-
-    /// Restarts `child` (and, by the strategy, its siblings) after the backoff, unless that
-    /// is one restart too many within the intensity window.
-    fn restart(
-        &mut self,
-        child: usize,
-        task: TaskInfo,
-        failure: Option<Arc<ChildFailure<E>>>,
-        uptime: Duration,
-    ) {
-        let now = Instant::now();
-        if let Some(horizon) = now.checked_sub(self.settings.window) {
-            while self.restarts.front().is_some_and(|at| *at <= horizon) {
-                self.restarts.pop_front();
-            }
-        }
-        if self.restarts.len() >= self.settings.max_restarts as usize {
-            self.escalate(child, task, failure, Escalation::Intensity);
-            return;
-        }
-        self.restarts.push_back(now);
-        let backoff = &self.settings.backoff;
-        let attempts = {
-            let mut tree = self.tree();
-            let attempts = &mut tree.children[child].attempts;
-            if uptime >= backoff.reset_after_uptime() {
-                *attempts = 0;
-            }
-            mem::replace(attempts, attempts.saturating_add(1))
-        };
-        let delay = backoff.delay(attempts, self.rng.next_f64());
-        self.report_restart(child, delay, || {
-            failure.as_ref().map(|failure| failure.cause())
-        });
-        let at = far_or(now, delay);
-        match self.settings.strategy {
-            Strategy::OneForOne if delay.is_zero() => self.restart_now(child),
-            Strategy::OneForOne => {
-                let ticket = self.next_ticket;
-                self.next_ticket += 1;
-                self.set_run(child, Run::Waiting { ticket, at });
-                self.timers.push(Reverse((at, child, ticket)));
-            }
-            Strategy::OneForAll => self.plan_restart(child, 0, at, failure),
-            Strategy::RestForOne => self.plan_restart(child, child, at, failure),
-        }
-    }
-
-    /// Tells the observer that `child` will restart after `delay`, because of `cause`, read only
-    /// if there is an observer.
-    fn report_restart<'a>(
-        &self,
-        child: usize,
-        delay: Duration,
-        cause: impl FnOnce() -> Option<&'a Cause>,
-    ) {
-        let Some(observer) = self.inner.scope.node.observer() else {
-            return;
-        };
-        let cause = cause();
-        let restarts = self.tree().children[child].restarts;
-        observe::notify(observer, |o| {
-            o.child_restarting(&ChildRestarting {
-                supervisor: &self.inner.scope,
-                child: &self.specs[child].name,
-                restarts,
-                delay,
-                cause,
-            })
-        });
-    }
-
-    /// Restarts `child` and its running siblings from `from` on together, once they have
-    /// stopped, in reverse start order, and `at` has come.
-    fn plan_restart(
-        &mut self,
-        child: usize,
-        from: usize,
-        at: Instant,
-        failure: Option<Arc<ChildFailure<E>>>,
-    ) {
-        let cause = match failure {
-            Some(failure) => failure.cause().clone(),
-            None => {
-                let spec = &self.specs[child];
-                let origin = self.inner.scope.node.origin();
-                Cause::of_kind(CauseKind::Shutdown)
-                    .with_code("restart")
-                    .with_detail(format!("restarting after '{}' returned", &*spec.name))
-                    .stamped(|| origin, Instant::now(), spec.location)
-            }
-        };
-        let mut tree = lock(&self.inner.tree);
-        let plan = self.plan.get_or_insert_with(|| Plan {
-            members: Vec::new(),
-            at,
-            cause,
-            armed: false,
-        });
-        plan.at = plan.at.max(at);
-        plan.armed = false;
-        plan.members.push(child);
-        let stale = tree.set_run(child, Run::Held { at: None });
-        let mut siblings = Vec::new();
-        for sibling in from..tree.children.len() {
-            if plan.members.contains(&sibling) {
-                continue;
-            }
-            match tree.children[sibling].run {
-                Run::Running { .. } => self.stop_queue.push(sibling),
-                Run::Stopping { .. } | Run::Held { .. } => {}
-                // Waiting only happens one-for-one; an ended child has ended for good.
-                Run::Waiting { .. } | Run::Ended(_) => continue,
-            }
-            plan.members.push(sibling);
-            siblings.push(sibling);
-        }
-        drop(tree);
-        drop(stale);
-        let (at, cause) = (plan.at, plan.cause.clone());
-        for sibling in siblings {
-            let delay = at.saturating_duration_since(Instant::now());
-            self.report_restart(sibling, delay, || Some(&cause));
-        }
-        self.stop_queue.sort_unstable();
-        self.stop_queue.dedup();
-    }
-
-    /// Fails the supervisor because of `child`: cancels its scope with a cause that names the
-    /// child and carries its last failure, then stops every child.
-    fn escalate(
-        &mut self,
-        child: usize,
-        task: TaskInfo,
-        failure: Option<Arc<ChildFailure<E>>>,
-        why: Escalation,
-    ) {
-        let spec = &self.specs[child];
-        let name = &*spec.name;
-        let failure_cause = failure.as_ref().map(|failure| failure.cause().clone());
-        let kind = failure_cause
-            .as_ref()
-            .map_or(CauseKind::TaskFailed, Cause::kind);
-        let mut detail = match why {
-            Escalation::Intensity => format!(
-                "child '{name}' needed more than {} restarts within {:?}",
-                self.settings.max_restarts, self.settings.window
-            ),
-            Escalation::Refused => format!("child '{name}' failed and may not be restarted"),
-        };
-        let mut cause = Cause::of_kind(kind);
-        match why {
-            Escalation::Intensity => cause = cause.with_code("restart_intensity"),
-            Escalation::Refused => {
-                if let Some(failure_cause) = &failure_cause {
-                    cause = cause.with_code_of(failure_cause);
-                }
-            }
-        }
-        if let Some(failure) = &failure {
-            let separator = match why {
-                Escalation::Intensity => "; last failure: ",
-                Escalation::Refused => ": ",
-            };
-            detail.push_str(separator);
-            detail.push_str(&excerpt(&failure.text()));
-        }
-        let origin = failure_cause
-            .as_ref()
-            .and_then(|cause| cause.origin().map(Arc::from))
-            .or_else(|| child_path(&self.inner.scope, name))
-            .map(Origin::from);
-        let mut cause = cause.with_detail(detail);
-        if let Some(failure_cause) = failure_cause {
-            cause = cause.with_source(failure_cause);
-        }
-        let cause = cause.stamped(|| origin, Instant::now(), spec.location);
-        // The child's run has ended already.
-        self.escalated = Some((task, failure.map(|failure| failure.to_failure())));
-        // The supervisor's own scope stays as it is: an escalation is the supervisor failing,
-        // reported by its return, and a parent supervisor restarts a failed child, never a
-        // cancelled one.
-        self.begin_shutdown(cause);
-    }
-
-    /// The supervisor's scope is cancelled: stop every child, last started first (invariant 5).
-    fn begin_shutdown(&mut self, cause: Cause) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        // Stamped once here (invariant 6): every child is then told this very cause.
-        let origin = self.inner.scope.node.origin();
-        let cause = cause.stamped(|| origin, Instant::now(), self.location);
-        self.shutdown = Some(cause.clone());
-        self.plan = None;
-        self.timers.clear();
-        self.stop_queue.clear();
-        let mut stale = Vec::new();
-        let mut tree = lock(&self.inner.tree);
-        tree.cause = Some(cause.clone());
-        tree.state = if self.escalated.is_some() {
-            SupervisorState::Escalated
-        } else {
-            SupervisorState::ShuttingDown
-        };
-        for child in 0..tree.children.len() {
-            match tree.children[child].run {
-                Run::Waiting { .. } | Run::Held { .. } => {
-                    let run = tree.set_run(child, Run::Ended(ChildState::Cancelled));
-                    let cause = LastCause::Given(cause.clone());
-                    let replaced = tree.children[child].ended(None, Some(cause));
-                    stale.push((run, replaced));
-                }
-                Run::Running { .. } => self.stop_queue.push(child),
-                Run::Stopping { .. } | Run::Ended(_) => {}
-            }
-        }
-        drop(tree);
-        drop(stale);
-    }
-
-    /// Starts stopping the next child of the queue, if none is being stopped (invariant 4).
-    fn advance_stops(&mut self, now: Instant) -> bool {
-        if self.stopping.is_some() {
-            return false;
-        }
-        while let Some(child) = self.stop_queue.pop() {
-            let Some((id, task, since)) = self.take_running(child) else {
-                // It ended meanwhile; its exit was handled.
-                continue;
-            };
-            let cause = self
-                .stop_cause()
-                .expect("children stop for a shutdown or a plan");
-            let spec = &self.specs[child];
-            let key = task.as_ref().map(|(key, _)| *key);
-            if let Some((key, scope)) = &task {
-                // A callback panicking here was reported by the panic hook.
-                let _ = scope.node.cancel(cause.clone(), spec.location);
-                self.group.child_stopped(*key, id, &cause);
-            }
-            self.set_run(child, Run::Stopping { id, key, since });
-            self.stopping = Some(StopTimer {
-                child,
-                abort_at: now.checked_add(spec.grace),
-            });
-            return true;
-        }
-        false
-    }
-
-    /// If `child` is running: its task, taken out of its run, which stays `Running` until the
-    /// caller has cancelled the task's scope (outside the lock, invariant 2) and set it
-    /// `Stopping`.
-    fn take_running(&self, child: usize) -> Option<(TaskId, Option<Task>, Instant)> {
-        match &mut self.tree().children[child].run {
-            Run::Running { id, task, since } => Some((*id, task.take(), *since)),
-            _ => None,
-        }
-    }
-
-    /// Aborts the stopping child once its grace is over; starts one-for-one restarts due.
-    fn fire_timers(&mut self, now: Instant) -> bool {
-        let mut progress = false;
-        if let Some(stop) = &mut self.stopping
-            && stop.abort_at.is_some_and(|at| at <= now)
-        {
-            stop.abort_at = None;
-            let child = stop.child;
-            let stopping = match self.tree().children[child].run {
-                Run::Stopping { id, key, .. } => Some((id, key)),
-                _ => None,
-            };
-            if let Some((id, key)) = stopping {
-                self.abort(child, id, key);
-            }
-            progress = true;
-        }
-        while let Some(&Reverse((at, child, ticket))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let due = matches!(
-                self.tree().children[child].run,
-                Run::Waiting { ticket: current, .. } if current == ticket
-            );
-            if due {
-                self.restart_now(child);
-                progress = true;
-            }
-        }
-        progress
-    }
-
-    /// Restarts the plan's children in start order, once all of them have stopped and its
-    /// backoff is over.
-    fn advance_plan(&mut self, now: Instant) -> bool {
-        let Some(plan) = &mut self.plan else {
-            return false;
-        };
-        if self.stopping.is_some() || !self.stop_queue.is_empty() {
-            return false;
-        }
-        if !plan.armed {
-            plan.armed = true;
-            let mut tree = lock(&self.inner.tree);
-            for &child in &plan.members {
-                if let Run::Held { at } = &mut tree.children[child].run {
-                    *at = Some(plan.at);
-                }
-            }
-        }
-        if plan.at > now {
-            return false;
-        }
-        let mut plan = self.plan.take().expect("checked above");
-        plan.members.sort_unstable();
-        for child in plan.members {
-            if matches!(self.tree().children[child].run, Run::Held { .. }) {
-                self.restart_now(child);
-            }
-        }
-        true
-    }
-
-    /// Aborts every child now (a second signal): no more graces.
-    fn force(&mut self) {
-        self.forced = true;
-        if self.shutdown.is_none() {
-            let cause = Cause::of_kind(CauseKind::Shutdown).with_detail("forced");
-            let _ = self.inner.scope.node.cancel(cause.clone(), self.location);
-            let cause = self.inner.scope.cause().unwrap_or(cause);
-            self.begin_shutdown(cause);
-        }
-        let cause = self.shutdown.clone().expect("set above");
-        self.stop_queue.clear();
-        self.stopping = None;
-        for child in (0..self.specs.len()).rev() {
-            let (id, key) = match self.take_running(child) {
-                Some((id, task, since)) => {
-                    let key = task.as_ref().map(|(key, _)| *key);
-                    if let Some((_, scope)) = &task {
-                        let _ = scope.node.cancel(cause.clone(), self.specs[child].location);
-                    }
-                    self.set_run(child, Run::Stopping { id, key, since });
-                    (id, key)
-                }
-                None => match self.tree().children[child].run {
-                    Run::Stopping { id, key, .. } => (id, key),
-                    _ => continue,
-                },
-            };
-            self.abort(child, id, key);
-        }
-    }
-
-    fn finish(&mut self) -> Result<(), SupervisorError<E>> {
-        self.finished = true;
-        let escalated = self.escalated.take();
-        let aborted = mem::take(&mut self.aborted);
-        {
-            let mut tree = self.tree();
-            tree.state = if escalated.is_some() {
-                SupervisorState::Escalated
-            } else {
-                SupervisorState::Stopped
-            };
-            tree.aborted.clone_from(&aborted);
-        }
-        let result = if escalated.is_none() && aborted.is_empty() {
-            Ok(())
-        } else {
-            Err(SupervisorError {
-                cause: self.shutdown.clone(),
-                escalated,
-                aborted,
-            })
-        };
-        let _ = self.inner.done.node.cancel(Cause::plain(), self.location);
-        result
-    }
 }
 
 impl<E> Future for Runner<E>
@@ -944,34 +543,5 @@ where
         };
         drop(stale);
         let _ = self.inner.done.node.cancel(Cause::plain(), self.location);
-    }
-}
-
-/// The path a child of the supervisor in `scope` has: `supervisor/child`.
-fn child_path(scope: &Scope, name: &str) -> Option<Arc<str>> {
-    let path = scope.path();
-    Some(if path.is_empty() {
-        Arc::from(name)
-    } else {
-        Arc::from(format!("{path}/{name}"))
-    })
-}
-
-/// `now + delay`, or an instant so far away it never comes when that cannot be represented.
-fn far_or(now: Instant, delay: Duration) -> Instant {
-    now.checked_add(delay)
-        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
-}
-
-/// At most this many characters of a failure's text go into an escalation's detail.
-const EXCERPT: usize = 200;
-
-/// `text` as it appears inside an escalation's detail: its first [`EXCERPT`] characters, the
-/// rest in the cause's source chain. Whole, each level of nested supervisors escalating would
-/// repeat every level below it: memory quadratic in the depth.
-fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(EXCERPT) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
     }
 }
