@@ -450,7 +450,7 @@ where
         if held {
             self.set_run(child, Run::Held { at: None });
         } else if let Some(plan) = &mut self.plan {
-            plan.members.retain(|member| *member != child);
+            plan.members.remove(&child);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Restarts: backoff, intensity, strategies, escalation.
 
 use std::cmp::Reverse;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::mem;
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use crate::{Cause, CauseKind, Scope, TaskInfo};
 
 /// A restart of several children (one-for-all, rest-for-one): they stop, then restart together.
 pub(super) struct Plan {
-    /// The children in it.
-    pub(super) members: Vec<usize>,
+    /// The children in it, in start order.
+    pub(super) members: BTreeSet<usize>,
     /// When they restart, at the earliest.
     pub(super) at: Instant,
     /// What the stopped siblings are told.
@@ -160,14 +161,14 @@ where
         };
         let mut tree = lock(&self.inner.tree);
         let plan = self.plan.get_or_insert_with(|| Plan {
-            members: Vec::new(),
+            members: BTreeSet::new(),
             at,
             cause,
             armed: false,
         });
         plan.at = plan.at.max(at);
         plan.armed = false;
-        plan.members.push(child);
+        plan.members.insert(child);
         let stale = tree.set_run(child, Run::Held { at: None });
         let mut siblings = Vec::new();
         for sibling in from..tree.children.len() {
@@ -180,7 +181,7 @@ where
                 // Waiting only happens one-for-one; an ended child has ended for good.
                 Run::Waiting { .. } | Run::Ended(_) => continue,
             }
-            plan.members.push(sibling);
+            plan.members.insert(sibling);
             siblings.push(sibling);
         }
         drop(tree);
@@ -235,8 +236,7 @@ where
         if plan.at > now {
             return false;
         }
-        let mut plan = self.plan.take().expect("checked above");
-        plan.members.sort_unstable();
+        let plan = self.plan.take().expect("checked above");
         for child in plan.members {
             if matches!(self.tree().children[child].run, Run::Held { .. }) {
                 self.restart_now(child);
