@@ -5,6 +5,8 @@
 //! snapshots read, and the runner changes it there: a snapshot is derived from the very state
 //! the runner works with, never from a copy of it. What a child is made of (its factory, its
 //! restart rules) is its [`ChildSpec`](super::ChildSpec), which the runner keeps.
+//!
+//! The invariants cited here are the runner's (`runner.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,7 @@ pub(super) struct Child {
     pub(super) name: Name,
     /// Where the child publishes its latest run, if it is a nested supervisor.
     pub(super) nested: Option<Nested>,
-    /// Changed only through [`Tree::set_run`](super::tree::Tree::set_run) (invariant 2).
+    /// Changed only through [`Tree::set_run`](super::tree::Tree::set_run) (invariant 3).
     pub(super) run: Run,
     /// How many times it was restarted.
     pub(super) restarts: u32,
@@ -43,7 +45,8 @@ pub(super) enum Run {
     /// Its task runs.
     Running {
         id: TaskId,
-        /// The task's slab key and scope; `None` if the group recorded it as cancelled.
+        /// The task's slab key and scope; `None` if the group recorded it as cancelled, or
+        /// once the runner has taken them to stop it or to read why it returned.
         task: Option<Task>,
         since: Instant,
     },

@@ -210,9 +210,9 @@ where
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SupervisorError<E>>> {
         self.inner.register(cx.waker());
         loop {
-            // Exits alone are no reason to go round again: the group's waker is registered once
-            // `poll_join_next` is pending, after every exit was handled and every task they
-            // started was spawned. What follows can start, stop or time children, so it is.
+            // Exits alone need no second turn: the drain below ends with the group empty or
+            // pending, so it wakes this task for the next exit, also of a task an exit started.
+            // The steps after it start, stop and time children: their progress needs one.
             let mut progress = false;
             while let Poll::Ready(Some(exit)) = self.group.poll_join_next(cx) {
                 self.on_exit(exit);
@@ -531,16 +531,15 @@ where
         }
         // Dropped unfinished (aborted, or its runtime shut down): the group's own drop cancels
         // and aborts the children; handles see the supervisor stopped.
-        let stale: Vec<Run> = {
-            let mut tree = self.tree();
-            tree.state = SupervisorState::Stopped;
-            (0..tree.children.len())
-                .filter(|&child| !matches!(tree.children[child].run, Run::Ended(_)))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(|child| tree.set_run(child, Run::Ended(ChildState::Aborted)))
-                .collect()
-        };
+        let mut stale = Vec::new();
+        let mut tree = self.tree();
+        tree.state = SupervisorState::Stopped;
+        for child in 0..tree.children.len() {
+            if !matches!(tree.children[child].run, Run::Ended(_)) {
+                stale.push(tree.set_run(child, Run::Ended(ChildState::Aborted)));
+            }
+        }
+        drop(tree);
         drop(stale);
         let _ = self.inner.done.node.cancel(Cause::plain(), self.location);
     }

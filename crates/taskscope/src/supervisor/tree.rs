@@ -34,7 +34,9 @@ pub(super) struct Tree {
     pub(super) cause: Option<Cause>,
     /// In start order.
     pub(super) children: Vec<Child>,
-    /// Which child runs each task the group has not reported yet (invariant 3).
+    /// Which child runs each task the group has not reported yet (invariant 3): an exit is
+    /// found in O(log n), however many children (tens of thousands start and stop in the
+    /// benches), without a hasher of our own.
     tasks: BTreeMap<TaskId, usize>,
     /// How many runs are `Waiting` (invariant 3).
     waiting: usize,
