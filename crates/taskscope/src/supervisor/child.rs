@@ -16,7 +16,6 @@ use tokio::time::Instant;
 use super::failure::LastFailure;
 use super::snapshot::{ChildSnapshot, ChildState};
 use super::spec::Nested;
-use crate::cause::Origin;
 use crate::path::Name;
 use crate::{Cause, Scope, TaskId};
 
@@ -31,8 +30,6 @@ pub(super) struct Child {
     pub(super) restarts: u32,
     /// Consecutive restarts, for the backoff: reset by a run that lasted long enough.
     pub(super) attempts: u32,
-    /// Its scope's path, the same for every run: made at its first failure.
-    pub(super) origin: Option<Origin>,
     pub(super) last_failure: Option<Arc<dyn LastFailure>>,
     pub(super) last_cause: Option<LastCause>,
 }
@@ -95,7 +92,6 @@ impl Child {
             run: Run::Ended(ChildState::Cancelled),
             restarts: 0,
             attempts: 0,
-            origin: None,
             last_failure: None,
             last_cause: None,
         }

@@ -50,7 +50,6 @@ use super::snapshot::{ChildState, SupervisorState};
 use super::spec::{ChildSpec, Nested};
 use super::tree::{Inner, Tree};
 use super::{Backoff, Restart, Strategy, SupervisorError};
-use crate::cause::Origin;
 use crate::group::{Config, Spawned};
 use crate::path::Name;
 use crate::sync::{Mutex, MutexGuard, lock};
@@ -348,7 +347,8 @@ where
         match outcome {
             Outcome::Failed(failure) => {
                 let spec = &self.specs[child];
-                let origin = self.origin(child, scope.as_ref());
+                // The path of the run's scope, which every run of the child has.
+                let origin = scope.as_ref().and_then(|scope| scope.node.origin());
                 let failure = ChildFailure::new(spec.name.clone(), failure, origin, spec.location);
                 let failure = Arc::new(failure);
                 let cause = LastCause::Of(failure.clone());
@@ -374,16 +374,6 @@ where
                 }
             }
         }
-    }
-
-    /// `child`'s path, the same for every run: made from its scope at its first failure.
-    fn origin(&self, child: usize, scope: Option<&Scope>) -> Option<Origin> {
-        let known = self.tree().children[child].origin.clone();
-        known.or_else(|| {
-            let origin = scope.and_then(|scope| scope.node.origin());
-            self.tree().children[child].origin.clone_from(&origin);
-            origin
-        })
     }
 
     /// Records how a child ended, stopped with `cause` if any; lists it if it was aborted at
