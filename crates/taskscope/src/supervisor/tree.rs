@@ -3,7 +3,6 @@
 //!
 //! The invariants cited here are the runner's (`runner.rs`).
 
-use std::collections::BTreeMap;
 use std::mem;
 use std::sync::Arc;
 use std::task::Waker;
@@ -34,10 +33,8 @@ pub(super) struct Tree {
     pub(super) cause: Option<Cause>,
     /// In start order.
     pub(super) children: Vec<Child>,
-    /// Which child runs each task the group has not reported yet (invariant 3): an exit is
-    /// found in O(log n), however many children (tens of thousands start and stop in the
-    /// benches), without a hasher of our own.
-    tasks: BTreeMap<TaskId, usize>,
+    /// Which child runs each task the group has not reported yet (invariant 3).
+    tasks: Tasks,
     /// How many runs are `Waiting` (invariant 3).
     waiting: usize,
     /// A forced shutdown was asked for.
@@ -53,7 +50,7 @@ impl Tree {
             state: SupervisorState::Running,
             cause: None,
             children,
-            tasks: BTreeMap::new(),
+            tasks: Tasks::default(),
             waiting: 0,
             force: false,
             aborted: Vec::new(),
@@ -69,7 +66,7 @@ impl Tree {
         let old = mem::replace(&mut self.children[child].run, run);
         if old.task() != task {
             if let Some(id) = old.task() {
-                self.tasks.remove(&id);
+                self.tasks.remove(id);
             }
             if let Some(id) = task {
                 self.tasks.insert(id, child);
@@ -82,12 +79,64 @@ impl Tree {
 
     /// The child whose run is the task `id`, if the group has not reported it yet.
     pub(super) fn running(&self, id: TaskId) -> Option<usize> {
-        self.tasks.get(&id).copied()
+        self.tasks.get(id)
     }
 
     /// Whether no run is left to wait for: no task, no backoff (invariant 3).
     pub(super) fn is_idle(&self) -> bool {
         self.tasks.is_empty() && self.waiting == 0
+    }
+}
+
+/// The child of each task, in the order the tasks were spawned. The group numbers its tasks in
+/// spawn order and only the runner spawns, so a new task goes last, the list stays sorted, and
+/// a task is found by binary search. An ended task's entry is cleared, and cleared entries are
+/// dropped once they outnumber the others: O(1) amortized, at most twice the entries needed,
+/// however many children (100 000 start and stop in the benches; a `BTreeMap` cost 1 600
+/// instructions per child there, a third of the rest).
+#[derive(Default)]
+struct Tasks {
+    entries: Vec<(TaskId, Option<usize>)>,
+    live: usize,
+}
+
+impl Tasks {
+    fn insert(&mut self, id: TaskId, child: usize) {
+        match self.entries.last() {
+            // A task numbered out of order, which the runner never spawns, still goes in order.
+            Some((last, _)) if *last > id => {
+                let at = self.entries.partition_point(|(entry, _)| *entry < id);
+                self.entries.insert(at, (id, Some(child)));
+            }
+            _ => self.entries.push((id, Some(child))),
+        }
+        self.live += 1;
+    }
+
+    fn get(&self, id: TaskId) -> Option<usize> {
+        let at = self.position(id)?;
+        self.entries[at].1
+    }
+
+    fn remove(&mut self, id: TaskId) {
+        if let Some(at) = self.position(id)
+            && self.entries[at].1.take().is_some()
+        {
+            self.live -= 1;
+        }
+        if self.entries.len() > 2 * self.live {
+            self.entries.retain(|(_, child)| child.is_some());
+        }
+    }
+
+    fn position(&self, id: TaskId) -> Option<usize> {
+        self.entries
+            .binary_search_by_key(&id, |(entry, _)| *entry)
+            .ok()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
     }
 }
 
