@@ -15,10 +15,12 @@
 //!    or factory, an observer, a scope's cancel (which runs its callbacks), a waker's clone,
 //!    wake or drop. Whatever a change replaces (a run, which may hold a scope; a cause or a
 //!    failure, which may hold a user's error) is returned and dropped after unlocking.
-//! 3. A child's run changes only through `Tree::set_run`, which keeps `Tree::tasks` (the child
-//!    of each task the group has not reported yet: exactly the `Running` and `Stopping` runs)
-//!    and the count of `Waiting` runs. A `Held` run exists only while `plan` is set. So the
-//!    runner has nothing left to do, and ends, when the tree is idle and there is no plan.
+//! 3. A child's run changes only through `Tree::set_run`, which counts the `Waiting` runs and
+//!    adds each new task to `Tree::tasks`; the runner takes a task out when the group reports
+//!    it, and ends that run at once. So `Tree::tasks` holds the child of each task the group
+//!    has not reported yet: exactly the `Running` and `Stopping` runs, but during `on_exit`. A
+//!    `Held` run exists only while `plan` is set. So the runner has nothing left to do, and
+//!    ends, when the tree is idle and there is no plan.
 //! 4. At most one child is stopped gracefully at a time (`stopping`), so children stop one
 //!    after the other in the order of `stop_queue` (reverse start order); a forced stop aborts
 //!    them all at once.
@@ -272,7 +274,7 @@ where
         // How the run was going: returned on its own (with its scope and start), or stopped.
         let (child, returned) = {
             let mut tree = self.tree();
-            let Some(child) = tree.running(task.id) else {
+            let Some(child) = tree.reported(task.id) else {
                 return;
             };
             let returned = match &mut tree.children[child].run {

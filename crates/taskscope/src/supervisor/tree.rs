@@ -33,7 +33,7 @@ pub(super) struct Tree {
     pub(super) cause: Option<Cause>,
     /// In start order.
     pub(super) children: Vec<Child>,
-    /// Which child runs each task the group has not reported yet (invariant 3).
+    /// The child of each task the group has not reported yet (invariant 3).
     tasks: Tasks,
     /// How many runs are `Waiting` (invariant 3).
     waiting: usize,
@@ -64,22 +64,19 @@ impl Tree {
     pub(super) fn set_run(&mut self, child: usize, run: Run) -> Run {
         let (task, waits) = (run.task(), matches!(run, Run::Waiting { .. }));
         let old = mem::replace(&mut self.children[child].run, run);
-        if old.task() != task {
-            if let Some(id) = old.task() {
-                self.tasks.remove(id);
-            }
-            if let Some(id) = task {
-                self.tasks.insert(id, child);
-            }
+        if let Some(id) = task
+            && old.task() != task
+        {
+            self.tasks.insert(id, child);
         }
         self.waiting =
             self.waiting + usize::from(waits) - usize::from(matches!(old, Run::Waiting { .. }));
         old
     }
 
-    /// The child whose run is the task `id`, if the group has not reported it yet.
-    pub(super) fn running(&self, id: TaskId) -> Option<usize> {
-        self.tasks.get(id)
+    /// The child whose run was the task `id`, which the group has just reported (invariant 3).
+    pub(super) fn reported(&mut self, id: TaskId) -> Option<usize> {
+        self.tasks.remove(id)
     }
 
     /// Whether no run is left to wait for: no task, no backoff (invariant 3).
@@ -90,7 +87,7 @@ impl Tree {
 
 /// The child of each task, in the order the tasks were spawned. The group numbers its tasks in
 /// spawn order and only the runner spawns, so a new task goes last, the list stays sorted, and
-/// a task is found by binary search. An ended task's entry is cleared, and cleared entries are
+/// a task is found by binary search. A reported task's entry is cleared, and cleared entries are
 /// dropped once they outnumber the others: O(1) amortized, at most twice the entries needed,
 /// however many children (100 000 start and stop in the benches; a `BTreeMap` cost 1 600
 /// instructions per child there, a third of the rest).
@@ -113,26 +110,17 @@ impl Tasks {
         self.live += 1;
     }
 
-    fn get(&self, id: TaskId) -> Option<usize> {
-        let at = self.position(id)?;
-        self.entries[at].1
-    }
-
-    fn remove(&mut self, id: TaskId) {
-        if let Some(at) = self.position(id)
-            && self.entries[at].1.take().is_some()
-        {
-            self.live -= 1;
-        }
+    fn remove(&mut self, id: TaskId) -> Option<usize> {
+        let at = self
+            .entries
+            .binary_search_by_key(&id, |(entry, _)| *entry)
+            .ok()?;
+        let child = self.entries[at].1.take()?;
+        self.live -= 1;
         if self.entries.len() > 2 * self.live {
             self.entries.retain(|(_, child)| child.is_some());
         }
-    }
-
-    fn position(&self, id: TaskId) -> Option<usize> {
-        self.entries
-            .binary_search_by_key(&id, |(entry, _)| *entry)
-            .ok()
+        Some(child)
     }
 
     fn is_empty(&self) -> bool {
@@ -268,5 +256,36 @@ impl Inner {
     /// Whether a forced shutdown was asked for since the last call.
     pub(super) fn take_force(&self) -> bool {
         mem::take(&mut lock(&self.tree).force)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tasks;
+    use crate::TaskId;
+
+    #[test]
+    fn tasks_are_found_once_and_cleared_entries_do_not_pile_up() {
+        let mut tasks = Tasks::default();
+        for id in 0..100 {
+            tasks.insert(TaskId(id), id as usize);
+        }
+        // Restarts: the oldest task ends, a new one takes its child.
+        for id in 100..10_000 {
+            tasks.remove(TaskId(id - 100));
+            tasks.insert(TaskId(id), (id % 100) as usize);
+        }
+        assert_eq!(tasks.live, 100);
+        assert!(tasks.entries.len() <= 200);
+        assert_eq!(tasks.remove(TaskId(9_899)), None);
+        assert_eq!(tasks.remove(TaskId(9_999)), Some(99));
+        assert_eq!(tasks.remove(TaskId(9_999)), None);
+        // Out of order, which the runner never does, still in order.
+        tasks.insert(TaskId(5), 7);
+        assert_eq!(tasks.remove(TaskId(5)), Some(7));
+        for id in 9_900..9_999 {
+            assert_eq!(tasks.remove(TaskId(id)), Some((id % 100) as usize));
+        }
+        assert!(tasks.is_empty() && tasks.entries.is_empty());
     }
 }
