@@ -30,8 +30,11 @@ pub(super) struct Plan {
     pub(super) armed: bool,
 }
 
+/// Why a supervisor escalates.
 pub(super) enum Escalation {
+    /// A child needed more restarts within the window than allowed.
     Intensity,
+    /// A child's restart predicate refused to retry its failure.
     Refused,
 }
 
@@ -117,7 +120,7 @@ where
 
     /// Tells the observer that `child` will restart after `delay`, because of `cause`, read only
     /// if there is an observer.
-    pub(super) fn report_restart<'a>(
+    fn report_restart<'a>(
         &self,
         child: usize,
         delay: Duration,
@@ -141,7 +144,7 @@ where
 
     /// Restarts `child` and its running siblings from `from` on together, once they have
     /// stopped, in reverse start order, and `at` has come.
-    pub(super) fn plan_restart(
+    fn plan_restart(
         &mut self,
         child: usize,
         from: usize,

@@ -151,6 +151,8 @@ where
         }
     }
 
+    /// Ends the runner: every child has stopped for good. Publishes the supervisor's last state
+    /// and the children it aborted, then what `join` returns.
     pub(super) fn finish(&mut self) -> Result<(), SupervisorError<E>> {
         self.finished = true;
         let escalated = self.escalated.take();
