@@ -556,8 +556,8 @@ pub(crate) struct Moment {
 }
 
 impl Moment {
-    pub(crate) fn now() -> Moment {
-        let instant = Instant::now();
+    /// The moment `instant`, tokio's clock as just read.
+    pub(crate) fn at(instant: Instant) -> Moment {
         Moment {
             instant,
             at_ns: wall_clock_now(instant),

@@ -9,6 +9,8 @@ use std::fmt;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::sync::OnceLock;
 
+use tokio::time::Instant;
+
 use crate::cause::{Moment, Origin};
 use crate::group::failure_cause;
 use crate::path::Name;
@@ -40,18 +42,19 @@ impl<E> ChildFailure<E>
 where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
-    /// `failure` of the child `child` (spawned at `location`, its path `origin`), now.
+    /// `failure` of the child `child` (spawned at `location`, its path `origin`), at `now`.
     pub(super) fn new(
         child: Name,
         failure: Failure<E>,
         origin: Option<Origin>,
         location: &'static Location<'static>,
+        now: Instant,
     ) -> ChildFailure<E> {
         ChildFailure {
             child,
             failure,
             origin,
-            moment: Moment::now(),
+            moment: Moment::at(now),
             location,
             cause: OnceLock::new(),
         }

@@ -156,7 +156,10 @@ where
         };
         match scope.cause() {
             Some(cause) => runner.begin_shutdown(cause),
-            None => (0..count).for_each(|child| runner.start(child, false)),
+            None => {
+                let now = Instant::now();
+                (0..count).for_each(|child| runner.start(child, false, now));
+            }
         }
         runner
     }
@@ -170,7 +173,8 @@ where
         lock(&self.inner.tree)
     }
 
-    fn start(&mut self, child: usize, restart: bool) {
+    /// Starts a run of `child`, at `now`.
+    fn start(&mut self, child: usize, restart: bool, now: Instant) {
         let spec = &self.specs[child];
         let factory = spec.factory.clone();
         let slot = self.slot(child);
@@ -182,7 +186,7 @@ where
         let run = Run::Running {
             id,
             task: started,
-            since: Instant::now(),
+            since: now,
         };
         let stale = {
             let mut tree = self.tree();
@@ -197,9 +201,9 @@ where
     /// cancelled since the runner last looked: then it shuts down instead (invariant 5), so that
     /// nothing starts after `shutdown` returned, but for a cancel landing in the instant between
     /// this check and the spawn.
-    fn restart_now(&mut self, child: usize) {
+    fn restart_now(&mut self, child: usize, now: Instant) {
         match self.inner.scope.cause() {
-            None => self.start(child, true),
+            None => self.start(child, true, now),
             Some(cause) => {
                 let last = LastCause::Given(cause.clone());
                 self.end(child, ChildState::Cancelled, None, Some(last));
@@ -211,12 +215,15 @@ where
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SupervisorError<E>>> {
         self.inner.register(cx.waker());
         loop {
+            // One clock read a turn, for everything the turn does: reading the clock weighs on
+            // a restart (a tenth of its time once, on this machine's virtual clock).
+            let now = Instant::now();
             // Exits alone need no second turn: the drain below ends with the group empty or
             // pending, so it wakes this task for the next exit, also of a task an exit started.
             // The steps after it start, stop and time children: their progress needs one.
             let mut progress = false;
             while let Poll::Ready(Some(exit)) = self.group.poll_join_next(cx) {
-                self.on_exit(exit);
+                self.on_exit(exit, now);
             }
             if self.shutdown.is_none()
                 && let Poll::Ready(cause) = Pin::new(&mut self.cancelled).poll(cx)
@@ -228,7 +235,6 @@ where
                 self.force();
                 progress = true;
             }
-            let now = Instant::now();
             progress |= self.abort_overdue(now);
             progress |= self.restart_due(now);
             progress |= self.advance_stops(now);
@@ -269,7 +275,7 @@ where
         [abort, restart, plan].into_iter().flatten().min()
     }
 
-    fn on_exit(&mut self, exit: TaskExit<(), E>) {
+    fn on_exit(&mut self, exit: TaskExit<(), E>, now: Instant) {
         let TaskExit { task, outcome } = exit;
         // How the run was going: returned on its own (with its scope and start), or stopped.
         let (child, returned) = {
@@ -296,9 +302,9 @@ where
         }
         match returned {
             Some((started, since)) => {
-                let uptime = Instant::now().saturating_duration_since(since);
+                let uptime = now.saturating_duration_since(since);
                 let scope = started.map(|(_, scope)| scope);
-                self.returned(child, task, outcome, scope, uptime);
+                self.returned(child, task, outcome, scope, uptime, now);
             }
             None => {
                 if self
@@ -318,7 +324,8 @@ where
         }
     }
 
-    /// A running child returned (or panicked, or was aborted) without being asked to stop.
+    /// A running child returned (or panicked, or was aborted) without being asked to stop, at
+    /// `now`, after `uptime`.
     fn returned(
         &mut self,
         child: usize,
@@ -326,6 +333,7 @@ where
         outcome: Outcome<(), E>,
         scope: Option<Scope>,
         uptime: Duration,
+        now: Instant,
     ) {
         let own_cause = scope.as_ref().and_then(Scope::cause);
         let cancelled = own_cause.is_some()
@@ -351,7 +359,8 @@ where
                 let spec = &self.specs[child];
                 // The path of the run's scope, which every run of the child has.
                 let origin = scope.as_ref().and_then(|scope| scope.node.origin());
-                let failure = ChildFailure::new(spec.name.clone(), failure, origin, spec.location);
+                let failure =
+                    ChildFailure::new(spec.name.clone(), failure, origin, spec.location, now);
                 let failure = Arc::new(failure);
                 let cause = LastCause::Of(failure.clone());
                 self.end(
@@ -367,12 +376,12 @@ where
                     self.escalate(child, task, Some(failure), Escalation::Refused);
                     return;
                 }
-                self.restart(child, task, Some(failure), uptime);
+                self.restart(child, task, Some(failure), uptime, now);
             }
             outcome => {
                 self.record(child, &task, outcome, None, false);
                 if restart == Restart::Always {
-                    self.restart(child, task, None, uptime);
+                    self.restart(child, task, None, uptime, now);
                 }
             }
         }
@@ -394,7 +403,9 @@ where
             Outcome::Failed(failure) => {
                 // For its text only: the child's last cause is `cause`, not the one it makes.
                 let spec = &self.specs[child];
-                let failure = ChildFailure::new(spec.name.clone(), failure, None, spec.location);
+                let now = Instant::now();
+                let failure =
+                    ChildFailure::new(spec.name.clone(), failure, None, spec.location, now);
                 let failure: Arc<dyn LastFailure> = Arc::new(failure);
                 (ChildState::Failed, Some(failure))
             }

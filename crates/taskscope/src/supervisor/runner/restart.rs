@@ -71,16 +71,17 @@ impl<E> Runner<E>
 where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
-    /// Restarts `child` (and, by the strategy, its siblings) after the backoff, unless that
-    /// is one restart too many within the intensity window.
+    /// Restarts `child`, which ended at `now` after `uptime` (and, by the strategy, its
+    /// siblings) after the backoff, unless that is one restart too many within the intensity
+    /// window.
     pub(super) fn restart(
         &mut self,
         child: usize,
         task: TaskInfo,
         failure: Option<Arc<ChildFailure<E>>>,
         uptime: Duration,
+        now: Instant,
     ) {
-        let now = Instant::now();
         if let Some(horizon) = now.checked_sub(self.settings.window) {
             while self.restarts.front().is_some_and(|at| *at <= horizon) {
                 self.restarts.pop_front();
@@ -106,7 +107,7 @@ where
         });
         let at = far_or(now, delay);
         match self.settings.strategy {
-            Strategy::OneForOne if delay.is_zero() => self.restart_now(child),
+            Strategy::OneForOne if delay.is_zero() => self.restart_now(child, now),
             Strategy::OneForOne => {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
@@ -211,7 +212,7 @@ where
                 Run::Waiting { ticket: current, .. } if current == ticket
             );
             if due {
-                self.restart_now(child);
+                self.restart_now(child, now);
                 progress = true;
             }
         }
@@ -242,7 +243,7 @@ where
         let plan = self.plan.take().expect("checked above");
         for child in plan.members {
             if matches!(self.tree().children[child].run, Run::Held { .. }) {
-                self.restart_now(child);
+                self.restart_now(child, now);
             }
         }
         true
