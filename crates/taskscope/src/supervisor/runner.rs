@@ -34,6 +34,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -213,7 +214,7 @@ where
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SupervisorError<E>>> {
-        self.inner.register(cx.waker());
+        let mut new_waker = self.inner.register(cx.waker());
         loop {
             // One clock read a turn, for everything the turn does: reading the clock weighs on
             // a restart (a tenth of its time once, on this machine's virtual clock).
@@ -225,7 +226,10 @@ where
             while let Poll::Ready(Some(exit)) = self.group.poll_join_next(cx) {
                 self.on_exit(exit, now);
             }
+            // A pending future wakes the waker it was last polled with: the scope's `cancelled`
+            // is polled again only with a new waker, or to take the cause.
             if self.shutdown.is_none()
+                && (mem::take(&mut new_waker) || self.inner.scope.is_cancelled())
                 && let Poll::Ready(cause) = Pin::new(&mut self.cancelled).poll(cx)
             {
                 self.begin_shutdown(cause);

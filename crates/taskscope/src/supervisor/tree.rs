@@ -236,14 +236,15 @@ impl Inner {
         lock(&self.tree).aborted.clone()
     }
 
-    /// Has [`force`](Inner::force) wake the runner's task. The waker is cloned, and the one it
-    /// replaces dropped, outside the lock (invariant 2): a `force` in between finds no waker,
-    /// but sets the flag before the runner reads it, since the runner reads it only after this.
-    pub(super) fn register(&self, waker: &Waker) {
+    /// Has [`force`](Inner::force) wake the runner's task; returns whether `waker` is new, not
+    /// the one registered last. The waker is cloned, and the one it replaces dropped, outside
+    /// the lock (invariant 2): a `force` in between finds no waker, but sets the flag before the
+    /// runner reads it, since the runner reads it only after this.
+    pub(super) fn register(&self, waker: &Waker) -> bool {
         let stale = {
             let mut tree = lock(&self.tree);
             match &tree.runner {
-                Some(old) if old.will_wake(waker) => return,
+                Some(old) if old.will_wake(waker) => return false,
                 _ => tree.runner.take(),
             }
         };
@@ -251,6 +252,7 @@ impl Inner {
         let waker = waker.clone();
         let stale = lock(&self.tree).runner.replace(waker);
         drop(stale);
+        true
     }
 
     /// Whether a forced shutdown was asked for since the last call.
