@@ -456,6 +456,20 @@ impl Cause {
         self
     }
 
+    /// [`stamped`](Cause::stamped) as of `moment`, read earlier: for a cause made after what it
+    /// reports (a supervisor makes a failure's cause only once it is needed).
+    pub(crate) fn stamped_as_of(
+        mut self,
+        origin: impl FnOnce() -> Option<Origin>,
+        moment: Moment,
+        location: &'static std::panic::Location<'static>,
+    ) -> Cause {
+        if self.inner.at_ns == NO_TIME {
+            self.inner_mut().at_ns = moment.at_ns;
+        }
+        self.stamped(origin, moment.instant, location)
+    }
+
     /// Sets the wall-clock time outright, instead of working it out from `instant` when read.
     pub(crate) fn with_wall_clock(mut self, at: SystemTime) -> Cause {
         self.inner_mut().at_ns = ns_of_time(at);
@@ -533,6 +547,24 @@ impl Error for Cause {
 /// old, or when tokio's clock went back (another runtime's paused clock). So a cancellation reads
 /// one clock, not two, and its time is off by at most what the wall clock was corrected by in
 /// that second.
+/// A moment as a cause records it, tokio's clock and the wall clock, read when something
+/// happens, to stamp a cause made later ([`Cause::stamped_as_of`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Moment {
+    instant: Instant,
+    at_ns: i64,
+}
+
+impl Moment {
+    /// The moment `instant`, tokio's clock as just read.
+    pub(crate) fn at(instant: Instant) -> Moment {
+        Moment {
+            instant,
+            at_ns: wall_clock_now(instant),
+        }
+    }
+}
+
 fn wall_clock_now(now: Instant) -> i64 {
     const FRESH_FOR: Duration = Duration::from_secs(1);
     thread_local! {

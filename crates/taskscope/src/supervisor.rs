@@ -1,11 +1,14 @@
 //! OTP-style supervisors: children restarted with backoff, and an ordered graceful shutdown.
 
 mod backoff;
+mod child;
 mod deep;
 mod error;
+mod failure;
 mod runner;
 mod snapshot;
 mod spec;
+mod tree;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -21,7 +24,8 @@ use tokio::task::JoinHandle;
 
 use crate::path::Name;
 use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope};
-use runner::{Inner, Runner, Settings};
+use runner::{Runner, Settings};
+use tree::Inner;
 
 pub use backoff::{Backoff, Delays};
 pub use error::{ConfigError, SupervisorError};

@@ -108,6 +108,33 @@ async fn one_for_one_restarts_only_the_failed_child() {
     );
 }
 
+/// A failure's text and cause are made when first read, not when the child fails: each read
+/// sees the same text and the very same cause, stamped with the child's path and a time.
+#[tokio::test(start_paused = true)]
+async fn a_failure_read_later_is_made_once() {
+    let log = Log::default();
+    let app = Scope::builder().name("app").build();
+    let before = std::time::SystemTime::now();
+    let supervisor = Supervisor::builder()
+        .name("workers")
+        .backoff(quick())
+        .child(flaky("b", &log, 1, Duration::ZERO))
+        .start(&app)
+        .unwrap();
+    sleep(Duration::from_secs(30)).await;
+    let first = supervisor.snapshot();
+    let second = supervisor.snapshot();
+    let (first, second) = (first.child("b").unwrap(), second.child("b").unwrap());
+    assert_eq!((first.state, first.restarts), (ChildState::Running, 1));
+    assert_eq!(first.last_failure.as_deref(), Some("connection reset #0"));
+    assert_eq!(second.last_failure, first.last_failure);
+    let cause = first.last_cause.as_ref().unwrap();
+    assert!(cause.ptr_eq(second.last_cause.as_ref().unwrap()));
+    assert_eq!(cause.origin(), Some("app/workers/b"));
+    assert!(cause.at().unwrap() >= before);
+    drop(supervisor);
+}
+
 #[tokio::test(start_paused = true)]
 async fn one_for_all_stops_the_others_in_reverse_order_and_restarts_all_in_order() {
     let log = Log::default();

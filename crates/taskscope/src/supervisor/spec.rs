@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::deep::{Deferred, nesting};
-use super::runner::Inner;
+use super::tree::Inner;
 use super::{ConfigError, SupervisorBuilder, SupervisorError};
 use crate::path::Name;
 use crate::sync::{Mutex, lock};
