@@ -14,7 +14,7 @@ use std::num::NonZeroUsize;
 use std::panic::{self, Location};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -128,6 +128,8 @@ where
     shared: Arc<Shared<T, E>>,
     /// Notices the group's cancellation (and observes its deadline) while it is joined.
     cancelled: CancelledOwned,
+    /// The waker `cancelled` was last polled with.
+    cancelled_waker: Option<Waker>,
     /// When to abort the tasks still running: `Some(None)` once cancelled with a grace that
     /// never ends.
     abort_at: Option<Option<Instant>>,
@@ -308,6 +310,19 @@ where
                 return Poll::Ready(());
             }
             if self.abort_at.is_none() {
+                // A pending future wakes the waker it was last polled with: the scope's
+                // `cancelled` is polled again only with a new waker, or to take the cause (and
+                // to notice a passed deadline, which `is_cancelled` does).
+                let same = self
+                    .cancelled_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()));
+                if same && !self.shared.scope.is_cancelled() {
+                    return Poll::Pending;
+                }
+                if !same {
+                    self.cancelled_waker = Some(cx.waker().clone());
+                }
                 ready!(Pin::new(&mut self.cancelled).poll(cx));
                 let cancelled_at = self.shared.cancelled_at().unwrap_or_else(Instant::now);
                 self.abort_at = Some(cancelled_at.checked_add(self.shared.config.grace));
@@ -515,6 +530,7 @@ where
         TaskGroup {
             shared: Shared::new(scope, config),
             cancelled,
+            cancelled_waker: None,
             abort_at: None,
             grace_timer: None,
             aborted: false,

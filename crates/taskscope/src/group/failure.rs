@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::error::Error;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use super::report::Failure;
@@ -18,17 +18,20 @@ where
     match failure {
         Failure::Error(error) => {
             let mut cause = Cause::of_kind(CauseKind::TaskFailed);
-            let detail = match as_cause(&**error) {
+            // One string, written once.
+            let mut detail = format!("task '{name}' failed: ");
+            let written = match as_cause(&**error) {
                 // A task that fails with a cause of its own (`Err(Cause::new("SHORTAGE"))`)
                 // lends the group its code.
                 Some(own) => {
                     cause = cause.with_code_of(own);
-                    own.detail().unwrap_or(own.code()).to_owned()
+                    detail.write_str(own.detail().unwrap_or(own.code()))
                 }
-                None => error.to_string(),
+                None => write!(detail, "{error}"),
             };
+            written.expect("writing to a String cannot fail");
             cause
-                .with_detail(format!("task '{name}' failed: {detail}"))
+                .with_detail(detail)
                 .with_payload(Arc::new(TaskError(error.clone())))
         }
         Failure::Panic(message) => Cause::of_kind(CauseKind::TaskPanicked)
