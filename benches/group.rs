@@ -528,7 +528,7 @@ fn main() {
                 format!("1. spawn+join {n}: group vs JoinSet"),
                 "ns/task",
                 &pair(&stats, group, joinset),
-                Target::AtMost(1.25),
+                Target::AtMost(1.10),
             ));
         }
         rows.push(row(
@@ -564,7 +564,7 @@ fn main() {
                 format!("2. {n} siblings: group vs t-g-s subsystems"),
                 "ns/task",
                 &pair(&stats, group, tgs),
-                Target::AtMost(1.0 / 6.0),
+                Target::AtMost(1.0 / 10.0),
             ));
         }
         progress("siblings");

@@ -383,7 +383,7 @@ fn main() {
             format!("1. {runs} failing runs: restart vs group respawn"),
             "ns/run",
             &pair(&stats, 0, 1),
-            Target::AtMost(1.0),
+            Target::AtMost(1.2),
         ));
         rows.push(row(
             "1b. Ok runs, Restart::Always vs group respawn",
