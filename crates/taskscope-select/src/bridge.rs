@@ -16,6 +16,7 @@
 //!    its deadline cause and runs its callbacks (the token's among them).
 
 use std::future::{Future, poll_fn};
+use std::panic::Location;
 use std::pin::{Pin, pin};
 use std::task::Poll;
 
@@ -60,6 +61,7 @@ pub trait ScopeExt {
     /// # Panics
     ///
     /// For a scope with a deadline, outside a tokio runtime with time enabled.
+    #[track_caller]
     fn to_token(&self) -> CancellationToken;
 
     /// Cancels this scope with the cause `source` resolves to, unless the scope is cancelled
@@ -75,7 +77,8 @@ pub trait ScopeExt {
     /// the scope itself keeps it alive: give it a [`WeakScope`](taskscope::WeakScope).
     ///
     /// The cause's [`origin`](Cause::origin) is this scope's path; its
-    /// [`location`](Cause::location) is inside this crate, not the caller.
+    /// [`location`](Cause::location) is the call to `cancel_on`, unless `source`'s cause
+    /// carries one of its own.
     ///
     /// ```
     /// use taskscope::{Cause, Scope};
@@ -100,12 +103,14 @@ pub trait ScopeExt {
     /// # Panics
     ///
     /// Outside a tokio runtime, as [`tokio::spawn`].
+    #[track_caller]
     fn cancel_on<F>(&self, source: F) -> JoinHandle<bool>
     where
         F: Future<Output = Cause> + Send + 'static;
 }
 
 impl ScopeExt for Scope {
+    #[track_caller]
     fn to_token(&self) -> CancellationToken {
         let token = CancellationToken::new();
         // Dropping the handle leaves the callback registered (invariant 1).
@@ -115,22 +120,24 @@ impl ScopeExt for Scope {
         });
         // A deadline is noticed when someone looks (invariant 3).
         if self.deadline().is_some() && !token.is_cancelled() {
-            drop(watch(self, std::future::pending()));
+            drop(watch(self, std::future::pending(), Location::caller()));
         }
         token
     }
 
+    #[track_caller]
     fn cancel_on<F>(&self, source: F) -> JoinHandle<bool>
     where
         F: Future<Output = Cause> + Send + 'static,
     {
-        watch(self, source)
+        watch(self, source, Location::caller())
     }
 }
 
-/// Spawns the task of invariants 2 and 3: it cancels `scope` with `source`'s cause, unless the
-/// scope is cancelled (by anything, its deadline included) or freed first.
-fn watch<F>(scope: &Scope, source: F) -> JoinHandle<bool>
+/// Spawns the task of invariants 2 and 3: it cancels `scope` with `source`'s cause, recorded as
+/// asked for at `called_at` unless it says otherwise, unless the scope is cancelled (by
+/// anything, its deadline included) or freed first.
+fn watch<F>(scope: &Scope, source: F, called_at: &'static Location<'static>) -> JoinHandle<bool>
 where
     F: Future<Output = Cause> + Send + 'static,
 {
@@ -162,8 +169,17 @@ where
             source.as_mut().poll(cx).map(Some)
         })
         .await;
+        let cause = cause.map(|cause| located(cause, called_at));
         cause.is_some_and(|cause| scope.upgrade().is_some_and(|scope| scope.cancel(cause)))
     })
+}
+
+/// `cause`, recorded as asked for at `called_at` unless it carries a location of its own.
+fn located(cause: Cause, called_at: &'static Location<'static>) -> Cause {
+    match cause.location() {
+        Some(_) => cause,
+        None => cause.with_location(called_at),
+    }
 }
 
 /// Bridges on [`CancellationToken`]: to a [`Scope`].
@@ -175,6 +191,7 @@ pub trait TokenExt {
     /// # Panics
     ///
     /// Outside a tokio runtime: it spawns a task, as [`ScopeExt::cancel_on`].
+    #[track_caller]
     fn to_scope(&self) -> Scope;
 
     /// A new root scope that is cancelled with `cause` when this token is: the token says
@@ -203,18 +220,25 @@ pub trait TokenExt {
     /// # }
     /// ```
     ///
+    /// The cause's [`location`](Cause::location) is the call to `to_scope_with` (or
+    /// [`to_scope`](TokenExt::to_scope)), unless `cause` carries one.
+    ///
     /// # Panics
     ///
     /// Outside a tokio runtime.
+    #[track_caller]
     fn to_scope_with(&self, cause: Cause) -> Scope;
 }
 
 impl TokenExt for CancellationToken {
+    #[track_caller]
     fn to_scope(&self) -> Scope {
         self.to_scope_with(Cause::plain().with_detail("its CancellationToken was cancelled"))
     }
 
+    #[track_caller]
     fn to_scope_with(&self, cause: Cause) -> Scope {
+        let cause = located(cause, Location::caller());
         let scope = Scope::new();
         // A token that is already cancelled gives the scope its cause now, not after a
         // scheduling round trip.

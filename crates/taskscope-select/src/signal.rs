@@ -23,6 +23,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
+use std::panic::Location;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -47,7 +48,9 @@ pub fn shutdown_cause(name: &'static str) -> Cause {
 }
 
 /// Resolves to the [`shutdown_cause`] of one signal when it arrives; made by [`ctrl_c`],
-/// [`terminate`] or [`hangup`]. Polled again after that, it waits for the next one.
+/// [`terminate`] or [`hangup`]. Polled again after that, it waits for the next one. The cause's
+/// [`location`](Cause::location) is the call that made it (or [`Signals::new`]'s): where the
+/// application installed its signal handling.
 ///
 /// Listening starts when it is made, not when it is first polled: a signal that arrives in
 /// between is kept. Once it exists, the signal no longer ends the process by default, for as
@@ -62,6 +65,8 @@ pub fn shutdown_cause(name: &'static str) -> Cause {
 #[derive(Debug)]
 pub struct Signal {
     name: &'static str,
+    /// Where it was made: the location of the causes it resolves to.
+    installed_at: &'static Location<'static>,
     #[cfg(unix)]
     inner: tokio::signal::unix::Signal,
     #[cfg(windows)]
@@ -74,7 +79,9 @@ impl Future for Signal {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Cause> {
         // `None`: the runtime's signal driver is gone, no signal can come any more.
         match self.inner.poll_recv(cx) {
-            Poll::Ready(Some(())) => Poll::Ready(shutdown_cause(self.name)),
+            Poll::Ready(Some(())) => {
+                Poll::Ready(shutdown_cause(self.name).with_location(self.installed_at))
+            }
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
@@ -89,6 +96,7 @@ impl Future for Signal {
 /// # Panics
 ///
 /// Outside a tokio runtime with its I/O driver enabled (`enable_all`, as `#[tokio::main]`).
+#[track_caller]
 pub fn ctrl_c() -> io::Result<Signal> {
     #[cfg(unix)]
     let inner = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -96,6 +104,7 @@ pub fn ctrl_c() -> io::Result<Signal> {
     let inner = tokio::signal::windows::ctrl_c()?;
     Ok(Signal {
         name: "SIGINT",
+        installed_at: Location::caller(),
         inner,
     })
 }
@@ -111,6 +120,7 @@ pub fn ctrl_c() -> io::Result<Signal> {
 ///
 /// Outside a tokio runtime with its I/O driver enabled.
 #[cfg(unix)]
+#[track_caller]
 pub fn terminate() -> io::Result<Signal> {
     unix_signal(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")
 }
@@ -127,14 +137,17 @@ pub fn terminate() -> io::Result<Signal> {
 ///
 /// Outside a tokio runtime with its I/O driver enabled.
 #[cfg(unix)]
+#[track_caller]
 pub fn hangup() -> io::Result<Signal> {
     unix_signal(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")
 }
 
 #[cfg(unix)]
+#[track_caller]
 fn unix_signal(kind: tokio::signal::unix::SignalKind, name: &'static str) -> io::Result<Signal> {
     Ok(Signal {
         name,
+        installed_at: Location::caller(),
         inner: tokio::signal::unix::signal(kind)?,
     })
 }
@@ -166,6 +179,7 @@ impl Signals {
     ///
     /// Outside a tokio runtime, or in one built without its I/O driver (`enable_io`, or
     /// `enable_all` as `#[tokio::main]` does), which is what receives signals.
+    #[track_caller]
     pub fn new() -> io::Result<Signals> {
         Ok(Signals {
             interrupt: ctrl_c()?,

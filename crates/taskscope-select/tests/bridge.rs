@@ -278,3 +278,53 @@ async fn a_freed_scope_with_a_deadline_leaves_no_timer_task() {
     until_no_task_is_alive().await;
     assert!(!token.is_cancelled());
 }
+
+#[tokio::test]
+async fn causes_from_bridges_name_the_callers_line() {
+    // `cancel_on`: the line of the call, unless the source's cause has a location.
+    let scope = Scope::new();
+    let line = line!() + 1;
+    let bridge = scope.cancel_on(async { Cause::new("REBALANCE") });
+    assert!(bridge.await.expect("the bridge task"));
+    let location = scope
+        .cause()
+        .expect("cancelled")
+        .location()
+        .cloned()
+        .expect("a location");
+    assert_eq!((location.file(), location.line()), (file!(), line));
+
+    let own = std::panic::Location::caller();
+    let scope = Scope::new();
+    let bridge = scope.cancel_on(async move { Cause::new("OWN").with_location(own) });
+    assert!(bridge.await.expect("the bridge task"));
+    let location = scope
+        .cause()
+        .expect("cancelled")
+        .location()
+        .cloned()
+        .expect("a location");
+    assert_eq!(location.line(), own.line());
+
+    // `to_scope_with`, cancelled later and already cancelled.
+    let token = CancellationToken::new();
+    let line = line!() + 1;
+    let scope = token.to_scope_with(Cause::new("DEPLOY"));
+    token.cancel();
+    let location = scope
+        .cancelled()
+        .await
+        .location()
+        .cloned()
+        .expect("a location");
+    assert_eq!((location.file(), location.line()), (file!(), line));
+    let line = line!() + 1;
+    let scope = token.to_scope();
+    let location = scope
+        .cause()
+        .expect("born cancelled")
+        .location()
+        .cloned()
+        .expect("a location");
+    assert_eq!((location.file(), location.line()), (file!(), line));
+}

@@ -69,6 +69,7 @@ fn stopped(handle: &SupervisorHandle) -> impl FnMut() -> bool + '_ {
 #[test]
 fn sigterm_shuts_down_in_reverse_start_order_with_its_cause() {
     run_alone(async {
+        let installed_at = line!() + 1;
         let signals = Signals::new().expect("signal handlers");
         let log = Log::default();
         let app = Scope::builder().name("app").build();
@@ -98,6 +99,9 @@ fn sigterm_shuts_down_in_reverse_start_order_with_its_cause() {
         let cause = handle.scope().cause().expect("cancelled");
         assert_eq!(cause.code(), "SIGTERM");
         assert_eq!(cause.origin(), Some("app/workers"));
+        // Where the application installed its signal handling, not inside taskscope-select.
+        let location = cause.location().expect("a location");
+        assert_eq!((location.file(), location.line()), (file!(), installed_at));
     });
 }
 

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::error::Error;
 use std::fmt;
-use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::panic::{Location, RefUnwindSafe, UnwindSafe};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use std::time::SystemTime;
@@ -321,6 +321,34 @@ impl Cause {
     /// metric labels.
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Cause {
         self.extra_mut().detail = Some(detail.into());
+        self
+    }
+
+    /// Records `location` as the call that asked for this cancellation. [`Scope::cancel`]
+    /// records its own caller for a cause without one; code that cancels on its user's behalf
+    /// (a signal handler, a bridge from another cancellation mechanism) records its user's call
+    /// site instead, so that [`location`](Cause::location) leads to the user's code:
+    ///
+    /// ```
+    /// use std::panic::Location;
+    /// use taskscope::{Cause, Scope};
+    ///
+    /// /// Cancels `scope` when `source` resolves: the cause names the caller of `cancel_when`.
+    /// #[track_caller]
+    /// fn cancel_when(scope: &Scope, source: impl FnOnce() -> Cause) {
+    ///     let called_at = Location::caller();
+    ///     scope.cancel(source().with_location(called_at));
+    /// }
+    ///
+    /// let scope = Scope::new();
+    /// let line = line!() + 1;
+    /// cancel_when(&scope, || Cause::new("DONE"));
+    /// assert_eq!(scope.cause().unwrap().location().unwrap().line(), line);
+    /// ```
+    ///
+    /// [`Scope::cancel`]: crate::Scope::cancel
+    pub fn with_location(mut self, location: &'static Location<'static>) -> Cause {
+        self.inner_mut().location = Some(location.into());
         self
     }
 
