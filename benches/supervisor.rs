@@ -322,7 +322,7 @@ fn scale_group(rt: &Runtime, children: usize) -> [Duration; 2] {
         STARTED.store(0, Ordering::Release);
         let root = Scope::new();
         let start = Instant::now();
-        let group: TaskGroup<(), Transient> = TaskGroup::new(&root);
+        let group: TaskGroup<(), Transient> = TaskGroup::builder(&root).build();
         for _ in 0..children {
             group.spawn("child", |scope| async move {
                 STARTED.fetch_add(1, Ordering::Release);

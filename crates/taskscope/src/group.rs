@@ -138,16 +138,33 @@ where
     created_at: &'static Location<'static>,
 }
 
+impl<T: Send + 'static> TaskGroup<T> {
+    /// A group with the default settings, in an unnamed child scope of `scope`, whose tasks
+    /// fail with a [`BoxError`]. The value type is inferred from the tasks spawned, as
+    /// `JoinSet::new()`'s is; for another error type, use [`builder`](TaskGroup::builder).
+    ///
+    /// ```
+    /// use taskscope::{Scope, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let group = TaskGroup::new(&Scope::new());
+    /// group.spawn("answer", |_| async { Ok(42) });
+    /// assert_eq!(group.join().await?, [42]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn new(scope: &Scope) -> Self {
+        TaskGroupBuilder::new(scope).build()
+    }
+}
+
 impl<T, E> TaskGroup<T, E>
 where
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
-    /// A group with the default settings, in an unnamed child scope of `scope`.
-    #[track_caller]
-    pub fn new(scope: &Scope) -> Self {
-        TaskGroupBuilder::new(scope).build()
-    }
 
     /// Spawns a task named `name`: `task` is called with the task's own scope (a child of the
     /// group's) and its future runs on the tokio runtime.
@@ -273,7 +290,7 @@ where
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let mut group: TaskGroup<u32> = TaskGroup::new(&Scope::new());
+    /// let mut group = TaskGroup::new(&Scope::new());
     /// for n in 0..3 {
     ///     group.spawn(format!("square-{n}"), move |_| async move { Ok(n * n) });
     /// }

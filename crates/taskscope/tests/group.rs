@@ -262,7 +262,7 @@ impl std::fmt::Display for Unprintable {
 
 #[tokio::test(start_paused = true)]
 async fn an_error_whose_display_panics_is_reported_as_a_panic() {
-    let group: TaskGroup<(), Unprintable> = TaskGroup::new(&Scope::new());
+    let group: TaskGroup<(), Unprintable> = TaskGroup::builder(&Scope::new()).build();
     group.spawn("odd", |_| async { Err(Unprintable) });
     group.spawn("sibling", |scope| async move {
         let _ = scope.cancelled().await;
@@ -386,7 +386,7 @@ async fn resume_panics_re_raises_in_the_joiner_after_every_task_ended() {
 
 #[tokio::test(start_paused = true)]
 async fn later_real_failures_are_kept() {
-    let group: TaskGroup<(), std::io::Error> = TaskGroup::new(&Scope::new());
+    let group: TaskGroup<(), std::io::Error> = TaskGroup::builder(&Scope::new()).build();
     group.spawn("first", |_| async {
         Err(std::io::Error::other("disk full"))
     });
