@@ -26,6 +26,7 @@ use std::io;
 use std::panic::Location;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use taskscope::{Cause, CauseKind, Stopped, SupervisorHandle};
 
@@ -261,6 +262,7 @@ pub fn shutdown_on_signals(supervisor: SupervisorHandle, signals: Signals) -> Sh
         supervisor,
         signals,
         received: 0,
+        budget: None,
     }
 }
 
@@ -282,9 +284,21 @@ pub struct ShutdownOnSignals {
     stopped: Stopped,
     /// How many signals it has acted on: the first shuts down, the second aborts.
     received: u8,
+    /// The whole shutdown's budget, if it has one.
+    budget: Option<Duration>,
 }
 
 impl ShutdownOnSignals {
+    /// Bounds the shutdown the first signal starts to `budget` in all
+    /// ([`SupervisorHandle::shutdown_within`]): what still runs then is aborted, as a second
+    /// signal would. For a process manager that kills after a fixed time (Kubernetes'
+    /// `terminationGracePeriodSeconds`, systemd's `TimeoutStopSec`): give it a little less.
+    #[must_use]
+    pub fn within(mut self, budget: Duration) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Polls it: `Ready` once the supervisor has stopped.
     pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if Pin::new(&mut self.stopped).poll(cx).is_ready() {
@@ -297,7 +311,10 @@ impl ShutdownOnSignals {
             };
             self.received += 1;
             if self.received == 1 {
-                self.supervisor.shutdown(cause);
+                match self.budget {
+                    Some(budget) => self.supervisor.shutdown_within(cause, budget),
+                    None => self.supervisor.shutdown(cause),
+                };
             } else {
                 self.supervisor.abort();
             }

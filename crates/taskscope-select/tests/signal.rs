@@ -179,3 +179,35 @@ fn cancel_on_a_signal_cancels_the_scope_naming_it() {
         );
     });
 }
+
+#[test]
+fn one_sigterm_with_a_budget_aborts_what_outlives_it() {
+    const BUDGET: Duration = Duration::from_millis(200);
+    run_alone(async {
+        let signals = Signals::new().expect("signal handlers");
+        let stubborn = ChildSpec::new("stubborn", |scope: Scope| async move {
+            scope.cancelled().await;
+            std::future::pending::<()>().await;
+            Ok::<(), BoxError>(())
+        })
+        .grace(Duration::from_secs(60 * 60));
+        let supervisor = Supervisor::builder()
+            .child(stubborn)
+            .start(&Scope::new())
+            .expect("valid supervisor");
+        let handle = supervisor.handle();
+        let listener = tokio::spawn(shutdown_on_signals(handle.clone(), signals).within(BUDGET));
+        let start = Instant::now();
+
+        raise(libc::SIGTERM);
+        until("the shutdown to start", || handle.scope().is_cancelled()).await;
+        // Paused time runs on to the end of the budget, not of the grace.
+        handle.stopped().await;
+
+        let error = supervisor.join().await.expect_err("the budget ran out");
+        listener.await.expect("listener");
+        assert_eq!(start.elapsed(), BUDGET);
+        assert_eq!(error.aborted()[0].name(), "stubborn");
+        assert_eq!(error.cause().map(Cause::code), Some("SIGTERM"));
+    });
+}

@@ -133,6 +133,8 @@ where
     /// When to abort the tasks still running: `Some(None)` once cancelled with a grace that
     /// never ends.
     abort_at: Option<Option<Instant>>,
+    /// The end of [`shutdown_within`](TaskGroup::shutdown_within)'s budget.
+    budget_end: Option<Instant>,
     grace_timer: Option<Pin<Box<Sleep>>>,
     aborted: bool,
     created_at: &'static Location<'static>,
@@ -165,7 +167,6 @@ where
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
-
     /// Spawns a task named `name`: `task` is called with the task's own scope (a child of the
     /// group's) and its future runs on the tokio runtime.
     ///
@@ -276,6 +277,38 @@ where
         Join { group: Some(self) }
     }
 
+    /// Cancels the group with `cause` and waits for every task, as [`join`](TaskGroup::join)
+    /// does, within `budget` in all: the tasks get the group's grace, clipped to `budget`, then
+    /// those still running are aborted and named in the [`GroupError`]'s
+    /// [`aborted`](GroupError::aborted). One call for a deadline set from outside.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskscope::{Cause, CauseKind, Scope, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let group: TaskGroup<()> = TaskGroup::new(&Scope::new());
+    /// group.spawn("stubborn", |_| async {
+    ///     tokio::time::sleep(Duration::from_secs(3600)).await; // ignores its cancellation
+    ///     Ok(())
+    /// });
+    /// let cause = Cause::of_kind(CauseKind::Shutdown);
+    /// let error = group.shutdown_within(cause, Duration::from_secs(2)).await.unwrap_err();
+    /// assert_eq!(error.aborted()[0].name(), "stubborn");
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`join`](TaskGroup::join)'s.
+    #[track_caller]
+    pub fn shutdown_within(mut self, cause: Cause, budget: Duration) -> Join<T, E> {
+        self.budget_end = Instant::now().checked_add(budget);
+        self.shared.scope.cancel(cause);
+        self.join()
+    }
+
     /// Waits for the next task to end and returns its exit, in the order tasks end; `None` once
     /// no task is left. Tasks over the limit start as others end, whether or not this is
     /// called.
@@ -342,7 +375,11 @@ where
                 }
                 ready!(Pin::new(&mut self.cancelled).poll(cx));
                 let cancelled_at = self.shared.cancelled_at().unwrap_or_else(Instant::now);
-                self.abort_at = Some(cancelled_at.checked_add(self.shared.config.grace));
+                let grace_end = cancelled_at.checked_add(self.shared.config.grace);
+                self.abort_at = Some(match (grace_end, self.budget_end) {
+                    (Some(at), Some(budget)) => Some(at.min(budget)),
+                    (at, budget) => at.or(budget),
+                });
             }
             let Some(Some(abort_at)) = self.abort_at else {
                 return Poll::Pending;
@@ -549,6 +586,7 @@ where
             cancelled,
             cancelled_waker: None,
             abort_at: None,
+            budget_end: None,
             grace_timer: None,
             aborted: false,
             created_at,

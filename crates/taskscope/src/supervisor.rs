@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::path::Name;
 use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope};
@@ -178,6 +179,13 @@ where
         self.handle.shutdown(cause)
     }
 
+    /// Shuts the supervisor down within a total budget: see
+    /// [`SupervisorHandle::shutdown_within`].
+    #[track_caller]
+    pub fn shutdown_within(&self, cause: Cause, budget: Duration) -> bool {
+        self.handle.shutdown_within(cause, budget)
+    }
+
     /// Aborts every child now: see [`SupervisorHandle::abort`].
     pub fn abort(&self) {
         self.handle.abort();
@@ -253,6 +261,47 @@ impl SupervisorHandle {
     #[track_caller]
     pub fn shutdown(&self, cause: Cause) -> bool {
         self.inner.scope.cancel(cause)
+    }
+
+    /// Shuts the supervisor down with `cause`, as [`shutdown`](Self::shutdown) does, within
+    /// `budget` in all: children stop in reverse start order, each within its grace, and
+    /// whatever still runs once `budget` has passed since this call is aborted, as by
+    /// [`abort`](Self::abort). [`SupervisorError::aborted`] names the children aborted. One call
+    /// for a deadline set from outside, such as a Kubernetes pod's
+    /// `terminationGracePeriodSeconds` (leave a margin for what runs after the supervisor).
+    ///
+    /// A second call can only shorten the budget. Returns whether this call set the scope's
+    /// cause.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskscope::{BoxError, Cause, CauseKind, ChildSpec, Scope, Supervisor};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let supervisor = Supervisor::builder()
+    ///     .child(ChildSpec::new("stubborn", |_scope: Scope| async {
+    ///         // Ignores its cancellation.
+    ///         tokio::time::sleep(Duration::from_secs(3600)).await;
+    ///         Ok::<(), BoxError>(())
+    ///     }))
+    ///     .start(&Scope::new())?;
+    /// let handle = supervisor.handle();
+    /// let started = tokio::time::Instant::now();
+    /// handle.shutdown_within(Cause::of_kind(CauseKind::Shutdown), Duration::from_secs(2));
+    /// let error = supervisor.join().await.unwrap_err();
+    /// assert_eq!(error.aborted()[0].name(), "stubborn");
+    /// assert_eq!(started.elapsed(), Duration::from_secs(2));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn shutdown_within(&self, cause: Cause, budget: Duration) -> bool {
+        let won = self.inner.scope.cancel(cause);
+        if let Some(at) = Instant::now().checked_add(budget) {
+            self.inner.force_by(at);
+        }
+        won
     }
 
     /// Aborts every child now, without waiting for graces: what a second ctrl-c does. Shuts

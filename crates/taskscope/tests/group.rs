@@ -1196,3 +1196,36 @@ fn resume_panics_resumes_a_never_started_tasks_drop_panic() {
         Some(&"a captured value's drop panicked")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_within_clips_the_grace_to_the_budget_and_names_what_it_aborted() {
+    for (grace, budget, took) in [(10, 3, 3), (2, 30, 2)] {
+        let group: TaskGroup<()> = TaskGroup::builder(&Scope::new())
+            .grace(Duration::from_secs(grace))
+            .build();
+        group.spawn("tidy", |scope| async move {
+            scope.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(())
+        });
+        group.spawn("stubborn", |_| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        });
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        let cause = Cause::of_kind(CauseKind::Shutdown).with_code("SIGTERM");
+        let error = group
+            .shutdown_within(cause, Duration::from_secs(budget))
+            .await
+            .expect_err("the group was shut down");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(took),
+            "grace {grace}s"
+        );
+        assert_eq!(error.cause().map(Cause::code), Some("SIGTERM"));
+        let aborted: Vec<&str> = error.aborted().iter().map(|task| task.name()).collect();
+        assert_eq!(aborted, ["stubborn"]);
+    }
+}

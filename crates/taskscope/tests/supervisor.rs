@@ -1230,3 +1230,79 @@ async fn an_escalation_chain_quotes_only_the_start_of_each_failure() {
     assert!(detail.len() < 600, "{} bytes: {detail}", detail.len());
     assert!(detail.ends_with('…'), "{detail}");
 }
+
+/// A child that logs its start and its cause, then takes `linger` to return.
+fn slow_to_stop(name: &'static str, log: &Log, linger: Duration) -> ChildSpec {
+    let log = log.clone();
+    ChildSpec::new(name, move |scope: Scope| {
+        let log = log.clone();
+        async move {
+            log.push(format!("{name} start"));
+            let cause = scope.cancelled().await;
+            log.push(format!("{name} stop: {}", cause.code()));
+            sleep(linger).await;
+            log.push(format!("{name} returned"));
+            Ok(())
+        }
+    })
+    .grace(Duration::from_secs(5))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_within_a_budget_clips_the_graces_and_names_what_it_aborted() {
+    let log = Log::default();
+    let supervisor = Supervisor::builder()
+        .child(slow_to_stop("a", &log, Duration::from_secs(1)))
+        .child(slow_to_stop("b", &log, Duration::from_secs(60)))
+        .child(slow_to_stop("c", &log, Duration::from_secs(2)))
+        .start(&Scope::builder().name("app").build())
+        .expect("valid supervisor");
+    tokio::task::yield_now().await;
+    let handle = supervisor.handle();
+    let started = Instant::now();
+    let cause = Cause::of_kind(CauseKind::Shutdown).with_code("SIGTERM");
+    assert!(handle.shutdown_within(cause, Duration::from_secs(7)));
+    // A second budget only shortens it: this one is later and changes nothing.
+    assert!(!handle.shutdown_within(Cause::new("LATER"), Duration::from_secs(60)));
+
+    let error = supervisor.join().await.expect_err("b was aborted");
+    // c stops in 2 s; b gets the 5 s left of the budget, not its 5 s grace plus a's turn;
+    // a, never asked in time, is aborted with b when the budget is spent.
+    assert_eq!(started.elapsed(), Duration::from_secs(7));
+    let mut aborted: Vec<&str> = error.aborted().iter().map(|task| task.name()).collect();
+    aborted.sort_unstable();
+    assert_eq!(aborted, ["a", "b"]);
+    assert_eq!(error.cause().map(Cause::code), Some("SIGTERM"));
+    let log = log.take();
+    assert!(log.contains(&"c returned".to_owned()), "{log:?}");
+    assert!(!log.iter().any(|entry| entry == "b returned"), "{log:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_within_a_budget_that_suffices_ends_like_a_shutdown() {
+    let log = Log::default();
+    let supervisor = Supervisor::builder()
+        .child(slow_to_stop("a", &log, Duration::from_secs(1)))
+        .child(slow_to_stop("b", &log, Duration::from_secs(1)))
+        .start(&Scope::new())
+        .expect("valid supervisor");
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    supervisor.shutdown_within(Cause::of_kind(CauseKind::Shutdown), Duration::from_secs(30));
+    supervisor
+        .join()
+        .await
+        .expect("every child stopped in time");
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        log.take(),
+        [
+            "a start",
+            "b start",
+            "b stop: shutdown",
+            "b returned",
+            "a stop: shutdown",
+            "a returned"
+        ]
+    );
+}

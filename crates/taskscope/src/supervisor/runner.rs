@@ -235,7 +235,9 @@ where
                 self.begin_shutdown(cause);
                 progress = true;
             }
-            if !self.forced && self.inner.take_force() {
+            let force_at = self.inner.force_at().filter(|_| !self.forced);
+            // `now` may predate a force asked for from another thread during this turn.
+            if force_at.is_some_and(|at| at <= now || at <= Instant::now()) {
                 self.force();
                 progress = true;
             }
@@ -250,7 +252,7 @@ where
             if progress {
                 continue;
             }
-            let Some(at) = self.next_wakeup() else {
+            let Some(at) = self.next_wakeup().into_iter().chain(force_at).min() else {
                 return Poll::Pending;
             };
             let sleep = self

@@ -37,8 +37,9 @@ pub(super) struct Tree {
     tasks: Tasks,
     /// How many runs are `Waiting` (invariant 3).
     waiting: usize,
-    /// A forced shutdown was asked for.
-    force: bool,
+    /// When to abort every child still running: at once for a forced shutdown, at the end of
+    /// its budget for a bounded one.
+    force_at: Option<Instant>,
     /// The children aborted during the shutdown, once the runner has ended.
     pub(super) aborted: Vec<TaskInfo>,
     runner: Option<Waker>,
@@ -52,7 +53,7 @@ impl Tree {
             children,
             tasks: Tasks::default(),
             waiting: 0,
-            force: false,
+            force_at: None,
             aborted: Vec::new(),
             runner: None,
         }
@@ -221,9 +222,14 @@ impl Inner {
 
     /// Asks the runner to abort every child now.
     pub(crate) fn force(&self) {
+        self.force_by(Instant::now());
+    }
+
+    /// Asks the runner to abort every child still running at `at`, unless asked for earlier.
+    pub(crate) fn force_by(&self, at: Instant) {
         let runner = {
             let mut tree = lock(&self.tree);
-            tree.force = true;
+            tree.force_at = Some(tree.force_at.map_or(at, |asked| asked.min(at)));
             tree.runner.take()
         };
         if let Some(runner) = runner {
@@ -255,9 +261,9 @@ impl Inner {
         true
     }
 
-    /// Whether a forced shutdown was asked for since the last call.
-    pub(super) fn take_force(&self) -> bool {
-        mem::take(&mut lock(&self.tree).force)
+    /// When the runner is to abort every child still running, if it is asked to.
+    pub(super) fn force_at(&self) -> Option<Instant> {
+        lock(&self.tree).force_at
     }
 }
 
