@@ -293,7 +293,6 @@ impl ShutdownOnSignals {
     /// ([`SupervisorHandle::shutdown_within`]): what still runs then is aborted, as a second
     /// signal would. For a process manager that kills after a fixed time (Kubernetes'
     /// `terminationGracePeriodSeconds`, systemd's `TimeoutStopSec`): give it a little less.
-    #[must_use]
     pub fn within(mut self, budget: Duration) -> Self {
         self.budget = Some(budget);
         self
