@@ -360,14 +360,18 @@ where
                 return Poll::Ready(());
             }
             if self.abort_at.is_none() {
-                // A pending future wakes the waker it was last polled with: the scope's
-                // `cancelled` is polled again only with a new waker, or to take the cause (and
-                // to notice a passed deadline, which `is_cancelled` does).
+                // Without a deadline, `cancelled` pending has registered the waker it was
+                // polled with on the scope: it is polled again only with a new waker, or to take
+                // the cause. (A deadline's timer may return pending without registering, when
+                // the task has spent its cooperative budget: then it is polled every time.)
                 let same = self
                     .cancelled_waker
                     .as_ref()
                     .is_some_and(|w| w.will_wake(cx.waker()));
-                if same && !self.shared.scope.is_cancelled() {
+                if same
+                    && self.shared.scope.deadline().is_none()
+                    && !self.shared.scope.is_cancelled()
+                {
                     return Poll::Pending;
                 }
                 if !same {

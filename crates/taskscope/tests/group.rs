@@ -1229,3 +1229,33 @@ async fn shutdown_within_clips_the_grace_to_the_budget_and_names_what_it_aborted
         assert_eq!(aborted, ["stubborn"]);
     }
 }
+
+/// `join` keeps polling its scope's deadline timer: a timer polled by a task that has spent its
+/// cooperative budget returns pending without registering, so the next poll must try again.
+#[tokio::test(start_paused = true)]
+async fn join_notices_a_deadline_after_a_poll_without_cooperative_budget() {
+    use std::future::{Future, poll_fn};
+    use std::pin::pin;
+
+    let root = Scope::new();
+    let group: TaskGroup<()> = TaskGroup::builder(&root.child_with_timeout(Duration::from_secs(1)))
+        .grace(Duration::from_secs(1))
+        .build();
+    group.spawn("stubborn", |_| async {
+        pending::<()>().await;
+        Ok(())
+    });
+    let start = Instant::now();
+    let mut join = pin!(group.join());
+    let mut first = true;
+    let joined = poll_fn(|cx| {
+        if std::mem::take(&mut first) {
+            // Spend the budget, so that the deadline's timer cannot register this time.
+            while pin!(tokio::task::consume_budget()).poll(cx).is_ready() {}
+        }
+        join.as_mut().poll(cx)
+    });
+    let joined = tokio::time::timeout(Duration::from_secs(30), joined).await;
+    assert!(joined.is_ok(), "join never noticed the deadline");
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}

@@ -226,10 +226,14 @@ where
             while let Poll::Ready(Some(exit)) = self.group.poll_join_next(cx) {
                 self.on_exit(exit, now);
             }
-            // A pending future wakes the waker it was last polled with: the scope's `cancelled`
-            // is polled again only with a new waker, or to take the cause.
+            // Without a deadline, `cancelled` pending has registered the waker it was polled
+            // with on the scope: it is polled again only with a new waker, or to take the cause.
+            // (A deadline's timer may return pending without registering, when the task has
+            // spent its cooperative budget: then it is polled every turn.)
             if self.shutdown.is_none()
-                && (mem::take(&mut new_waker) || self.inner.scope.is_cancelled())
+                && (mem::take(&mut new_waker)
+                    || self.inner.scope.deadline().is_some()
+                    || self.inner.scope.is_cancelled())
                 && let Poll::Ready(cause) = Pin::new(&mut self.cancelled).poll(cx)
             {
                 self.begin_shutdown(cause);
