@@ -213,7 +213,7 @@ where
     }
 
     /// Spawns a task like [`spawn`](TaskGroup::spawn), at `spawned_at`, and returns the task's
-    /// slab key and scope when it started at once (a group without a limit that is not
+    /// slab key and scope when it started at once (a slot was free and the group is not
     /// cancelled).
     pub(crate) fn spawn_child<F, Fut>(
         &self,

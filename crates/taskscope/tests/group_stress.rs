@@ -219,3 +219,96 @@ fn check_join(
 fn failing_tasks_race_join_and_drop() {
     run_seeds(10_000, round);
 }
+
+/// What an observer heard of each task, in order.
+#[derive(Default)]
+struct Events(std::sync::Mutex<std::collections::HashMap<u64, Vec<&'static str>>>);
+
+impl Events {
+    fn push(&self, task: &taskscope::TaskInfo, event: &'static str) {
+        let mut events = self.0.lock().unwrap();
+        events.entry(task.id().get()).or_default().push(event);
+    }
+}
+
+impl taskscope::observe::Observer for Events {
+    fn task_spawned(&self, event: &taskscope::observe::TaskSpawned<'_>) {
+        self.push(
+            event.task,
+            if event.pending { "pending" } else { "spawned" },
+        );
+    }
+
+    fn task_started(
+        &self,
+        event: &taskscope::observe::TaskStarted<'_>,
+    ) -> Option<Arc<dyn taskscope::observe::Attachment>> {
+        self.push(event.task, "started");
+        None
+    }
+
+    fn task_finished(&self, event: &taskscope::observe::TaskFinished<'_>) {
+        self.push(
+            event.task,
+            if event.started {
+                "finished"
+            } else {
+                "ended unstarted"
+            },
+        );
+    }
+}
+
+/// Two threads spawn into a group with a small limit while it may be cancelled: the observer
+/// hears of every task as spawned (or pending) before anything else, and of its end last, so
+/// its gauges never go negative. (Before the fix, seed 13 275 heard a task started and finished
+/// before it was reported pending.)
+async fn observed_round(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let limit = 1 + rng.below(3) as usize;
+    let per_thread = 1 + rng.below(6);
+    let cancel_after = rng.below(2 * per_thread + 2);
+    let events = Arc::new(Events::default());
+    let root = Scope::builder().observer(events.clone()).build();
+    let group: Arc<TaskGroup<()>> = Arc::new(
+        TaskGroup::builder(&root)
+            .limit(limit.try_into().unwrap())
+            .build(),
+    );
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let group = group.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_thread {
+                    group.spawn("task", |_| async {
+                        yields(1).await;
+                        Ok(())
+                    });
+                    yields(1).await;
+                }
+            })
+        })
+        .collect();
+    yields(cancel_after).await;
+    group.scope().cancel(Cause::new("STOP"));
+    for spawner in spawners {
+        spawner.await.expect("spawner");
+    }
+    let group = Arc::into_inner(group).expect("the spawners are done");
+    let _ = group.join().await;
+    let events = events.0.lock().unwrap();
+    assert_eq!(events.len() as u64, 2 * per_thread);
+    for (task, events) in events.iter() {
+        let expected: &[&[&str]] = &[
+            &["spawned", "started", "finished"],
+            &["pending", "started", "finished"],
+            &["pending", "ended unstarted"],
+        ];
+        assert!(expected.contains(&&events[..]), "task {task}: {events:?}");
+    }
+}
+
+#[test]
+fn an_observer_hears_of_each_task_as_spawned_first_and_ended_last() {
+    run_seeds(20_000, observed_round);
+}

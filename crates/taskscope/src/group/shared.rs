@@ -10,8 +10,12 @@
 //! Lock discipline: no user code runs under the state lock (task closures, futures and their
 //! drops, panic payloads, wakers, observers, user errors' `Display`, and tokio calls that may
 //! drop a task: `spawn`, `JoinHandle::abort`, dropping a `JoinHandle`); wakers are cloned,
-//! woken and dropped outside it. The state lock is never held together with a scope node's
-//! lock or the watcher's.
+//! woken and dropped outside it, and the clock is read before it is taken. The state lock is
+//! never held together with a scope node's lock or the watcher's.
+//!
+//! The watcher hears of every task before anything else can happen to it: a task that starts at
+//! once is reported spawned before it starts; a pending one joins the queue only once it has
+//! been reported (counted as leaving meanwhile), so no other thread can start or end it first.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -28,7 +32,8 @@ use super::failure::{echoes, failure_cause, panic_message};
 use super::guard::{Guard, TaskFuture, dropped_unstarted, entered};
 use super::report::{Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskSnapshot};
 use super::report::{TaskState, TrySpawnError};
-use super::state::{PanicPayload, Queued, Stage, StartFn, State, Taken, View, group_error};
+use super::state::group_error;
+use super::state::{PanicPayload, Queued, Register, Stage, StartFn, State, Taken, View};
 use super::watch::{Group, Unstarted, Watcher};
 use crate::observe::{self, Attachment, GroupCancelled};
 use crate::path::Name;
@@ -69,6 +74,18 @@ pub(crate) enum Admit {
     /// As `Queue`, and return the task's key and scope if it starts at once (a supervisor's
     /// child).
     Child,
+}
+
+/// The queue entry that starts `task`, recorded at `key`, once a slot is free.
+fn queued<T, E, F, Fut>(key: usize, id: TaskId, task: F) -> Queued<T, E>
+where
+    T: Send + 'static,
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    F: FnOnce(Scope) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    let start: StartFn<T, E> = Box::new(move |shared, starting| shared.start(starting, task));
+    Queued { key, id, start }
 }
 
 /// A task just admitted.
@@ -202,27 +219,61 @@ where
         }
         // Pending: in the queue, or leaving it at once if the group is cancelled.
         let (id, key) = state.insert(name, spawned_at, Stage::Pending);
-        let info = self.watcher.as_ref().map(|_| state.info(key));
-        let leaving = match cause {
-            None => {
-                let start: StartFn<T, E> =
-                    Box::new(move |shared, starting| shared.start(starting, task));
-                state.pending.push_back(Queued { key, id, start });
-                None
+        let Some(watcher) = &self.watcher else {
+            match cause {
+                None => state.pending.push_back(queued(key, id, task)),
+                Some(cause) => {
+                    state.leaving += 1;
+                    drop(state);
+                    self.settle_unstarted(
+                        [(key, task)],
+                        || Outcome::Cancelled(cause.clone()),
+                        Some(&cause),
+                    );
+                }
             }
-            Some(cause) => {
-                state.leaving += 1;
-                Some((cause, task))
-            }
+            return Ok(Spawned { id, started: None });
         };
+        // The watcher hears of the task as pending before anyone can start or end it: it joins
+        // the queue only then, counted as leaving meanwhile.
+        let task_info = state.info(key);
+        state.leaving += 1;
         drop(state);
-        if let (Some(watcher), Some(info)) = (&self.watcher, &info) {
-            watcher.spawned(self.group(), info, true);
+        watcher.spawned(self.group(), &task_info, true);
+        let mut state = lock(&self.state);
+        let cause = cause.or_else(|| state.cause.clone());
+        if let Some(cause) = cause {
+            drop(state);
+            self.settle_unstarted(
+                [(key, task)],
+                || Outcome::Cancelled(cause.clone()),
+                Some(&cause),
+            );
+            return Ok(Spawned { id, started: None });
         }
-        if let Some((cause, task)) = leaving {
-            let ended = || Outcome::Cancelled(cause.clone());
-            self.settle_unstarted([(key, task)], ended, Some(&cause));
+        state.leaving -= 1;
+        if state.running >= self.config.limit || self.scope.node.is_marked() {
+            state.pending.push_back(queued(key, id, task));
+            return Ok(Spawned { id, started: None });
         }
+        // A slot freed meanwhile: it starts now, as a task that was pending.
+        state.running += 1;
+        state
+            .tasks
+            .get_mut(key)
+            .expect("a pending task has a record")
+            .stage = Stage::RUNNING;
+        drop(state);
+        let queued = queued(key, id, task);
+        let next = Next {
+            queued,
+            name: task_info.name.clone(),
+            watched: Some(Watched {
+                task: task_info,
+                was_pending: true,
+            }),
+        };
+        self.run_next(Some(next));
         Ok(Spawned { id, started: None })
     }
 
@@ -387,6 +438,9 @@ where
             panic,
         } = exit;
         let aborted = matches!(outcome, Outcome::Aborted);
+        // Read before locking (no clock read under the lock): whether a deadline of the group
+        // has passed, in case this is its last task.
+        let deadline_passed = self.scope.deadline().is_some_and(|at| at <= Instant::now());
         let mut state = lock(&self.state);
         let record = state.tasks.get(key).expect("a running task has a record");
         let id = record.info.id;
@@ -409,8 +463,7 @@ where
         if state.unfinished() == 0 && !state.cut_short {
             // A deadline that passed before the last task ended cut the group short even if
             // nobody has looked at it yet.
-            state.cut_short = self.scope.node.is_marked()
-                || self.scope.deadline().is_some_and(|at| at <= Instant::now());
+            state.cut_short = self.scope.node.is_marked() || deadline_passed;
         }
         drop(state);
         released.release();
@@ -536,12 +589,13 @@ where
                 return true;
             }
             match state.register(each, waker, new.take()) {
-                Ok(replaced) => {
+                Register::Kept => return false,
+                Register::Replaced(replaced) => {
                     drop(state);
                     drop(replaced);
                     return false;
                 }
-                Err(()) => {
+                Register::NeedsClone => {
                     drop(state);
                     new = Some(waker.clone());
                 }

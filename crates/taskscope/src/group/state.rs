@@ -1,6 +1,7 @@
 //! A group's state machine: one [`Record`] per task, from `spawn` until its exit is taken by
-//! `join_next` or `join`, and the counts `join` waits on. Everything here runs under the
-//! group's state lock and calls no user code.
+//! `join_next` or `join`, and the counts `join` waits on. [`State`]'s methods run under the
+//! group's state lock and call no user code; what they take out for user code to run on
+//! ([`Released`], the records of [`group_error`]) is handled after the lock is released.
 //!
 //! Invariants:
 //!
@@ -223,20 +224,15 @@ impl<T, E> State<T, E> {
         self.unfinished() == 0 || (each && !self.finished.is_empty())
     }
 
-    /// Makes `waker` the joiner's, unless the current one wakes the same task; hands back the
-    /// one replaced, to drop outside the lock. Without `waker` (not cloned yet), returns
-    /// `Err(())` when one is needed.
-    pub(super) fn register(
-        &mut self,
-        each: bool,
-        current: &Waker,
-        new: Option<Waker>,
-    ) -> Result<Option<Waker>, ()> {
+    /// Makes the joiner's waker one that wakes the same task as `current`: keeps the one it
+    /// has if it does, else takes `new` (a clone of `current`, made outside the lock) and hands
+    /// back the one replaced, to drop outside the lock; asks for `new` if it is missing.
+    pub(super) fn register(&mut self, each: bool, current: &Waker, new: Option<Waker>) -> Register {
         self.wake_on_each = each;
         match (&self.joiner, new) {
-            (Some(joiner), _) if joiner.will_wake(current) => Ok(None),
-            (_, Some(new)) => Ok(self.joiner.replace(new)),
-            (_, None) => Err(()),
+            (Some(joiner), _) if joiner.will_wake(current) => Register::Kept,
+            (_, Some(new)) => Register::Replaced(self.joiner.replace(new)),
+            (_, None) => Register::NeedsClone,
         }
     }
 
@@ -313,6 +309,16 @@ impl<T, E> State<T, E> {
         let records = self.tasks.iter();
         records.map(|r| (r.info.clone(), view(&r.stage))).collect()
     }
+}
+
+/// What [`State::register`] did with the joiner's waker.
+pub(super) enum Register {
+    /// The registered one wakes the same task.
+    Kept,
+    /// Took the new one; here is the one it replaced, if any.
+    Replaced(Option<Waker>),
+    /// A clone of the current waker is needed.
+    NeedsClone,
 }
 
 /// What [`State::take_all`] takes.
