@@ -2,6 +2,7 @@
 
 mod failure;
 mod guard;
+mod join;
 mod report;
 mod shared;
 mod state;
@@ -22,6 +23,7 @@ use tokio::time::{Instant, Sleep};
 use crate::path::Name;
 use crate::{CancelledOwned, Cause, CauseKind, Scope, TaskId};
 pub(crate) use failure::failure_cause;
+pub use join::{Join, JoinNext};
 use shared::{Admit, Shared};
 pub(crate) use shared::{Config, Spawned};
 
@@ -353,56 +355,6 @@ where
         Poll::Ready(Some(exit))
     }
 
-    /// Ready once a task has ended (`each`) or every task has; meanwhile enforces the grace.
-    fn poll_ended(&mut self, cx: &mut Context<'_>, each: bool) -> Poll<()> {
-        loop {
-            if self.shared.ready_or_register(each, cx.waker()) {
-                return Poll::Ready(());
-            }
-            if self.abort_at.is_none() {
-                // Without a deadline, `cancelled` pending has registered the waker it was
-                // polled with on the scope: it is polled again only with a new waker, or to take
-                // the cause. (A deadline's timer may return pending without registering, when
-                // the task has spent its cooperative budget: then it is polled every time.)
-                let same = self
-                    .cancelled_waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()));
-                if same
-                    && self.shared.scope.deadline().is_none()
-                    && !self.shared.scope.is_cancelled()
-                {
-                    return Poll::Pending;
-                }
-                if !same {
-                    self.cancelled_waker = Some(cx.waker().clone());
-                }
-                ready!(Pin::new(&mut self.cancelled).poll(cx));
-                let cancelled_at = self.shared.cancelled_at().unwrap_or_else(Instant::now);
-                let grace_end = cancelled_at.checked_add(self.shared.config.grace);
-                self.abort_at = Some(match (grace_end, self.budget_end) {
-                    (Some(at), Some(budget)) => Some(at.min(budget)),
-                    (at, budget) => at.or(budget),
-                });
-            }
-            let Some(Some(abort_at)) = self.abort_at else {
-                return Poll::Pending;
-            };
-            if self.aborted {
-                return Poll::Pending;
-            }
-            if abort_at > Instant::now() {
-                let timer = self
-                    .grace_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(abort_at)));
-                ready!(timer.as_mut().poll(cx));
-            }
-            self.grace_timer = None;
-            self.aborted = true;
-            self.shared.abort_running();
-        }
-    }
-
     /// The group's scope: cancel it to cancel every task, or make children of it.
     pub fn scope(&self) -> &Scope {
         &self.shared.scope
@@ -595,88 +547,5 @@ where
             aborted: false,
             created_at,
         }
-    }
-}
-
-/// Waits for every task of a group; returned by [`TaskGroup::join`].
-///
-/// # Cancel safety
-///
-/// Dropping it drops the group, cancelling it with a [`Dropped`](CauseKind::Dropped) cause.
-#[must_use = "futures do nothing unless polled"]
-pub struct Join<T, E>
-where
-    T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
-{
-    group: Option<TaskGroup<T, E>>,
-}
-
-impl<T, E> Future for Join<T, E>
-where
-    T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
-{
-    type Output = Result<Vec<T>, GroupError<E>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let group = self
-            .group
-            .as_mut()
-            .expect("`Join` polled after it completed");
-        ready!(group.poll_ended(cx, false));
-        let group = self.group.take().expect("checked above");
-        let (result, panic) = group.shared.take_all();
-        drop(group);
-        if let Some(payload) = panic {
-            panic::resume_unwind(payload);
-        }
-        Poll::Ready(result)
-    }
-}
-
-impl<T, E> fmt::Debug for Join<T, E>
-where
-    T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Join").field("group", &self.group).finish()
-    }
-}
-
-/// Waits for the next task of a group to end; returned by [`TaskGroup::join_next`].
-///
-/// # Cancel safety
-///
-/// Cancel-safe: see [`TaskGroup::join_next`].
-#[must_use = "futures do nothing unless polled"]
-pub struct JoinNext<'a, T, E>
-where
-    T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
-{
-    group: &'a mut TaskGroup<T, E>,
-}
-
-impl<T, E> Future for JoinNext<'_, T, E>
-where
-    T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
-{
-    type Output = Option<TaskExit<T, E>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.group.poll_join_next(cx)
-    }
-}
-
-impl<T, E> fmt::Debug for JoinNext<'_, T, E>
-where
-    T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinNext").finish_non_exhaustive()
     }
 }

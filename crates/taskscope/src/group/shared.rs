@@ -23,22 +23,18 @@ use std::future::Future;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::failure::{echoes, failure_cause, panic_message};
 use super::guard::{Guard, TaskFuture, dropped_unstarted, entered};
-use super::report::{Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskSnapshot};
-use super::report::{TaskState, TrySpawnError};
-use super::state::group_error;
-use super::state::{PanicPayload, Queued, Register, Stage, StartFn, State, Taken, View};
+use super::report::{Failure, Outcome, TrySpawnError};
+use super::state::{PanicPayload, Queued, Stage, StartFn, State};
 use super::watch::{Group, Unstarted, Watcher};
 use crate::observe::{self, Attachment, GroupCancelled};
 use crate::path::Name;
 use crate::sync::{Mutex, lock};
-use crate::text::displayed;
 use crate::{Cause, CauseKind, Scope, TaskId, TaskInfo};
 
 pub(crate) struct Shared<T, E> {
@@ -49,7 +45,7 @@ pub(crate) struct Shared<T, E> {
     /// The group's scope; every task's scope is a child of it.
     pub(crate) scope: Scope,
     pub(crate) config: Config,
-    state: Mutex<State<T, E>>,
+    pub(super) state: Mutex<State<T, E>>,
 }
 
 #[derive(Clone, Debug)]
@@ -579,62 +575,6 @@ where
         }
     }
 
-    /// Whether the joiner can go on: an exit is ready (`each`) or every task has ended.
-    /// Otherwise registers its waker, cloned outside the lock.
-    pub(crate) fn ready_or_register(&self, each: bool, waker: &Waker) -> bool {
-        let mut new = None;
-        loop {
-            let mut state = lock(&self.state);
-            if state.ready(each) {
-                return true;
-            }
-            match state.register(each, waker, new.take()) {
-                Register::Kept => return false,
-                Register::Replaced(replaced) => {
-                    drop(state);
-                    drop(replaced);
-                    return false;
-                }
-                Register::NeedsClone => {
-                    drop(state);
-                    new = Some(waker.clone());
-                }
-            }
-        }
-    }
-
-    /// When the shutdown grace started, if the group is cancelled.
-    pub(crate) fn cancelled_at(&self) -> Option<Instant> {
-        lock(&self.state).cancelled_at
-    }
-
-    /// Aborts every running task. They report as aborted once tokio has dropped them.
-    pub(crate) fn abort_running(&self) {
-        let mut handles = Vec::new();
-        for record in lock(&self.state).tasks.iter_mut() {
-            if let Stage::Running { handle, abort } = &mut record.stage {
-                *abort = true;
-                handles.extend(handle.take());
-            }
-        }
-        handles.into_iter().for_each(|handle| handle.abort());
-    }
-
-    /// Aborts the task `id` recorded at `key`, if it is still running. It reports as aborted
-    /// once tokio has dropped it.
-    pub(crate) fn abort_task(&self, key: usize, id: TaskId) {
-        let handle = match lock(&self.state).record(key, id).map(|r| &mut r.stage) {
-            Some(Stage::Running { handle, abort }) => {
-                *abort = true;
-                handle.take()
-            }
-            _ => None,
-        };
-        if let Some(handle) = handle {
-            handle.abort();
-        }
-    }
-
     /// The task `id`, recorded at `key`, was stopped alone (by its supervisor) with `cause`:
     /// its cancel latency counts from now, and it is checked for stopping in time.
     pub(crate) fn child_stopped(self: &Arc<Self>, key: usize, id: TaskId, cause: &Cause) {
@@ -663,64 +603,5 @@ where
                 watcher.report_slow(shared.group(), since, only, &cause);
             }
         });
-    }
-
-    /// How many tasks are pending or running.
-    pub(crate) fn unfinished(&self) -> usize {
-        lock(&self.state).unfinished()
-    }
-
-    /// How many tasks the group tracks: every task not yet returned by `join_next`.
-    pub(crate) fn len(&self) -> usize {
-        lock(&self.state).tasks.len()
-    }
-
-    /// The next exit, in the order tasks ended, with the panic to resume if it is that task's.
-    pub(crate) fn take_next(&self) -> Option<(TaskExit<T, E>, Option<PanicPayload>)> {
-        lock(&self.state).take_next(self.config.resume_panics)
-    }
-
-    /// Every remaining exit, once no task is pending or running: the values in spawn order, or
-    /// the group error. Also the panic to resume.
-    pub(crate) fn take_all(&self) -> (Result<Vec<T>, GroupError<E>>, Option<PanicPayload>) {
-        // Looked at before locking: it may observe a deadline and run our callback.
-        let scope_cause = self.scope.cause();
-        let taken = lock(&self.state).take_all();
-        match taken {
-            Taken::Values(values) => (Ok(values), None),
-            Taken::Ended {
-                records,
-                cause,
-                winner,
-                panic,
-            } => {
-                // Outside the lock: dropping the completed values is user code.
-                let error = group_error(records, cause.or(scope_cause), winner);
-                (Err(error), panic.filter(|_| self.config.resume_panics))
-            }
-        }
-    }
-
-    /// A snapshot of the group and every task it tracks.
-    pub(crate) fn snapshot(&self) -> GroupSnapshot {
-        let cause = self.scope.cause();
-        let views = lock(&self.state).views();
-        let mut tasks: Vec<TaskSnapshot> = views
-            .into_iter()
-            .map(|(task, view)| TaskSnapshot {
-                task,
-                state: match view {
-                    View::State(state) => state,
-                    // Formatted here, outside the lock.
-                    View::Failed(error) => TaskState::Failed(displayed(&*error)),
-                },
-            })
-            .collect();
-        tasks.sort_by_key(|task| task.task.id);
-        GroupSnapshot {
-            path: self.scope.path().to_string(),
-            cause,
-            tasks,
-        }
     }
 }
