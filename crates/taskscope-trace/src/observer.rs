@@ -274,9 +274,9 @@ impl Observer for TraceObserver {
         Some(Arc::new(GroupSpan { span }))
     }
 
-    /// Tasks are reported when something listens: a subscriber interested in `WARN` events of
-    /// [`TASK_TARGET`] when the group is made, metrics, or an audit log. Otherwise a group's
-    /// tasks cost nothing (and get no spans, no slow-to-stop checks).
+    /// A task is reported when something listens as it is spawned: a subscriber interested in
+    /// `WARN` events of [`TASK_TARGET`], metrics, or an audit log. Otherwise it costs nothing
+    /// (and gets no span, no slow-to-stop check).
     fn observes_tasks(&self, _group: &GroupCreated<'_>) -> bool {
         #[cfg(feature = "metrics")]
         if self.metrics {

@@ -992,3 +992,22 @@ async fn names_and_errors_cannot_forge_log_lines() {
     assert!(logs.contains(r"pay\n ERROR"), "{logs}");
     assert!(logs.contains(r"declined\n ERROR"), "{logs}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_task_is_reported_if_a_subscriber_listens_when_it_is_spawned_not_when_its_group_was_made()
+{
+    // The group is made while nobody listens: its first task is not observed...
+    let orders = orders(TraceObserver::new());
+    let group: TaskGroup<()> = TaskGroup::builder(&orders).name("batch").build();
+    group.spawn("before", |_| async { Ok(()) });
+    // ...the subscriber comes later: the tasks spawned from then on are.
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    group.spawn("after", |_| async { Ok(()) });
+    group.join().await.expect("both complete");
+
+    let finished = capture.events_of(TASK_TARGET, "task finished");
+    let names: Vec<&str> = finished.iter().map(|e| e.field("task.name")).collect();
+    assert_eq!(names, ["after"]);
+    assert_eq!(capture.spans_named("taskscope.task").len(), 1);
+}

@@ -90,10 +90,11 @@ pub trait Observer: Send + Sync + 'static {
         let _ = event;
     }
 
-    /// Whether to report the tasks of the group just [created](Observer::group_created) (the
-    /// `task_*` events); asked once per group. `true` by default. An observer that has nobody
-    /// listening for task events (no subscriber interested, no metrics) answers `false`, and
-    /// the group's tasks then cost it nothing.
+    /// Whether to report a task of this group (the `task_*` events); asked for each task as it
+    /// is spawned, so an answer that changes (a subscriber installed or a filter reloaded after
+    /// the group was made) counts from the next task on. `true` by default. An observer that has
+    /// nobody listening for task events (no subscriber interested, no metrics) answers `false`,
+    /// and the task then costs it nothing but this question.
     fn observes_tasks(&self, group: &GroupCreated<'_>) -> bool {
         let _ = group;
         true
@@ -141,8 +142,8 @@ pub trait Observer: Send + Sync + 'static {
     }
 
     /// How long a cancelled task may run before [`task_slow_to_stop`](Observer::task_slow_to_stop)
-    /// reports it; `None` (the default) reports nothing and costs nothing. Read once per group
-    /// observed for its tasks; the check then needs the tokio runtime's time driver.
+    /// reports it; `None` (the default) reports nothing and costs nothing. Read once per group,
+    /// when it is made; the check then needs the tokio runtime's time driver.
     fn slow_to_stop_after(&self) -> Option<Duration> {
         None
     }

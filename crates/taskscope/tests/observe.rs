@@ -1738,7 +1738,12 @@ async fn a_panicking_observer_does_not_change_how_a_group_ends() {
     run_a_group_of_every_kind_of_task(observer.clone()).await;
     assert_eq!(
         observer.panicked_in(),
-        BTreeSet::from(["group_created", "observes_tasks", "scope_cancelled"])
+        BTreeSet::from([
+            "group_created",
+            "observes_tasks",
+            "scope_cancelled",
+            "slow_to_stop_after"
+        ])
     );
 }
 

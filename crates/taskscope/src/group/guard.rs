@@ -111,7 +111,11 @@ where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
     pub(super) shared: Arc<Shared<T, E>>,
-    pub(super) key: usize,
+    /// Its record's key (a slab key fits in 32 bits: with `watched`, the guard stays as small
+    /// as without it).
+    pub(super) key: u32,
+    /// The group's watcher follows the task.
+    pub(super) watched: bool,
     /// The task's scope; taken when the task is reported.
     pub(super) scope: Option<Scope>,
     /// What the group's observer attached to the task when it started.
@@ -131,14 +135,17 @@ where
         exit: impl FnOnce(&Shared<T, E>, usize, &Scope) -> Exit<T, E>,
     ) -> Option<Next<T, E>> {
         let scope = self.scope.take()?;
-        let exit = exit(&self.shared, self.key, &scope);
+        let key = self.key as usize;
+        let exit = exit(&self.shared, key, &scope);
         // Before the exit becomes visible, so that whoever joins the group has seen it reported.
-        self.shared
-            .watch_finished(self.key, self.attachment.take(), &scope, &exit);
+        if self.watched {
+            self.shared
+                .watch_finished(key, self.attachment.take(), &scope, &exit);
+        }
         // The task's scope goes first, so that it is unlinked from the group's when the exit
         // becomes visible.
         drop(scope);
-        self.shared.report(self.key, exit)
+        self.shared.report(key, exit)
     }
 }
 

@@ -199,7 +199,7 @@ where
 ///
 /// # Cancel safety
 ///
-/// Dropping it drops the group, cancelling it with a [`Dropped`](CauseKind::Dropped) cause.
+/// Dropping it drops the group, cancelling it with a [`Dropped`](crate::CauseKind::Dropped) cause.
 #[must_use = "futures do nothing unless polled"]
 pub struct Join<T, E>
 where

@@ -34,6 +34,7 @@ use super::state::{PanicPayload, Queued, Stage, StartFn, State};
 use super::watch::{Group, Unstarted, Watcher};
 use crate::observe::{self, Attachment, GroupCancelled};
 use crate::path::Name;
+use crate::slab;
 use crate::sync::{Mutex, lock};
 use crate::{Cause, CauseKind, Scope, TaskId, TaskInfo};
 
@@ -73,7 +74,7 @@ pub(crate) enum Admit {
 }
 
 /// The queue entry that starts `task`, recorded at `key`, once a slot is free.
-fn queued<T, E, F, Fut>(key: usize, id: TaskId, task: F) -> Queued<T, E>
+fn queued<T, E, F, Fut>(key: usize, id: TaskId, watched: bool, task: F) -> Queued<T, E>
 where
     T: Send + 'static,
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
@@ -81,7 +82,12 @@ where
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     let start: StartFn<T, E> = Box::new(move |shared, starting| shared.start(starting, task));
-    Queued { key, id, start }
+    Queued {
+        key,
+        id,
+        watched,
+        start,
+    }
 }
 
 /// A task just admitted.
@@ -183,6 +189,7 @@ where
         // Looked at before locking: it may observe a passed deadline and run our callback, and
         // it sees a cancellation whose callback has not run yet.
         let observed = self.scope.cause();
+        let watcher = self.watcher.as_ref().filter(|w| w.observes(self.group()));
         let mut state = lock(&self.state);
         let cause = state.cause.clone().or(observed);
         let free = cause.is_none() && state.running < self.config.limit;
@@ -192,12 +199,12 @@ where
         if free {
             let (id, key) = state.insert(name.clone(), spawned_at, Stage::RUNNING);
             state.running += 1;
-            let watched = self.watcher.as_ref().map(|_| Watched {
+            let watched = watcher.map(|_| Watched {
                 task: state.info(key),
                 was_pending: false,
             });
             drop(state);
-            if let (Some(watcher), Some(watched)) = (&self.watcher, &watched) {
+            if let (Some(watcher), Some(watched)) = (watcher, &watched) {
                 watcher.spawned(self.group(), &watched.task, false);
             }
             let scope = self.scope.named_child(name);
@@ -215,14 +222,14 @@ where
         }
         // Pending: in the queue, or leaving it at once if the group is cancelled.
         let (id, key) = state.insert(name, spawned_at, Stage::Pending);
-        let Some(watcher) = &self.watcher else {
+        let Some(watcher) = watcher else {
             match cause {
-                None => state.pending.push_back(queued(key, id, task)),
+                None => state.pending.push_back(queued(key, id, false, task)),
                 Some(cause) => {
                     state.leaving += 1;
                     drop(state);
                     self.settle_unstarted(
-                        [(key, task)],
+                        [(key, false, task)],
                         || Outcome::Cancelled(cause.clone()),
                         Some(&cause),
                     );
@@ -241,7 +248,7 @@ where
         if let Some(cause) = cause {
             drop(state);
             self.settle_unstarted(
-                [(key, task)],
+                [(key, true, task)],
                 || Outcome::Cancelled(cause.clone()),
                 Some(&cause),
             );
@@ -249,7 +256,7 @@ where
         }
         state.leaving -= 1;
         if state.running >= self.config.limit || self.scope.node.is_marked() {
-            state.pending.push_back(queued(key, id, task));
+            state.pending.push_back(queued(key, id, true, task));
             return Ok(Spawned { id, started: None });
         }
         // A slot freed meanwhile: it starts now, as a task that was pending.
@@ -260,7 +267,7 @@ where
             .expect("a pending task has a record")
             .stage = Stage::RUNNING;
         drop(state);
-        let queued = queued(key, id, task);
+        let queued = queued(key, id, true, task);
         let next = Next {
             queued,
             name: task_info.name.clone(),
@@ -311,19 +318,24 @@ where
             drop(scope);
             return self.report(key, exit);
         }
-        let attachment = match (watcher, watched) {
+        let (attachment, watched) = match (watcher, watched) {
             (Some(watcher), Some(watched)) => {
                 let task = watched.task;
-                watcher.start(self.group(), key, task, watched.was_pending, &scope)
+                let was_pending = watched.was_pending;
+                (
+                    watcher.start(self.group(), key, task, was_pending, &scope),
+                    true,
+                )
             }
-            _ => None,
+            _ => (None, false),
         };
         let made = entered(attachment.as_deref(), || {
             panic::catch_unwind(AssertUnwindSafe(|| task(scope.clone())))
         });
         let mut guard = Guard {
             shared: self.clone(),
-            key,
+            key: slab::index(key),
+            watched,
             scope: Some(scope),
             attachment,
         };
@@ -463,25 +475,25 @@ where
         }
         drop(state);
         released.release();
-        let stranded = stranded.into_iter().map(|queued| (queued.key, queued));
+        let stranded = stranded.into_iter().map(|q| (q.key, q.watched, q));
         self.settle_unstarted(stranded, || Outcome::Aborted, None);
         next
     }
 
     /// Settles tasks that will never start, counted in `leaving` until now: drops what each
-    /// held outside the lock, tells the watcher, and records each as `ended` or as the panic
-    /// its drop raised.
+    /// held outside the lock, tells the watcher of those it follows, and records each as
+    /// `ended` or as the panic its drop raised.
     fn settle_unstarted<X>(
         &self,
-        leaving: impl IntoIterator<Item = (usize, X)>,
+        leaving: impl IntoIterator<Item = (usize, bool, X)>,
         ended: impl Fn() -> Outcome<T, E>,
         cause: Option<&Cause>,
     ) {
         let settled: Vec<_> = leaving
             .into_iter()
-            .map(|(key, held)| {
+            .map(|(key, watched, held)| {
                 let (outcome, payload) = dropped_unstarted(held, &ended);
-                (key, outcome, payload)
+                (key, watched, outcome, payload)
             })
             .collect();
         if settled.is_empty() {
@@ -490,18 +502,21 @@ where
         // Before the exits become visible, so that whoever joins the group has seen them
         // reported.
         if let Some(watcher) = &self.watcher {
-            let tasks: Vec<TaskInfo> = {
+            let watched = settled.iter().filter(|(_, watched, ..)| *watched);
+            let tasks: Vec<(TaskInfo, Unstarted)> = {
                 let state = lock(&self.state);
-                settled.iter().map(|(key, ..)| state.info(*key)).collect()
+                let told = |(key, _, outcome, _): &(usize, bool, Outcome<T, E>, _)| {
+                    (state.info(*key), Unstarted::of(outcome))
+                };
+                watched.map(told).collect()
             };
-            for (task, (_, outcome, _)) in tasks.iter().zip(&settled) {
-                let ended = Unstarted::of(outcome);
-                watcher.never_started(self.group(), task, &ended, cause);
+            for (task, ended) in &tasks {
+                watcher.never_started(self.group(), task, ended, cause);
             }
         }
         let released: Vec<_> = {
             let mut state = lock(&self.state);
-            let finish = |(key, outcome, payload)| state.finish(key, outcome, payload);
+            let finish = |(key, _, outcome, payload)| state.finish(key, outcome, payload);
             settled.into_iter().map(finish).collect()
         };
         released.into_iter().for_each(|released| released.release());
@@ -524,7 +539,7 @@ where
         record.stage = Stage::RUNNING;
         Some(Next {
             name: record.info.name.clone(),
-            watched: self.watcher.as_ref().map(|_| Watched {
+            watched: queued.watched.then(|| Watched {
                 task: record.info.clone(),
                 was_pending: true,
             }),
@@ -565,7 +580,7 @@ where
                 })
             });
         }
-        let drained = drained.into_iter().map(|queued| (queued.key, queued));
+        let drained = drained.into_iter().map(|q| (q.key, q.watched, q));
         self.settle_unstarted(drained, || Outcome::Cancelled(cause.clone()), Some(cause));
         if running {
             self.check_slow(at, None, cause);

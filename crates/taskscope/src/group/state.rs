@@ -96,6 +96,8 @@ impl<T, E> Stage<T, E> {
 pub(super) struct Queued<T, E> {
     pub(super) key: usize,
     pub(super) id: TaskId,
+    /// The group's watcher follows it (decided when it was spawned).
+    pub(super) watched: bool,
     pub(super) start: StartFn<T, E>,
 }
 

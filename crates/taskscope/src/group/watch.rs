@@ -1,7 +1,7 @@
 //! What a group tells the observer of its tasks: spawned, started, finished, slow to stop.
 //!
-//! A group has a [`Watcher`] when its scope's observer [observes its
-//! tasks](crate::observe::Observer::observes_tasks). The watcher keeps, under its own lock, the
+//! A group has a [`Watcher`] when its scope has an observer; each task is watched if the
+//! observer [observes tasks](crate::observe::Observer::observes_tasks) when it is spawned. The watcher keeps, under its own lock, the
 //! tasks it has seen start and not yet finish, at their records' keys: who they are, when they
 //! started, for slow-to-stop reports and cancel latencies. That lock is never held together
 //! with the group's, and no user code (observer, attachment) runs under it. A running task's
@@ -74,17 +74,14 @@ impl Unstarted {
 }
 
 impl Watcher {
-    /// Tells `observer` of the group made on `scope`; returns its attachment, and a watcher
-    /// if it observes the group's tasks.
+    /// Tells `observer` of the group made on `scope`; returns its attachment, and the watcher
+    /// of the group's tasks.
     pub(super) fn new(
         observer: &Arc<dyn Observer>,
         scope: &Scope,
     ) -> (Option<Arc<dyn Attachment>>, Option<Watcher>) {
         let group = GroupCreated { scope };
         let attachment = observe::notify(observer, |o| o.group_created(&group));
-        if !observe::notify(observer, |o| o.observes_tasks(&group)) {
-            return (attachment, None);
-        }
         let slow_after = observe::notify(observer, |o| o.slow_to_stop_after());
         let watcher = Watcher {
             observer: observer.clone(),
@@ -93,6 +90,14 @@ impl Watcher {
             running: Mutex::new(Vec::new()),
         };
         (attachment, Some(watcher))
+    }
+
+    /// Whether the observer wants to hear of a task spawned now: asked for each task, so that a
+    /// subscriber installed (or a filter changed) after the group was made counts from the next
+    /// task on.
+    pub(super) fn observes(&self, group: Group<'_>) -> bool {
+        let group = GroupCreated { scope: group.scope };
+        observe::notify(&self.observer, |o| o.observes_tasks(&group))
     }
 
     /// `task` was spawned: it starts now, or waits as pending.
