@@ -82,12 +82,7 @@ where
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     let start: StartFn<T, E> = Box::new(move |shared, starting| shared.start(starting, task));
-    Queued {
-        key,
-        id,
-        watched,
-        start,
-    }
+    Queued::new(key, id, watched, start)
 }
 
 /// A task just admitted.
@@ -379,7 +374,7 @@ where
         }) = next
         {
             let starting = Starting {
-                key: queued.key,
+                key: queued.key(),
                 id: queued.id,
                 scope: self.scope.named_child(name),
                 watched,
@@ -475,7 +470,7 @@ where
         }
         drop(state);
         released.release();
-        let stranded = stranded.into_iter().map(|q| (q.key, q.watched, q));
+        let stranded = stranded.into_iter().map(|q| (q.key(), q.watched, q));
         self.settle_unstarted(stranded, || Outcome::Aborted, None);
         next
     }
@@ -534,7 +529,7 @@ where
         state.running += 1;
         let record = state
             .tasks
-            .get_mut(queued.key)
+            .get_mut(queued.key())
             .expect("a pending task has a record");
         record.stage = Stage::RUNNING;
         Some(Next {
@@ -580,7 +575,7 @@ where
                 })
             });
         }
-        let drained = drained.into_iter().map(|q| (q.key, q.watched, q));
+        let drained = drained.into_iter().map(|q| (q.key(), q.watched, q));
         self.settle_unstarted(drained, || Outcome::Cancelled(cause.clone()), Some(cause));
         if running {
             self.check_slow(at, None, cause);

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskState};
 use super::shared::{Next, Shared, Starting};
 use crate::path::Name;
-use crate::slab::Slab;
+use crate::slab::{self, Slab};
 use crate::{Cause, TaskId, TaskInfo};
 
 pub(super) type PanicPayload = Box<dyn Any + Send + 'static>;
@@ -93,13 +93,36 @@ impl<T, E> Stage<T, E> {
 }
 
 /// A pending task in the queue: its record, and what starts it once a slot is free.
+///
+/// 32 bytes, as without `watched`: its key in 32 bits (a slab key is) leaves room for the flag;
+/// a pending task's memory is a target (125.8 B per task, docs/performance.md, group row 4b).
 pub(super) struct Queued<T, E> {
-    pub(super) key: usize,
-    pub(super) id: TaskId,
+    key: u32,
     /// The group's watcher follows it (decided when it was spawned).
     pub(super) watched: bool,
+    pub(super) id: TaskId,
     pub(super) start: StartFn<T, E>,
 }
+
+impl<T, E> Queued<T, E> {
+    pub(super) fn new(key: usize, id: TaskId, watched: bool, start: StartFn<T, E>) -> Self {
+        let key = slab::index(key);
+        Queued {
+            key,
+            watched,
+            id,
+            start,
+        }
+    }
+
+    /// Its record's key.
+    pub(super) fn key(&self) -> usize {
+        self.key as usize
+    }
+}
+
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<Queued<(), ()>>() == 32);
 
 /// Calls a pending task's closure and spawns its future; returns the pending task to start
 /// next if it ended at once.
