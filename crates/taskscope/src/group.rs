@@ -5,6 +5,7 @@ mod guard;
 mod join;
 mod report;
 mod shared;
+mod spawner;
 mod state;
 mod watch;
 
@@ -26,6 +27,7 @@ pub(crate) use failure::failure_cause;
 pub use join::{Join, JoinNext};
 use shared::{Admit, Shared};
 pub(crate) use shared::{Config, Spawned};
+pub use spawner::Spawner;
 
 pub use report::{
     Failure, GroupError, GroupSnapshot, Outcome, TaskExit, TaskFailure, TaskSnapshot, TaskState,
@@ -189,6 +191,13 @@ where
         let name = Name::from(name.into());
         self.spawn_queued(name, Location::caller(), task, Admit::Queue)
             .id
+    }
+
+    /// A handle that spawns into this group from other tasks: producers hold clones while
+    /// another task joins (Go's `errgroup` shared by goroutines, tokio-util's `TaskTracker`).
+    /// See [`Spawner`].
+    pub fn spawner(&self) -> Spawner<T, E> {
+        Spawner::new(self.shared.clone())
     }
 
     /// Spawns a task like [`spawn`](TaskGroup::spawn), unless the group is at its concurrency
@@ -425,6 +434,8 @@ where
     E: fmt::Debug + fmt::Display + Send + Sync + 'static,
 {
     fn drop(&mut self) {
+        // Its spawners are refused from now on.
+        self.shared.close();
         if self.shared.unfinished() == 0 {
             return;
         }

@@ -79,8 +79,8 @@ mod text;
 pub use cancelled::{Cancelled, CancelledOwned};
 pub use cause::{CallSite, Cause, CauseKind};
 pub use group::{
-    BoxError, DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Join, JoinNext, Outcome, TaskExit,
-    TaskFailure, TaskGroup, TaskGroupBuilder, TaskSnapshot, TaskState, TrySpawnError,
+    BoxError, DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Join, JoinNext, Outcome, Spawner,
+    TaskExit, TaskFailure, TaskGroup, TaskGroupBuilder, TaskSnapshot, TaskState, TrySpawnError,
 };
 pub use on_cancel::OnCancel;
 pub use scope::{DropGuard, Scope, ScopeBuilder, ScopePath, WeakScope};

@@ -1259,3 +1259,33 @@ async fn join_notices_a_deadline_after_a_poll_without_cooperative_budget() {
     assert!(joined.is_ok(), "join never noticed the deadline");
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_spawner_is_refused_with_the_reason_once_the_group_is_cancelled_joined_or_dropped() {
+    let group = TaskGroup::new(&Scope::new());
+    let spawner = group.spawner();
+    spawner
+        .spawn("first", |_| async { Ok(1) })
+        .expect("spawned");
+    assert_eq!(group.join().await.expect("completes"), [1]);
+    let refused = spawner.spawn("late", |_| async { Ok(2) }).unwrap_err();
+    assert_eq!(refused.cause().map(Cause::kind), Some(CauseKind::Dropped));
+    let task = refused.into_task();
+    let value = task(Scope::new())
+        .await
+        .expect("the closure comes back whole");
+    assert_eq!(value, 2);
+
+    let group: TaskGroup<u32> = TaskGroup::new(&Scope::new());
+    let spawner = group.spawner();
+    group.scope().cancel(Cause::new("STOP"));
+    let refused = spawner.spawn("after", |_| async { Ok(3) }).unwrap_err();
+    assert_eq!(refused.cause().map(Cause::code), Some("STOP"));
+    drop(group);
+
+    let group: TaskGroup<u32> = TaskGroup::new(&Scope::new());
+    let spawner = group.spawner();
+    drop(group);
+    let refused = spawner.spawn("orphan", |_| async { Ok(4) }).unwrap_err();
+    assert_eq!(refused.cause().map(Cause::kind), Some(CauseKind::Dropped));
+}

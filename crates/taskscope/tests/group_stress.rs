@@ -312,3 +312,56 @@ async fn observed_round(seed: u64) {
 fn an_observer_hears_of_each_task_as_spawned_first_and_ended_last() {
     run_seeds(20_000, observed_round);
 }
+
+/// Producers on two worker threads spawn through spawners while the owner joins: every spawn
+/// is either refused (the closure handed back) or its value is in `join`'s result, and none is
+/// both or neither.
+async fn spawners_round(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let producers = 1 + rng.below(4);
+    let each = 1 + rng.below(20);
+    let limit = 1 + rng.below(4) as usize;
+    let join_after = rng.below(each * producers);
+    let group: TaskGroup<u64> = TaskGroup::builder(&Scope::new())
+        .limit(limit.try_into().unwrap())
+        .build();
+    let handles: Vec<_> = (0..producers)
+        .map(|p| {
+            let spawner = group.spawner();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for n in 0..each {
+                    let value = p * 1000 + n;
+                    match spawner.spawn("item", move |_| async move {
+                        yields(value % 3).await;
+                        Ok(value)
+                    }) {
+                        Ok(_) => {}
+                        Err(error) => {
+                            assert!(error.cause().is_some());
+                            refused += 1;
+                        }
+                    }
+                    yields(1).await;
+                }
+                refused
+            })
+        })
+        .collect();
+    yields(join_after).await;
+    let values = group.join().await.expect("every task completes");
+    let mut refused = 0;
+    for handle in handles {
+        refused += handle.await.expect("producer");
+    }
+    assert_eq!(
+        values.len() as u64 + refused,
+        producers * each,
+        "{values:?}"
+    );
+}
+
+#[test]
+fn spawners_racing_join_lose_nothing() {
+    run_seeds(5_000, spawners_round);
+}

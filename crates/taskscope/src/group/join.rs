@@ -96,11 +96,13 @@ where
 
     /// Every remaining exit, once no task is pending or running: the values in spawn order, or
     /// the group error. Also the panic to resume.
-    pub(crate) fn take_all(&self) -> (Result<Vec<T>, GroupError<E>>, Option<PanicPayload>) {
+    ///
+    /// `None` if a spawner added a task since the joiner was woken: the joiner waits again.
+    pub(crate) fn take_all(&self) -> Option<(Result<Vec<T>, GroupError<E>>, Option<PanicPayload>)> {
         // Looked at before locking: it may observe a deadline and run our callback.
         let scope_cause = self.scope.cause();
-        let taken = lock(&self.state).take_all();
-        match taken {
+        let taken = lock(&self.state).take_all()?;
+        Some(match taken {
             Taken::Values(values) => (Ok(values), None),
             Taken::Ended {
                 records,
@@ -112,7 +114,12 @@ where
                 let error = group_error(records, cause.or(scope_cause), winner);
                 (Err(error), panic.filter(|_| self.config.resume_panics))
             }
-        }
+        })
+    }
+
+    /// Closes the group to its spawners: it is being dropped.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closed = true;
     }
 
     /// A snapshot of the group and every task it tracks.
@@ -221,10 +228,13 @@ where
             .group
             .as_mut()
             .expect("`Join` polled after it completed");
-        ready!(group.poll_ended(cx, false));
-        let group = self.group.take().expect("checked above");
-        let (result, panic) = group.shared.take_all();
-        drop(group);
+        let (result, panic) = loop {
+            ready!(group.poll_ended(cx, false));
+            if let Some(taken) = group.shared.take_all() {
+                break taken;
+            }
+        };
+        drop(self.group.take());
         if let Some(payload) = panic {
             panic::resume_unwind(payload);
         }

@@ -71,6 +71,9 @@ pub(crate) enum Admit {
     /// As `Queue`, and return the task's key and scope if it starts at once (a supervisor's
     /// child).
     Child,
+    /// A [`Spawner`](crate::Spawner)'s: queue a task over the limit, refuse one that would be
+    /// cancelled, or whose group was joined or dropped.
+    Shared,
 }
 
 /// The queue entry that starts `task`, recorded at `key`, once a slot is free.
@@ -190,6 +193,15 @@ where
         let free = cause.is_none() && state.running < self.config.limit;
         if admit == Admit::Try && !free {
             return Err(TrySpawnError { task, cause });
+        }
+        if admit == Admit::Shared && (cause.is_some() || state.closed) {
+            let cause = cause.unwrap_or_else(|| {
+                Cause::of_kind(CauseKind::Dropped).with_detail("its group was joined or dropped")
+            });
+            return Err(TrySpawnError {
+                task,
+                cause: Some(cause),
+            });
         }
         if free {
             let (id, key) = state.insert(name.clone(), spawned_at, Stage::RUNNING);

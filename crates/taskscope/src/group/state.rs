@@ -67,6 +67,8 @@ pub(super) struct State<T, E> {
     pub(super) winner: Option<TaskId>,
     /// The first panic, kept for `resume_panics`.
     panic: Option<(TaskId, PanicPayload)>,
+    /// The group was joined or dropped: its spawners are refused.
+    pub(super) closed: bool,
 }
 
 pub(super) struct Record<T, E> {
@@ -153,6 +155,7 @@ impl<T, E> State<T, E> {
             cancelled_at: None,
             winner: None,
             panic: None,
+            closed: false,
         }
     }
 
@@ -299,21 +302,27 @@ impl<T, E> State<T, E> {
     /// Takes every record once all have ended: the values in spawn order when every task
     /// completed before any cancellation, else the records for the group error, and the first
     /// panic.
-    pub(super) fn take_all(&mut self) -> Taken<T, E> {
-        debug_assert_eq!(self.unfinished(), 0);
+    ///
+    /// `None` if a task is left after all (a spawner spawned one since the joiner was woken);
+    /// else the group is closed to spawners from now on.
+    pub(super) fn take_all(&mut self) -> Option<Taken<T, E>> {
+        if self.unfinished() > 0 {
+            return None;
+        }
+        self.closed = true;
         let finished = mem::take(&mut self.finished);
         if self.not_completed == 0 && !self.cut_short {
             // Every task completed: take the values in key order, without the bookkeeping of
             // the error path.
-            return Taken::Values(values_in_spawn_order(&mut self.tasks));
+            return Some(Taken::Values(values_in_spawn_order(&mut self.tasks)));
         }
         let records = finished.into_iter();
-        Taken::Ended {
+        Some(Taken::Ended {
             records: records.filter_map(|key| self.tasks.remove(key)).collect(),
             cause: self.cause.clone(),
             winner: self.winner,
             panic: self.panic.take().map(|(_, payload)| payload),
-        }
+        })
     }
 
     /// Every task as a snapshot shows it, in key order.
