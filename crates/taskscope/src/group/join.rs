@@ -18,6 +18,9 @@ use crate::TaskId;
 use crate::sync::lock;
 use crate::text::displayed;
 
+/// What a finished `join` takes: the values or the group error, and the panic to resume.
+pub(crate) type Joined<T, E> = (Result<Vec<T>, GroupError<E>>, Option<PanicPayload>);
+
 impl<T, E> Shared<T, E>
 where
     T: Send + 'static,
@@ -98,7 +101,7 @@ where
     /// the group error. Also the panic to resume.
     ///
     /// `None` if a spawner added a task since the joiner was woken: the joiner waits again.
-    pub(crate) fn take_all(&self) -> Option<(Result<Vec<T>, GroupError<E>>, Option<PanicPayload>)> {
+    pub(crate) fn take_all(&self) -> Option<Joined<T, E>> {
         // Looked at before locking: it may observe a deadline and run our callback.
         let scope_cause = self.scope.cause();
         let taken = lock(&self.state).take_all()?;
