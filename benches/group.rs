@@ -490,6 +490,88 @@ fn memory_joinset_semaphore(rt: &Runtime, tasks: usize) -> f64 {
 // Main
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// 5. Shared producers: tasks spawned from several tasks while the owner waits
+// ---------------------------------------------------------------------------------------------
+
+/// Producers on a runtime of two workers, each spawning `per_producer` trivial tasks; timed
+/// until every task has been joined.
+const PRODUCERS: usize = 4;
+
+fn producers_spawner(rt: &tokio::runtime::Runtime, per_producer: usize) -> Duration {
+    rt.block_on(async {
+        let root = Scope::new();
+        let start = Instant::now();
+        let group = TaskGroup::new(&root);
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|_| {
+                let spawner = group.spawner();
+                tokio::spawn(async move {
+                    for _ in 0..per_producer {
+                        let spawned = spawner.spawn("task", |_| async { Ok(()) });
+                        assert!(spawned.is_ok(), "the group is neither cancelled nor joined");
+                    }
+                })
+            })
+            .collect();
+        for producer in producers {
+            producer.await.expect("producer");
+        }
+        let values = group.join().await.expect("no task fails");
+        let elapsed = start.elapsed();
+        assert_eq!(values.len(), PRODUCERS * per_producer);
+        elapsed
+    })
+}
+
+fn producers_mutex_joinset(rt: &tokio::runtime::Runtime, per_producer: usize) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        let set = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|_| {
+                let set = set.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_producer {
+                        set.lock().unwrap().spawn(async { Ok::<(), BoxError>(()) });
+                    }
+                })
+            })
+            .collect();
+        for producer in producers {
+            producer.await.expect("producer");
+        }
+        let mut set = Arc::into_inner(set).unwrap().into_inner().unwrap();
+        let joined = join_every(&mut set, |result| result.expect("no task fails")).await;
+        let elapsed = start.elapsed();
+        assert_eq!(joined, PRODUCERS * per_producer);
+        elapsed
+    })
+}
+
+fn producers_task_tracker(rt: &tokio::runtime::Runtime, per_producer: usize) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|_| {
+                let tracker = tracker.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_producer {
+                        tracker.spawn(async { Ok::<(), BoxError>(()) });
+                    }
+                })
+            })
+            .collect();
+        for producer in producers {
+            producer.await.expect("producer");
+        }
+        tracker.close();
+        tracker.wait().await;
+        start.elapsed()
+    })
+}
+
 fn main() {
     let config = Config::from_env();
     let started = Instant::now();
@@ -713,6 +795,41 @@ fn main() {
             Target::OursAtMost(128.0),
         ));
         progress("memory");
+    }
+
+    // 5.
+    {
+        let two = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .expect("two-worker runtime");
+        let per_producer = config.spawn_tasks[1] / PRODUCERS;
+        let tasks = PRODUCERS * per_producer;
+        let stats = interleaved_n(
+            config.rounds,
+            &[tasks, tasks, tasks],
+            &mut [
+                &mut || producers_spawner(&two, per_producer),
+                &mut || producers_mutex_joinset(&two, per_producer),
+                &mut || producers_task_tracker(&two, per_producer),
+            ],
+        );
+        rows.push(row(
+            format!(
+                "5. {PRODUCERS} producers x {per_producer}, 2 workers: Spawner vs Mutex<JoinSet>"
+            ),
+            "ns/task",
+            &pair(&stats, 0, 1),
+            Target::AtMost(1.1),
+        ));
+        rows.push(row(
+            "5b. the same: Spawner vs TaskTracker".to_owned(),
+            "ns/task",
+            &pair(&stats, 0, 2),
+            Target::AtMost(1.5),
+        ));
+        progress("shared producers");
     }
 
     print_table(&rows);
