@@ -72,8 +72,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .start(&app)?;
     let handle = supervisor.handle();
 
-    // A first ctrl-c shuts the tree down in order, a second one aborts what is left.
-    let listener = tokio::spawn(shutdown_on_signals(handle.clone(), signals));
+    // A first ctrl-c shuts the tree down in order, within 25 s in all (a pod's 30 s
+    // `terminationGracePeriodSeconds`, less a margin); a second one aborts what is left.
+    let on_signals = shutdown_on_signals(handle.clone(), signals).within(Duration::from_secs(25));
+    let listener = tokio::spawn(on_signals);
     let printer = tokio::spawn(print_changes(handle.clone()));
 
     let result = supervisor.join().await;
