@@ -247,8 +247,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     };
 
     let (addr, handle) = install(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
-    println!("serving metrics on http://{addr}/metrics");
-    println!("  curl http://{addr}/metrics");
+    if !once {
+        println!("serving metrics on http://{addr}/metrics");
+        println!("  curl http://{addr}/metrics");
+    }
 
     let root = root();
     workload(&root).await?;

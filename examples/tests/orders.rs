@@ -295,10 +295,13 @@ fn bad_flags_are_clear_errors_and_nothing_starts() {
         ("--payment-timeout-ms 99999999 is not in 1..=3600000", |c| {
             c.payment_timeout_ms = 99_999_999
         }),
-        ("the rate of Declined orders, NaN, is not in 0..=1", |c| {
+        ("--decline-rate NaN is not in 0..=1", |c| {
             c.decline_rate = f64::NAN
         }),
-        ("the failure rates add up to", |c| {
+        ("--decline-rate 1.5 is not in 0..=1", |c| {
+            c.decline_rate = 1.5
+        }),
+        ("the rates (--shortage-rate, --decline-rate,", |c| {
             c.shortage_rate = 0.6;
             c.decline_rate = 0.6;
         }),

@@ -294,7 +294,8 @@ pub struct ChildRestarting<'a> {
     pub supervisor: &'a Scope,
     /// The child's name.
     pub child: &'a str,
-    /// How many times it was restarted before this one.
+    /// Which restart this is: 1 for the first (the snapshot's
+    /// [`restarts`](crate::ChildSnapshot::restarts) once it is done).
     pub restarts: u32,
     /// How long it waits before it starts again (its backoff).
     pub delay: Duration,

@@ -1469,7 +1469,7 @@ async fn a_restarting_child_is_reported_with_its_restart_count_and_failure() {
     for (n, event) in restarts.iter().enumerate() {
         assert_eq!(event.supervisor, "app/workers");
         assert_eq!(event.child, "feed");
-        assert_eq!(event.restarts, n as u32);
+        assert_eq!(event.restarts, n as u32 + 1, "restarts count from 1");
         let cause = event.cause.as_ref().expect("restarted for a failure");
         assert_eq!(cause.kind(), CauseKind::TaskFailed);
         assert_eq!(cause.origin(), Some("app/workers/feed"));

@@ -118,17 +118,26 @@ impl Config {
         {
             return fail(format!("--shutdown-after-ms {ms} is over {MAX_MS}"));
         }
+        let flags = [
+            "--shortage-rate",
+            "--decline-rate",
+            "--slow-payment-rate",
+            "--user-cancel-rate",
+            "--panic-rate",
+            "--stuck-rate",
+        ];
         let rates = self.rates();
-        for (rate, fate) in rates {
-            if !(0.0..=1.0).contains(&rate) {
-                return fail(format!(
-                    "the rate of {fate:?} orders, {rate}, is not in 0..=1"
-                ));
+        for ((rate, _), flag) in rates.iter().zip(flags) {
+            if !(0.0..=1.0).contains(rate) {
+                return fail(format!("{flag} {rate} is not in 0..=1"));
             }
         }
         let sum: f64 = rates.iter().map(|(rate, _)| rate).sum();
         if sum > 1.0 + 1e-9 {
-            return fail(format!("the failure rates add up to {sum}, over 1"));
+            return fail(format!(
+                "the rates ({}) add up to {sum}, over 1",
+                flags.join(", ")
+            ));
         }
         if !(0.0..1.0).contains(&self.gateway_flakiness) {
             return fail(format!(

@@ -131,7 +131,8 @@ where
             return;
         };
         let cause = cause();
-        let restarts = self.tree().children[child].restarts;
+        // The number of this restart, as the snapshot counts it once it is done: 1 for the first.
+        let restarts = self.tree().children[child].restarts.saturating_add(1);
         observe::notify(observer, |o| {
             o.child_restarting(&ChildRestarting {
                 supervisor: &self.inner.scope,
