@@ -286,7 +286,7 @@ async fn orders_cancelled_before_they_reach_the_database_are_still_recorded() {
 
 #[test]
 fn bad_flags_are_clear_errors_and_nothing_starts() {
-    let cases: [(&str, Break); 7] = [
+    let cases: [(&str, Break); 8] = [
         ("--orders 0 is not in 1..=1000000", |c| c.orders = 0),
         ("--concurrency 0 is not in 1..=10000", |c| c.concurrency = 0),
         ("--deadline-ms 0 is not in 1..=3600000", |c| {
