@@ -85,9 +85,10 @@ pub use group::{
 pub use on_cancel::OnCancel;
 pub use scope::{DropGuard, Scope, ScopeBuilder, ScopePath, WeakScope};
 pub use supervisor::{
-    Backoff, ChildSnapshot, ChildSpec, ChildState, ConfigError, DEFAULT_INTENSITY, Delays, Restart,
-    Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorError, SupervisorHandle,
-    SupervisorJoin, SupervisorSnapshot, SupervisorState,
+    Backoff, ChildRequest, ChildRequestError, ChildSnapshot, ChildSpec, ChildStarter, ChildState,
+    ConfigError, DEFAULT_INTENSITY, Delays, NextChange, Restart, Stopped, Strategy, Supervisor,
+    SupervisorBuilder, SupervisorChanges, SupervisorError, SupervisorHandle, SupervisorJoin,
+    SupervisorSnapshot, SupervisorState,
 };
 pub use task::{TaskId, TaskInfo};
 
