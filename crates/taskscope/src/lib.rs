@@ -40,7 +40,9 @@
 //! [`Restart`] kind and its [`Strategy`], after a [`Backoff`], escalates with a cause naming the
 //! child when restarts come too often or a failure cannot be retried, never restarts a child
 //! stopped by a cancellation, and shuts down in reverse start order, each child told the cause
-//! and given its grace. [`snapshot`](Supervisor::snapshot) shows the live tree.
+//! and given its grace. [`snapshot`](Supervisor::snapshot) shows the live tree, and
+//! [`changes`](Supervisor::changes) streams it as it changes; children can be started,
+//! terminated, restarted and deleted at runtime ([`Supervisor::start_child`]).
 //!
 //! The semantics, including which cause a scope reports in every ordering of events, are in
 //! the concepts guide (`docs/concepts.md` in the repository).

@@ -86,6 +86,15 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 /// to the sum of the graces of the children that do not stop.
 /// [`abort`](Supervisor::abort) skips the graces (a second ctrl-c).
 ///
+/// Children can also be changed while it runs, under the same rules:
+/// [`start_child`](Supervisor::start_child) adds one after the others,
+/// [`terminate_child`](SupervisorHandle::terminate_child),
+/// [`restart_child`](SupervisorHandle::restart_child) and
+/// [`delete_child`](SupervisorHandle::delete_child) stop one for good, run it again, forget it.
+/// A supervisor ends by itself once every child has stopped for good, unless it was built with
+/// [`run_until_shutdown`](SupervisorBuilder::run_until_shutdown).
+/// [`changes`](Supervisor::changes) streams its state as it changes.
+///
 /// ```
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU32, Ordering};

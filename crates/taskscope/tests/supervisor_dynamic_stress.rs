@@ -180,8 +180,14 @@ async fn round(seed: u64) {
                 let after_shutdown = shut.load(Ordering::SeqCst);
                 let answer = match op {
                     Op::Start(name, behaviour, restart) => {
-                        let spec =
-                            child(format!("d{name}"), behaviour, restart, delay, &live, &starts);
+                        let spec = child(
+                            format!("d{name}"),
+                            behaviour,
+                            restart,
+                            delay,
+                            &live,
+                            &starts,
+                        );
                         starter.start_child(spec).await
                     }
                     Op::Terminate(name) => handle.terminate_child(&format!("d{name}")).await,
