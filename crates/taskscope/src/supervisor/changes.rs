@@ -143,6 +143,9 @@ impl SupervisorChanges {
     ///
     /// Cancel-safe: dropping the future loses nothing; the next call returns the latest state
     /// not returned yet.
+    // A stream's `next` (as `StreamExt::next`, `JoinSet::join_next`): a future, not an
+    // iterator's item, and core has no `Stream` trait to implement.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> NextChange<'_> {
         NextChange { changes: self }
     }
