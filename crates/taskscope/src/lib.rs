@@ -40,7 +40,9 @@
 //! [`Restart`] kind and its [`Strategy`], after a [`Backoff`], escalates with a cause naming the
 //! child when restarts come too often or a failure cannot be retried, never restarts a child
 //! stopped by a cancellation, and shuts down in reverse start order, each child told the cause
-//! and given its grace. [`snapshot`](Supervisor::snapshot) shows the live tree.
+//! and given its grace. [`snapshot`](Supervisor::snapshot) shows the live tree, and
+//! [`changes`](Supervisor::changes) streams it as it changes; children can be started,
+//! terminated, restarted and deleted at runtime ([`Supervisor::start_child`]).
 //!
 //! The semantics, including which cause a scope reports in every ordering of events, are in
 //! the concepts guide (`docs/concepts.md` in the repository).
@@ -85,9 +87,10 @@ pub use group::{
 pub use on_cancel::OnCancel;
 pub use scope::{DropGuard, Scope, ScopeBuilder, ScopePath, WeakScope};
 pub use supervisor::{
-    Backoff, ChildSnapshot, ChildSpec, ChildState, ConfigError, DEFAULT_INTENSITY, Delays, Restart,
-    Stopped, Strategy, Supervisor, SupervisorBuilder, SupervisorError, SupervisorHandle,
-    SupervisorJoin, SupervisorSnapshot, SupervisorState,
+    Backoff, ChildRequest, ChildRequestError, ChildSnapshot, ChildSpec, ChildStarter, ChildState,
+    ConfigError, DEFAULT_INTENSITY, Delays, NextChange, Restart, Stopped, Strategy, Supervisor,
+    SupervisorBuilder, SupervisorChanges, SupervisorError, SupervisorHandle, SupervisorJoin,
+    SupervisorSnapshot, SupervisorState,
 };
 pub use task::{TaskId, TaskInfo};
 

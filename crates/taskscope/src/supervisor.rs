@@ -1,7 +1,9 @@
 //! OTP-style supervisors: children restarted with backoff, and an ordered graceful shutdown.
 
 mod backoff;
+mod changes;
 mod child;
+mod children;
 mod deep;
 mod error;
 mod failure;
@@ -14,6 +16,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::{self, Location};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,7 +32,9 @@ use runner::{Runner, Settings};
 use tree::Inner;
 
 pub use backoff::{Backoff, Delays};
-pub use error::{ConfigError, SupervisorError};
+pub use changes::{NextChange, SupervisorChanges};
+pub use children::{ChildRequest, ChildStarter};
+pub use error::{ChildRequestError, ConfigError, SupervisorError};
 pub use snapshot::{ChildSnapshot, ChildState, SupervisorSnapshot, SupervisorState};
 pub use spec::{ChildSpec, Restart};
 
@@ -80,6 +85,15 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 /// and given its grace, then aborted. Stops are sequential, as in OTP, so a shutdown takes up
 /// to the sum of the graces of the children that do not stop.
 /// [`abort`](Supervisor::abort) skips the graces (a second ctrl-c).
+///
+/// Children can also be changed while it runs, under the same rules:
+/// [`start_child`](Supervisor::start_child) adds one after the others,
+/// [`terminate_child`](SupervisorHandle::terminate_child),
+/// [`restart_child`](SupervisorHandle::restart_child) and
+/// [`delete_child`](SupervisorHandle::delete_child) stop one for good, run it again, forget it.
+/// A supervisor ends by itself once every child has stopped for good, unless it was built with
+/// [`run_until_shutdown`](SupervisorBuilder::run_until_shutdown).
+/// [`changes`](Supervisor::changes) streams its state as it changes.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -196,6 +210,56 @@ where
         self.handle.snapshot()
     }
 
+    /// The supervisor's changes of state, as a stream of snapshots: see [`SupervisorChanges`].
+    pub fn changes(&self) -> SupervisorChanges {
+        self.handle.changes()
+    }
+
+    /// Adds a child and starts it, after the others: see [`ChildStarter::start_child`].
+    ///
+    /// # Cancel safety
+    ///
+    /// The request is made by this call: dropping the returned future does not withdraw it.
+    pub fn start_child(&self, spec: ChildSpec<E>) -> ChildRequest {
+        self.starter().start_child(spec)
+    }
+
+    /// A cloneable handle that adds children from other tasks: see [`ChildStarter`].
+    pub fn starter(&self) -> ChildStarter<E> {
+        ChildStarter {
+            handle: self.handle.clone(),
+            error: PhantomData,
+        }
+    }
+
+    /// Stops a child for good: see [`SupervisorHandle::terminate_child`].
+    ///
+    /// # Cancel safety
+    ///
+    /// The request is made by this call: dropping the returned future does not withdraw it.
+    #[track_caller]
+    pub fn terminate_child(&self, name: &str) -> ChildRequest {
+        self.handle.terminate_child(name)
+    }
+
+    /// Starts a terminated child again: see [`SupervisorHandle::restart_child`].
+    ///
+    /// # Cancel safety
+    ///
+    /// The request is made by this call: dropping the returned future does not withdraw it.
+    pub fn restart_child(&self, name: &str) -> ChildRequest {
+        self.handle.restart_child(name)
+    }
+
+    /// Forgets a terminated child: see [`SupervisorHandle::delete_child`].
+    ///
+    /// # Cancel safety
+    ///
+    /// The request is made by this call: dropping the returned future does not withdraw it.
+    pub fn delete_child(&self, name: &str) -> ChildRequest {
+        self.handle.delete_child(name)
+    }
+
     /// Waits until the supervisor has ended: every child has stopped for good, because the
     /// supervisor was shut down, escalated, or had no child left to restart.
     ///
@@ -238,7 +302,10 @@ where
     }
 }
 
-/// A cheap, cloneable handle to a [`Supervisor`]: shut it down, force it, take snapshots.
+/// A cheap, cloneable handle to a [`Supervisor`]: shut it down, force it, take snapshots,
+/// follow its [changes](SupervisorHandle::changes), terminate, restart and delete its
+/// children. Adding a child takes its spec, typed by the children's error type: that is on the
+/// [`Supervisor`] and its [`ChildStarter`].
 #[derive(Clone)]
 pub struct SupervisorHandle {
     inner: Arc<Inner>,
@@ -459,6 +526,7 @@ where
                 max_restarts: DEFAULT_INTENSITY.0,
                 window: DEFAULT_INTENSITY.1,
                 seed: None,
+                until_shutdown: false,
             },
             children: Vec::new(),
         }
@@ -496,6 +564,16 @@ where
     /// [`Backoff::delays`]. Random by default.
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.settings.seed = Some(seed);
+        self
+    }
+
+    /// Keeps the supervisor running until it is shut down, also with no child running (OTP's
+    /// supervisors, Elixir's `DynamicSupervisor`): for children added at runtime with
+    /// [`Supervisor::start_child`]. Without it, a supervisor whose children have all stopped
+    /// for good (returned and not to be restarted, or terminated) ends by itself, and refuses
+    /// children from then on.
+    pub fn run_until_shutdown(mut self) -> Self {
+        self.settings.until_shutdown = true;
         self
     }
 

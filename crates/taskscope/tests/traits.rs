@@ -78,3 +78,18 @@ fn supervisor_types_are_send_sync_and_unpin() {
     error::<SupervisorError<BoxError>>();
     error::<ConfigError>();
 }
+
+#[test]
+fn runtime_change_types_are_send_sync_and_unpin() {
+    use taskscope::{ChildRequest, ChildRequestError, ChildStarter, NextChange, SupervisorChanges};
+    fn send_sync_unpin<T: Send + Sync + Unpin>() {}
+    send_sync_unpin::<ChildStarter>();
+    // Whatever the error type: the starter holds none.
+    send_sync_unpin::<ChildStarter<std::rc::Rc<()>>>();
+    send_sync_unpin::<ChildRequest>();
+    send_sync_unpin::<SupervisorChanges>();
+    send_sync_unpin::<NextChange<'static>>();
+    send_sync_unpin_unwind_safe::<ChildRequestError>();
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    error::<ChildRequestError>();
+}

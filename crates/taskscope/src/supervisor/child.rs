@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::children::Reply;
 use super::failure::LastFailure;
 use super::snapshot::{ChildSnapshot, ChildState};
 use super::spec::Nested;
@@ -32,6 +33,17 @@ pub(super) struct Child {
     pub(super) attempts: u32,
     pub(super) last_failure: Option<Arc<dyn LastFailure>>,
     pub(super) last_cause: Option<LastCause>,
+    /// Set while it is being terminated: its run ends for good, and the handles that asked
+    /// are answered when it does.
+    pub(super) terminate: Option<Terminate>,
+}
+
+/// A termination asked for by a handle (`terminate_child`), pending until the child's run ends.
+pub(super) struct Terminate {
+    /// What the child is told, if it is stopped for it.
+    pub(super) cause: Cause,
+    /// Who is waiting for it; answered after unlocking (invariant 2).
+    pub(super) replies: Vec<Reply>,
 }
 
 /// A running task's slab key in the group, and its scope.
@@ -66,6 +78,16 @@ pub(super) enum Run {
 }
 
 impl Run {
+    /// The state a snapshot shows of this run.
+    pub(super) fn state(&self) -> ChildState {
+        match self {
+            Run::Running { .. } => ChildState::Running,
+            Run::Stopping { .. } => ChildState::Stopping,
+            Run::Waiting { .. } | Run::Held { .. } => ChildState::Restarting,
+            Run::Ended(state) => *state,
+        }
+    }
+
     /// The task of this run that the group has not reported yet.
     pub(super) fn task(&self) -> Option<TaskId> {
         match self {
@@ -94,6 +116,7 @@ impl Child {
             attempts: 0,
             last_failure: None,
             last_cause: None,
+            terminate: None,
         }
     }
 

@@ -3,6 +3,8 @@
 use std::error::Error;
 use std::fmt;
 
+use super::ChildState;
+use crate::text::Escaped;
 use crate::{Cause, Failure, TaskInfo};
 
 /// Why a supervisor's [`join`](crate::Supervisor::join) did not return `Ok`: it escalated (a
@@ -95,3 +97,69 @@ impl fmt::Display for ConfigError {
 }
 
 impl Error for ConfigError {}
+
+/// Why a change of a supervisor's children at runtime was refused; the answer of a
+/// [`ChildRequest`](crate::ChildRequest).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ChildRequestError {
+    /// No child has this name.
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// A child already has this name; an ended child keeps it until it is deleted.
+    AlreadyPresent {
+        /// The name of the child to start.
+        name: String,
+    },
+    /// The child has not stopped for good: it runs, stops, or waits to restart. Terminate it
+    /// first.
+    NotTerminated {
+        /// The child's name.
+        name: String,
+        /// Its state when the request was served.
+        state: ChildState,
+    },
+    /// The child's spec cannot work: it has no name, or it is a nested supervisor whose
+    /// configuration cannot work.
+    Invalid(ConfigError),
+    /// The supervisor is shutting down, has escalated, or has ended: it changes no child any
+    /// more.
+    Stopped {
+        /// What it stops for: its shutdown's or its escalation's cause; `None` when it ended by
+        /// itself, with no child left to run.
+        cause: Option<Cause>,
+    },
+}
+
+impl fmt::Display for ChildRequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names are the user's: escaped, so none can forge a line of a report.
+        match self {
+            ChildRequestError::NotFound { name } => write!(f, "no child named '{}'", Escaped(name)),
+            ChildRequestError::AlreadyPresent { name } => {
+                write!(f, "a child named '{}' already exists", Escaped(name))
+            }
+            ChildRequestError::NotTerminated { name, state } => {
+                write!(f, "child '{}' is {state}, not terminated", Escaped(name))
+            }
+            ChildRequestError::Invalid(error) => write!(f, "{error}"),
+            ChildRequestError::Stopped { cause: Some(cause) } => {
+                write!(f, "supervisor stopped: {cause}")
+            }
+            ChildRequestError::Stopped { cause: None } => f.write_str("supervisor stopped"),
+        }
+    }
+}
+
+impl Error for ChildRequestError {
+    /// The invalid configuration, or the cause the supervisor stops for.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            ChildRequestError::Invalid(error) => Some(error),
+            ChildRequestError::Stopped { cause: Some(cause) } => Some(cause),
+            _ => None,
+        }
+    }
+}

@@ -10,7 +10,10 @@
 //! 1. A child is its index, its start position: `specs[i]` is what it is made of (immutable,
 //!    generic in the error type, so the runner's), `Tree::children[i]` all of its state (a
 //!    [`Child`](super::child::Child)). Only the runner changes that state, in place, under the
-//!    tree's lock; snapshots read it there. There is no other copy.
+//!    tree's lock; snapshots read it there. There is no other copy. A child added at runtime
+//!    goes last; a child deleted at runtime has ended for good, and every index the runner
+//!    keeps of the children after it (the group's tasks, the queue of stops, the timers, the
+//!    plan) moves down by one with them, in the same step (`Runner::forget`).
 //! 2. No user code and no waker code runs under the tree's lock: a user's `Display`, predicate
 //!    or factory, an observer, a scope's cancel (which runs its callbacks), a waker's clone,
 //!    wake or drop. Whatever a change replaces (a run, which may hold a scope; a cause or a
@@ -29,6 +32,16 @@
 //! 6. A child's scope is cancelled only with a cause that is fully stamped (origin, time,
 //!    location), so the scope stores that very cause and the child's error echoing it is
 //!    recognised as a cancellation.
+//! 7. Handles change children only through `Tree::requests`, which the runner takes at the
+//!    end of each turn (`Tree::end_turn`) and serves in order, as its own steps. Requests are
+//!    queued only while the supervisor is `Running`; once `shutdown` is set, those still queued
+//!    are refused with its cause, and those left when the runner ends are dropped (their
+//!    futures answer that it stopped). A terminated child's run ends for good (`Child::terminate`),
+//!    and its requesters are answered when it does.
+//! 8. Every change the runner makes to what a snapshot shows counts in `Tree::version`, under
+//!    the same lock (`Tree::set_run` counts the runs). At the end of a turn that changed it,
+//!    and when the runner ends, the subscribers waiting for a change are taken out of the tree
+//!    and woken after unlocking; with none, that is one comparison.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -47,6 +60,7 @@ use restart::{Escalation, Plan};
 use shutdown::StopTimer;
 
 use super::backoff::Rng;
+use super::changes;
 use super::child::{Child, LastCause, Run};
 use super::failure::{ChildFailure, LastFailure};
 use super::snapshot::{ChildState, SupervisorState};
@@ -59,6 +73,7 @@ use crate::sync::{Mutex, MutexGuard, lock};
 use crate::{CancelledOwned, Cause, Failure, Outcome, Scope, TaskExit, TaskGroup};
 use crate::{TaskId, TaskInfo};
 
+mod requests;
 mod restart;
 mod shutdown;
 
@@ -71,6 +86,8 @@ pub(crate) struct Settings {
     pub(crate) window: Duration,
     /// The jitter's seed; random when `None`.
     pub(crate) seed: Option<u64>,
+    /// Stays up with no child running, until shut down.
+    pub(crate) until_shutdown: bool,
 }
 
 /// The supervisor itself: a future that ends when every child has stopped for good.
@@ -249,8 +266,16 @@ where
             progress |= self.restart_due(now);
             progress |= self.advance_stops(now);
             progress |= self.advance_plan(now);
+            let turn = self.tree().end_turn();
+            changes::wake(turn.watchers);
+            // Invariant 7: served as steps of the runner's own, then looked at by another turn.
+            if !turn.requests.is_empty() {
+                self.serve(turn.requests, now);
+                continue;
+            }
             // Invariant 3: nothing is left to run or to wait for.
-            if self.plan.is_none() && self.tree().is_idle() {
+            let stays = self.settings.until_shutdown && self.shutdown.is_none();
+            if self.plan.is_none() && turn.idle && !stays {
                 return Poll::Ready(self.finish());
             }
             if progress {
@@ -287,17 +312,20 @@ where
 
     fn on_exit(&mut self, exit: TaskExit<(), E>, now: Instant) {
         let TaskExit { task, outcome } = exit;
-        // How the run was going: returned on its own (with its scope and start), or stopped.
-        let (child, returned) = {
+        // How the run was going: returned on its own (with its scope and start), or stopped;
+        // and whether it is being terminated, with what cause.
+        let (child, returned, terminating) = {
             let mut tree = self.tree();
             let Some(child) = tree.reported(task.id) else {
                 return;
             };
-            let returned = match &mut tree.children[child].run {
+            let child_state = &mut tree.children[child];
+            let terminating = child_state.terminate.as_ref().map(|t| t.cause.clone());
+            let returned = match &mut child_state.run {
                 Run::Running { task, since, .. } => Some((task.take(), *since)),
                 _ => None,
             };
-            (child, returned)
+            (child, returned, terminating)
         };
         if self.shutdown.is_some()
             && let Some(nested) = self.nested(child)
@@ -314,7 +342,14 @@ where
             Some((started, since)) => {
                 let uptime = now.saturating_duration_since(since);
                 let scope = started.map(|(_, scope)| scope);
-                self.returned(child, task, outcome, scope, uptime, now);
+                let run = Returned {
+                    task,
+                    outcome,
+                    scope,
+                    uptime,
+                    terminating,
+                };
+                self.returned(child, run, now);
             }
             None => {
                 if self
@@ -324,30 +359,32 @@ where
                 {
                     self.stopping = None;
                 }
+                let may_restart = terminating.is_none();
                 let cause = match &outcome {
                     Outcome::Cancelled(cause) => Some(cause.clone()),
-                    _ => self.stop_cause(),
+                    _ => self.stop_cause(terminating),
                 };
                 self.record(child, &task, outcome, cause, true);
-                self.hold_or_stop(child, true);
+                self.hold_or_stop(child, may_restart);
             }
         }
     }
 
     /// A running child returned (or panicked, or was aborted) without being asked to stop, at
-    /// `now`, after `uptime`.
-    fn returned(
-        &mut self,
-        child: usize,
-        task: TaskInfo,
-        outcome: Outcome<(), E>,
-        scope: Option<Scope>,
-        uptime: Duration,
-        now: Instant,
-    ) {
+    /// `now`.
+    fn returned(&mut self, child: usize, run: Returned<E>, now: Instant) {
+        let Returned {
+            task,
+            outcome,
+            scope,
+            uptime,
+            terminating,
+        } = run;
         let own_cause = scope.as_ref().and_then(Scope::cause);
+        // Being terminated, it stops for good however it returned.
         let cancelled = own_cause.is_some()
             || self.shutdown.is_some()
+            || terminating.is_some()
             || matches!(outcome, Outcome::Cancelled(_) | Outcome::Aborted);
         if cancelled || self.in_plan(child) {
             // Stopped by a cancellation: never restarted. Or about to restart with its
@@ -355,7 +392,7 @@ where
             // failure changes nothing.
             let cause = match &outcome {
                 Outcome::Cancelled(cause) => Some(cause.clone()),
-                _ => own_cause.or_else(|| self.shutdown.clone()),
+                _ => own_cause.or_else(|| self.shutdown.clone()).or(terminating),
             };
             let done = matches!(outcome, Outcome::Completed(()))
                 && self.specs[child].restart != Restart::Always;
@@ -431,7 +468,8 @@ where
         self.end(child, state, failure, cause.map(LastCause::Given));
     }
 
-    /// Ends `child`'s run in `state`, with its last failure and cause when given.
+    /// Ends `child`'s run in `state`, with its last failure and cause when given; answers
+    /// whoever waits for it to be terminated (invariant 7).
     fn end(
         &self,
         child: usize,
@@ -439,12 +477,21 @@ where
         failure: Option<Arc<dyn LastFailure>>,
         cause: Option<LastCause>,
     ) {
-        let stale = {
+        let (stale, terminated) = {
             let mut tree = self.tree();
             let run = tree.set_run(child, Run::Ended(state));
-            (run, tree.children[child].ended(failure, cause))
+            let terminated = tree.children[child].terminate.take();
+            (
+                (run, tree.children[child].ended(failure, cause)),
+                terminated,
+            )
         };
         drop(stale);
+        if let Some(terminated) = terminated {
+            for reply in terminated.replies {
+                let _ = reply.send(Ok(()));
+            }
+        }
     }
 
     /// Sets `child`'s run; the run it replaces is dropped after unlocking (invariant 2).
@@ -500,10 +547,12 @@ where
             .is_some_and(|plan| plan.members.contains(&child))
     }
 
-    /// What a child being stopped is told: the shutdown's cause, or the plan's.
-    fn stop_cause(&self) -> Option<Cause> {
+    /// What a child being stopped is told: the shutdown's cause, or the cause it is
+    /// `terminating` with, or the plan's.
+    fn stop_cause(&self, terminating: Option<Cause>) -> Option<Cause> {
         self.shutdown
             .clone()
+            .or(terminating)
             .or_else(|| self.plan.as_ref().map(|plan| plan.cause.clone()))
     }
 
@@ -517,6 +566,17 @@ where
             .unwrap_or(false),
         }
     }
+}
+
+/// How a running child's run returned without being asked to stop.
+struct Returned<E> {
+    task: TaskInfo,
+    outcome: Outcome<(), E>,
+    /// The run's scope.
+    scope: Option<Scope>,
+    uptime: Duration,
+    /// The cause it is being terminated with, if it is.
+    terminating: Option<Cause>,
 }
 
 impl<E> Future for Runner<E>
@@ -543,17 +603,24 @@ where
             return;
         }
         // Dropped unfinished (aborted, or its runtime shut down): the group's own drop cancels
-        // and aborts the children; handles see the supervisor stopped.
+        // and aborts the children; handles see the supervisor stopped, and requests unanswered
+        // are dropped, so their futures answer that it stopped (invariant 7).
         let mut stale = Vec::new();
+        let mut terminated = Vec::new();
         let mut tree = self.tree();
         tree.state = SupervisorState::Stopped;
+        tree.ended = true;
+        tree.changed();
         for child in 0..tree.children.len() {
             if !matches!(tree.children[child].run, Run::Ended(_)) {
                 stale.push(tree.set_run(child, Run::Ended(ChildState::Aborted)));
             }
+            terminated.extend(tree.children[child].terminate.take());
         }
+        let turn = tree.end_turn();
         drop(tree);
-        drop(stale);
+        drop((stale, terminated, turn.requests));
+        changes::wake(turn.watchers);
         let _ = self.inner.done.node.cancel(Cause::plain(), self.location);
     }
 }

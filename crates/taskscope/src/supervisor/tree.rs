@@ -1,5 +1,5 @@
 //! What a supervisor shares with its handles: its state and its children's, behind one lock,
-//! and the snapshots taken from them.
+//! the requests handles queue for the runner, and the snapshots taken from them.
 //!
 //! The invariants cited here are the runner's (`runner.rs`).
 
@@ -10,7 +10,9 @@ use std::task::Waker;
 use tokio::time::Instant;
 
 use super::Strategy;
+use super::changes::Watchers;
 use super::child::{Child, LastCause, Run};
+use super::children::Request;
 use super::failure::LastFailure;
 use super::snapshot::{SupervisorSnapshot, SupervisorState};
 use crate::sync::{Mutex, lock};
@@ -43,6 +45,25 @@ pub(super) struct Tree {
     /// The children aborted during the shutdown, once the runner has ended.
     pub(super) aborted: Vec<TaskInfo>,
     runner: Option<Waker>,
+    /// Changes of children asked for by handles, in order, until the runner's turn ends
+    /// (invariant 7). Taken only while `state` is running.
+    pub(super) requests: Vec<Request>,
+    /// Counts the runner's changes to what a snapshot shows (invariant 8).
+    pub(super) version: u64,
+    /// The runner has ended: `version` is final.
+    pub(super) ended: bool,
+    /// The subscribers to changes, and the wakers of those waiting for one.
+    pub(super) watchers: Watchers,
+}
+
+/// What a runner's turn ends with, read under one lock.
+pub(super) struct TurnEnd {
+    /// The requests queued since the last turn, to serve in order.
+    pub(super) requests: Vec<Request>,
+    /// The subscribers to wake, after unlocking, because the turn changed the tree.
+    pub(super) watchers: Vec<Waker>,
+    /// No run is left to wait for (invariant 3).
+    pub(super) idle: bool,
 }
 
 impl Tree {
@@ -56,7 +77,16 @@ impl Tree {
             force_at: None,
             aborted: Vec::new(),
             runner: None,
+            requests: Vec::new(),
+            version: 0,
+            ended: false,
+            watchers: Watchers::default(),
         }
+    }
+
+    /// Counts a change to what a snapshot shows (invariant 8).
+    pub(super) fn changed(&mut self) {
+        self.version = self.version.wrapping_add(1);
     }
 
     /// Sets `child`'s run, and what is counted of it (invariant 3). Returns the run it
@@ -65,6 +95,7 @@ impl Tree {
     pub(super) fn set_run(&mut self, child: usize, run: Run) -> Run {
         let (task, waits) = (run.task(), matches!(run, Run::Waiting { .. }));
         let old = mem::replace(&mut self.children[child].run, run);
+        self.changed();
         if let Some(id) = task
             && old.task() != task
         {
@@ -83,6 +114,47 @@ impl Tree {
     /// Whether no run is left to wait for: no task, no backoff (invariant 3).
     pub(super) fn is_idle(&self) -> bool {
         self.tasks.is_empty() && self.waiting == 0
+    }
+
+    /// Ends a runner's turn: takes the requests queued (invariant 7) and the subscribers to
+    /// wake if the tree changed since they were last woken (invariant 8).
+    pub(super) fn end_turn(&mut self) -> TurnEnd {
+        TurnEnd {
+            requests: mem::take(&mut self.requests),
+            watchers: self.watchers.take(self.version),
+            idle: self.is_idle(),
+        }
+    }
+
+    /// Queues `request` for the runner while it takes them (invariant 7): returns the
+    /// runner's waker, to wake after unlocking; or the request refused, with the cause the
+    /// supervisor stops for, to drop after unlocking.
+    pub(super) fn queue(
+        &mut self,
+        request: Request,
+    ) -> Result<Option<Waker>, (Request, Option<Cause>)> {
+        if self.state == SupervisorState::Running && !self.ended {
+            self.requests.push(request);
+            Ok(self.runner.take())
+        } else {
+            Err((request, self.cause.clone()))
+        }
+    }
+
+    /// Adds a child after the others; returns its index.
+    pub(super) fn add(&mut self, child: Child) -> usize {
+        self.children.push(child);
+        self.changed();
+        self.children.len() - 1
+    }
+
+    /// Removes `child`, which has ended for good: the children after it move down by one.
+    /// Returns it, to be dropped after unlocking (invariant 2).
+    pub(super) fn remove(&mut self, child: usize) -> Child {
+        debug_assert!(matches!(self.children[child].run, Run::Ended(_)));
+        self.tasks.forget(child);
+        self.changed();
+        self.children.remove(child)
     }
 }
 
@@ -127,6 +199,15 @@ impl Tasks {
     fn is_empty(&self) -> bool {
         self.live == 0
     }
+
+    /// `child`, which has no task, is removed: the children after it move down by one.
+    fn forget(&mut self, child: usize) {
+        for (_, entry) in &mut self.entries {
+            if let Some(at) = entry.as_mut().filter(|at| **at > child) {
+                *at -= 1;
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -142,8 +223,14 @@ impl Inner {
     /// This supervisor's tree, nested supervisors included, built without recursion: each
     /// level is taken on its own (under its own lock only), then the levels are nested.
     pub(crate) fn snapshot(&self) -> SupervisorSnapshot {
+        self.versioned_snapshot().1
+    }
+
+    /// [`snapshot`](Inner::snapshot), and the version of this supervisor's tree it shows
+    /// (invariant 8).
+    pub(super) fn versioned_snapshot(&self) -> (u64, SupervisorSnapshot) {
         let now = Instant::now();
-        let (root, nested) = self.level(now);
+        let (root, nested, version) = self.level(now);
         // Each level, and where it goes: (index of its parent level, index of the child).
         let mut levels: Vec<(SupervisorSnapshot, Option<(usize, usize)>)> = vec![(root, None)];
         let mut todo: Vec<(Arc<Inner>, (usize, usize))> = nested
@@ -151,7 +238,7 @@ impl Inner {
             .map(|(child, inner)| (inner, (0, child)))
             .collect();
         while let Some((inner, place)) = todo.pop() {
-            let (level, nested) = inner.level(now);
+            let (level, nested, _) = inner.level(now);
             let at = levels.len();
             levels.push((level, Some(place)));
             todo.extend(
@@ -166,15 +253,16 @@ impl Inner {
             let (parent, child) = place.expect("only the first level has no parent");
             levels[parent].0.children[child].supervisor = Some(Box::new(level));
         }
-        levels.pop().expect("the root level").0
+        (version, levels.pop().expect("the root level").0)
     }
 
-    /// This supervisor's own level of the tree, and its nested supervisors' states by child.
-    fn level(&self, now: Instant) -> (SupervisorSnapshot, Vec<(usize, Arc<Inner>)>) {
+    /// This supervisor's own level of the tree, its nested supervisors' states by child, and
+    /// the version of the tree it shows.
+    fn level(&self, now: Instant) -> (SupervisorSnapshot, Vec<(usize, Arc<Inner>)>, u64) {
         let mut failures: Vec<(usize, Arc<dyn LastFailure>)> = Vec::new();
         let mut causes: Vec<(usize, Arc<dyn LastFailure>)> = Vec::new();
         let mut slots = Vec::new();
-        let (state, cause, mut children) = {
+        let (state, cause, mut children, version) = {
             let tree = lock(&self.tree);
             let children: Vec<_> = tree
                 .children
@@ -193,7 +281,7 @@ impl Inner {
                     child.snapshot(now)
                 })
                 .collect();
-            (tree.state, tree.cause.clone(), children)
+            (tree.state, tree.cause.clone(), children, tree.version)
         };
         // Outside our lock (invariant 2): failures run the user's `Display`, and each nested
         // supervisor's slot has its own lock.
@@ -217,7 +305,7 @@ impl Inner {
             cause,
             children,
         };
-        (level, nested)
+        (level, nested, version)
     }
 
     /// Asks the runner to abort every child now.

@@ -232,6 +232,7 @@ where
         if !plan.armed {
             plan.armed = true;
             let mut tree = lock(&self.inner.tree);
+            tree.changed();
             for &child in &plan.members {
                 if let Run::Held { at } = &mut tree.children[child].run {
                     *at = Some(plan.at);

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::Runner;
 use crate::supervisor::SupervisorError;
+use crate::supervisor::changes;
 use crate::supervisor::child::{LastCause, Run, Task};
 use crate::supervisor::snapshot::{ChildState, SupervisorState};
 use crate::sync::lock;
@@ -39,11 +40,13 @@ where
         let mut stale = Vec::new();
         let mut tree = lock(&self.inner.tree);
         tree.cause = Some(cause.clone());
+        // From now on, handles queue no request (invariant 7).
         tree.state = if self.escalated.is_some() {
             SupervisorState::Escalated
         } else {
             SupervisorState::ShuttingDown
         };
+        tree.changed();
         for child in 0..tree.children.len() {
             match tree.children[child].run {
                 Run::Waiting { .. } | Run::Held { .. } => {
@@ -70,9 +73,16 @@ where
                 // It ended meanwhile; its exit was handled.
                 continue;
             };
+            let terminating = match &self.shutdown {
+                Some(_) => None,
+                None => self.tree().children[child]
+                    .terminate
+                    .as_ref()
+                    .map(|terminate| terminate.cause.clone()),
+            };
             let cause = self
-                .stop_cause()
-                .expect("children stop for a shutdown or a plan");
+                .stop_cause(terminating)
+                .expect("children stop for a shutdown, a termination or a plan");
             let spec = &self.specs[child];
             let key = task.as_ref().map(|(key, _)| *key);
             if let Some((key, scope)) = &task {
@@ -152,12 +162,13 @@ where
     }
 
     /// Ends the runner: every child has stopped for good. Publishes the supervisor's last state
-    /// and the children it aborted, then what `join` returns.
+    /// and the children it aborted, refuses the requests left (invariant 7), wakes the
+    /// subscribers (invariant 8), then returns what `join` returns.
     pub(super) fn finish(&mut self) -> Result<(), SupervisorError<E>> {
         self.finished = true;
         let escalated = self.escalated.take();
         let aborted = mem::take(&mut self.aborted);
-        {
+        let turn = {
             let mut tree = self.tree();
             tree.state = if escalated.is_some() {
                 SupervisorState::Escalated
@@ -165,7 +176,12 @@ where
                 SupervisorState::Stopped
             };
             tree.aborted.clone_from(&aborted);
-        }
+            tree.ended = true;
+            tree.changed();
+            tree.end_turn()
+        };
+        drop(turn.requests);
+        changes::wake(turn.watchers);
         let result = if escalated.is_none() && aborted.is_empty() {
             Ok(())
         } else {
