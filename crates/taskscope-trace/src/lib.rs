@@ -61,7 +61,8 @@
 //! | target | name | fields | parent |
 //! |---|---|---|---|
 //! | `taskscope::group` | `taskscope.group` | `scope`; `cause.kind`, `cause.code`, `cause.detail`, `cause.origin` recorded when the group is cancelled | the current span where the group is built |
-//! | `taskscope::task` | `taskscope.task` | `scope`, `task.name`, `task.id`, `task.spawned_at`; `task.outcome`, `cause.*`, `cancel.latency_us` recorded when the task ends | its group's span (the current span where it starts, if the group has none) |
+//! | `taskscope::supervisor` | `taskscope.supervisor` | as `taskscope.group`, for the group a supervisor runs its children in (`scope` is the supervisor's) | the current span where the supervisor starts |
+//! | `taskscope::task` | `taskscope.task` | `task.name`, `task.id` (the path is its group span's, the spawn site on its events); `task.outcome`, `cause.*`, `cancel.latency_us` recorded when the task ends | its group's span (the current span where it starts, if the group has none) |
 //!
 //! A task's span is entered around its closure and every poll of its future, so the events
 //! and spans of the task's own code nest under it; with `tracing-opentelemetry`, the fields

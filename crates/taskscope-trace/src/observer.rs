@@ -259,15 +259,29 @@ impl Observer for TraceObserver {
     }
 
     fn group_created(&self, event: &GroupCreated<'_>) -> Option<Arc<dyn Attachment>> {
-        let span = tracing::info_span!(
-            target: GROUP_TARGET,
-            "taskscope.group",
-            scope = event.scope.path().to_string().as_str(),
-            cause.kind = Empty,
-            cause.code = Empty,
-            cause.detail = Empty,
-            cause.origin = Empty,
-        );
+        let scope = event.scope.path().to_string();
+        // A supervisor's children run in a group of its own: its span says supervisor.
+        let span = if event.supervisor {
+            tracing::info_span!(
+                target: SUPERVISOR_TARGET,
+                "taskscope.supervisor",
+                scope = scope.as_str(),
+                cause.kind = Empty,
+                cause.code = Empty,
+                cause.detail = Empty,
+                cause.origin = Empty,
+            )
+        } else {
+            tracing::info_span!(
+                target: GROUP_TARGET,
+                "taskscope.group",
+                scope = scope.as_str(),
+                cause.kind = Empty,
+                cause.code = Empty,
+                cause.detail = Empty,
+                cause.origin = Empty,
+            )
+        };
         if span.is_disabled() {
             return None;
         }
@@ -317,11 +331,11 @@ impl Observer for TraceObserver {
         let span = tracing::info_span!(
             target: TASK_TARGET,
             parent: parent_of(event.group_attachment),
+            // Its group's span (the parent) has the path, the task's events the rest: a log
+            // line shows every span around it, so each says only what it adds.
             "taskscope.task",
-            scope = event.scope.path().to_string().as_str(),
             task.name = task.name(),
             task.id = task.id().get(),
-            task.spawned_at = %task.spawned_at(),
             task.outcome = Empty,
             cause.kind = Empty,
             cause.code = Empty,

@@ -482,6 +482,7 @@ impl<'a> TaskGroupBuilder<'a> {
                 grace: DEFAULT_GRACE,
                 cancel_on_error: true,
                 resume_panics: false,
+                supervisor: false,
             },
         }
     }

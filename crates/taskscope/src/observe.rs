@@ -190,6 +190,8 @@ pub struct CancelLost<'a> {
 pub struct GroupCreated<'a> {
     /// The group's scope.
     pub scope: &'a Scope,
+    /// The group runs a supervisor's children: its scope is the supervisor's.
+    pub supervisor: bool,
 }
 
 /// A group was cancelled; see [`Observer::group_cancelled`].

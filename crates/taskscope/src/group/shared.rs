@@ -59,6 +59,8 @@ pub(crate) struct Config {
     pub(crate) cancel_on_error: bool,
     /// Whether `join` resumes the first panic of a task.
     pub(crate) resume_panics: bool,
+    /// The group runs a supervisor's children (its observer is told so).
+    pub(crate) supervisor: bool,
 }
 
 /// How [`Shared::spawn`] admits a task.
@@ -142,7 +144,7 @@ where
 {
     pub(crate) fn new(scope: Scope, config: Config) -> Arc<Self> {
         let (attachment, watcher) = match scope.node.observer() {
-            Some(observer) => Watcher::new(observer, &scope),
+            Some(observer) => Watcher::new(observer, &scope, config.supervisor),
             None => (None, None),
         };
         let shared = Arc::new(Shared {

@@ -33,6 +33,8 @@ pub(super) struct Group<'a> {
 /// A group's observer of tasks, and what it asked for.
 pub(super) struct Watcher {
     observer: Arc<dyn Observer>,
+    /// The group runs a supervisor's children.
+    supervisor: bool,
     /// How long after its cancellation a running task is reported slow to stop.
     slow_after: Option<Duration>,
     /// Where slow-to-stop checks run when the group is cancelled off its runtime.
@@ -79,12 +81,14 @@ impl Watcher {
     pub(super) fn new(
         observer: &Arc<dyn Observer>,
         scope: &Scope,
+        supervisor: bool,
     ) -> (Option<Arc<dyn Attachment>>, Option<Watcher>) {
-        let group = GroupCreated { scope };
+        let group = GroupCreated { scope, supervisor };
         let attachment = observe::notify(observer, |o| o.group_created(&group));
         let slow_after = observe::notify(observer, |o| o.slow_to_stop_after());
         let watcher = Watcher {
             observer: observer.clone(),
+            supervisor,
             slow_after,
             runtime: slow_after.and_then(|_| Handle::try_current().ok()),
             running: Mutex::new(Vec::new()),
@@ -96,7 +100,10 @@ impl Watcher {
     /// subscriber installed (or a filter changed) after the group was made counts from the next
     /// task on.
     pub(super) fn observes(&self, group: Group<'_>) -> bool {
-        let group = GroupCreated { scope: group.scope };
+        let group = GroupCreated {
+            scope: group.scope,
+            supervisor: self.supervisor,
+        };
         observe::notify(&self.observer, |o| o.observes_tasks(&group))
     }
 

@@ -138,6 +138,7 @@ where
             grace: Duration::MAX,
             cancel_on_error: false,
             resume_panics: false,
+            supervisor: true,
         };
         let group = TaskGroup::on_scope(scope.detached_child(), config, location);
         let children = specs
