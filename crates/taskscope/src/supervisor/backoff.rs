@@ -157,7 +157,10 @@ impl Iterator for Delays {
     }
 }
 
-/// SplitMix64: small, fast, and good enough to spread restarts; not for cryptography.
+/// SplitMix64: small, fast, and good enough to spread restarts; not for cryptography. Hand
+/// written rather than `rand`: the core crate depends on tokio and pin-project-lite only, and a
+/// seed ([`SupervisorBuilder::jitter_seed`](crate::SupervisorBuilder::jitter_seed)) makes a
+/// schedule reproducible in tests.
 #[derive(Clone, Debug)]
 pub(crate) struct Rng(u64);
 
