@@ -449,7 +449,7 @@ impl WeakScope {
 }
 
 /// Cancels a scope with a given cause when dropped; made by [`Scope::drop_guard`]. The scope
-/// counterpart of tokio-util's `DropGuard` (which cancels a token and can say no why).
+/// counterpart of tokio-util's `DropGuard`, which cancels a token and cannot say why.
 #[must_use = "dropping the guard cancels the scope at once"]
 pub struct DropGuard {
     armed: Option<(Scope, Cause)>,
