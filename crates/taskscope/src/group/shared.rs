@@ -231,57 +231,41 @@ where
         }
         // Pending: in the queue, or leaving it at once if the group is cancelled.
         let (id, key) = state.insert(name, spawned_at, Stage::Pending);
-        let Some(watcher) = watcher else {
-            match cause {
-                None => state.pending.push_back(queued(key, id, false, task)),
-                Some(cause) => {
-                    state.leaving += 1;
-                    drop(state);
-                    self.settle_unstarted(
-                        [(key, false, task)],
-                        || Outcome::Cancelled(cause.clone()),
-                        Some(&cause),
-                    );
-                }
-            }
-            return Ok(Spawned { id, started: None });
-        };
-        // The watcher hears of the task as pending before anyone can start or end it: it joins
-        // the queue only then, counted as leaving meanwhile.
-        let task_info = state.info(key);
+        // Counted as leaving until it joins the queue, or until it is settled as cancelled.
         state.leaving += 1;
-        drop(state);
-        watcher.spawned(self.group(), &task_info, true);
-        let mut state = lock(&self.state);
-        let cause = cause.or_else(|| state.cause.clone());
-        if let Some(cause) = cause {
+        let watched = watcher.map(|watcher| (watcher, state.info(key)));
+        if let Some((watcher, task)) = &watched {
+            // The watcher hears of it as pending before anyone can start or end it.
             drop(state);
-            self.settle_unstarted(
-                [(key, true, task)],
-                || Outcome::Cancelled(cause.clone()),
-                Some(&cause),
-            );
+            watcher.spawned(self.group(), task, true);
+            state = lock(&self.state);
+        }
+        if let Some(cause) = cause.or_else(|| state.cause.clone()) {
+            drop(state);
+            let leaving = [(key, watched.is_some(), task)];
+            self.settle_unstarted(leaving, || Outcome::Cancelled(cause.clone()), Some(&cause));
             return Ok(Spawned { id, started: None });
         }
         state.leaving -= 1;
+        let queued = queued(key, id, watched.is_some(), task);
         if state.running >= self.config.limit || self.scope.node.is_marked() {
-            state.pending.push_back(queued(key, id, true, task));
+            state.pending.push_back(queued);
             return Ok(Spawned { id, started: None });
         }
-        // A slot freed meanwhile: it starts now, as a task that was pending.
+        // A slot freed while the watcher heard of it: it starts now, as a task that was pending.
         state.running += 1;
-        state
+        let record = state
             .tasks
             .get_mut(key)
-            .expect("a pending task has a record")
-            .stage = Stage::RUNNING;
+            .expect("a pending task has a record");
+        record.stage = Stage::RUNNING;
+        let name = record.info.name.clone();
         drop(state);
-        let queued = queued(key, id, true, task);
         let next = Next {
             queued,
-            name: task_info.name.clone(),
-            watched: Some(Watched {
-                task: task_info,
+            name,
+            watched: watched.map(|(_, task)| Watched {
+                task,
                 was_pending: true,
             }),
         };
