@@ -259,28 +259,25 @@ impl Observer for TraceObserver {
     }
 
     fn group_created(&self, event: &GroupCreated<'_>) -> Option<Arc<dyn Attachment>> {
-        let scope = event.scope.path().to_string();
+        // `tracing` wants a literal target and name: one span shape, two names.
+        macro_rules! group_span {
+            ($target:expr, $name:literal) => {
+                tracing::info_span!(
+                    target: $target,
+                    $name,
+                    scope = event.scope.path().to_string().as_str(),
+                    cause.kind = Empty,
+                    cause.code = Empty,
+                    cause.detail = Empty,
+                    cause.origin = Empty,
+                )
+            };
+        }
         // A supervisor's children run in a group of its own: its span says supervisor.
         let span = if event.supervisor {
-            tracing::info_span!(
-                target: SUPERVISOR_TARGET,
-                "taskscope.supervisor",
-                scope = scope.as_str(),
-                cause.kind = Empty,
-                cause.code = Empty,
-                cause.detail = Empty,
-                cause.origin = Empty,
-            )
+            group_span!(SUPERVISOR_TARGET, "taskscope.supervisor")
         } else {
-            tracing::info_span!(
-                target: GROUP_TARGET,
-                "taskscope.group",
-                scope = scope.as_str(),
-                cause.kind = Empty,
-                cause.code = Empty,
-                cause.detail = Empty,
-                cause.origin = Empty,
-            )
+            group_span!(GROUP_TARGET, "taskscope.group")
         };
         if span.is_disabled() {
             return None;
