@@ -279,6 +279,12 @@ async fn a_freed_scope_with_a_deadline_leaves_no_timer_task() {
     assert!(!token.is_cancelled());
 }
 
+/// Where `cause` says it was asked for: file and line.
+fn site(cause: &Cause) -> (String, u32) {
+    let location = cause.location().expect("a location");
+    (location.file().to_owned(), location.line())
+}
+
 #[tokio::test]
 async fn causes_from_bridges_name_the_callers_line() {
     // `cancel_on`: the line of the call, unless the source's cause has a location.
@@ -286,45 +292,25 @@ async fn causes_from_bridges_name_the_callers_line() {
     let line = line!() + 1;
     let bridge = scope.cancel_on(async { Cause::new("REBALANCE") });
     assert!(bridge.await.expect("the bridge task"));
-    let location = scope
-        .cause()
-        .expect("cancelled")
-        .location()
-        .cloned()
-        .expect("a location");
-    assert_eq!((location.file(), location.line()), (file!(), line));
+    let location = site(&scope.cause().expect("cancelled"));
+    assert_eq!(location, (file!().to_owned(), line));
 
     let own = std::panic::Location::caller();
     let scope = Scope::new();
     let bridge = scope.cancel_on(async move { Cause::new("OWN").with_location(own) });
     assert!(bridge.await.expect("the bridge task"));
-    let location = scope
-        .cause()
-        .expect("cancelled")
-        .location()
-        .cloned()
-        .expect("a location");
-    assert_eq!(location.line(), own.line());
+    let location = site(&scope.cause().expect("cancelled"));
+    assert_eq!(location.1, own.line());
 
     // `to_scope_with`, cancelled later and already cancelled.
     let token = CancellationToken::new();
     let line = line!() + 1;
     let scope = token.to_scope_with(Cause::new("DEPLOY"));
     token.cancel();
-    let location = scope
-        .cancelled()
-        .await
-        .location()
-        .cloned()
-        .expect("a location");
-    assert_eq!((location.file(), location.line()), (file!(), line));
+    let location = site(&scope.cancelled().await);
+    assert_eq!(location, (file!().to_owned(), line));
     let line = line!() + 1;
     let scope = token.to_scope();
-    let location = scope
-        .cause()
-        .expect("born cancelled")
-        .location()
-        .cloned()
-        .expect("a location");
-    assert_eq!((location.file(), location.line()), (file!(), line));
+    let location = site(&scope.cause().expect("born cancelled"));
+    assert_eq!(location, (file!().to_owned(), line));
 }
