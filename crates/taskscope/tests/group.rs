@@ -938,6 +938,14 @@ impl taskscope::observe::Observer for Watching {
     }
 }
 
+/// A root scope, observed by `watching` if given.
+fn root_watched_by(watching: Option<Arc<Watching>>) -> Scope {
+    match watching {
+        Some(watching) => Scope::builder().observer(watching).build(),
+        None => Scope::new(),
+    }
+}
+
 /// A task that never starts (pending under the limit, or spawned into a cancelled group) and
 /// whose closure panics when dropped: the panic stays inside the group and is that task's,
 /// `cancel` returns normally and `join` ends, with or without an observer watching the tasks.
@@ -951,11 +959,7 @@ fn a_never_started_task_whose_closure_panics_on_drop_does_not_hang_or_unwind() {
             .unwrap();
         runtime.block_on(async {
             let watching = Arc::new(Watching::default());
-            let root = if watched {
-                Scope::builder().observer(watching.clone()).build()
-            } else {
-                Scope::new()
-            };
+            let root = root_watched_by(watched.then(|| watching.clone()));
             let group = a_pending_task_that_panics_when_dropped(TaskGroup::builder(&root));
             tokio::task::yield_now().await;
             let cancel = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1129,11 +1133,7 @@ fn a_pending_task_cancelled_on_its_way_to_start_keeps_its_drop_panic() {
             .unwrap();
         runtime.block_on(async {
             let watching = Arc::new(Watching::default());
-            let root = if watched {
-                Scope::builder().observer(watching.clone()).build()
-            } else {
-                Scope::new()
-            };
+            let root = root_watched_by(watched.then(|| watching.clone()));
             let mut group: TaskGroup<()> = TaskGroup::builder(&root)
                 .limit(std::num::NonZeroUsize::MIN)
                 .build();
