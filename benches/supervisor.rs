@@ -87,6 +87,8 @@ impl fmt::Display for Transient {
     }
 }
 
+impl taskscope::TaskError for Transient {}
+
 /// `future`'s output; panics after a minute, so that restarts delayed by a backoff fail the
 /// benchmark instead of stalling it (`Backoff::none()` once waited 10 s from the 1025th
 /// consecutive restart on).

@@ -12,6 +12,7 @@ mod watch;
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::panic::{self, Location};
 use std::pin::Pin;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::path::Name;
-use crate::{CancelledOwned, Cause, CauseKind, Scope, TaskId};
+use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope, TaskError, TaskId};
 pub(crate) use failure::failure_cause;
 pub use join::{Join, JoinNext};
 use shared::{Admit, Shared};
@@ -34,9 +35,6 @@ pub use report::{
     TrySpawnError,
 };
 
-/// The default error type of a task: any error, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// The default shutdown grace: how long tasks get to return once their group is cancelled.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
@@ -44,7 +42,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// [`join`](TaskGroup::join) returns every value or *why the group stopped*.
 ///
 /// The group owns a child scope of the scope it is made from; each task gets a named child scope
-/// of that. A task returns `Result<T, E>`; `E` is any error type, [`BoxError`] by default.
+/// of that. A task returns `Result<T, E>`; `E` is a [`TaskError`], [`BoxError`] by default.
 ///
 /// ```
 /// use taskscope::{BoxError, Cause, CauseKind, Scope, TaskGroup};
@@ -82,7 +80,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// panics. Under the default policy the first failure cancels the group's scope with a
 /// [`TaskFailed`](CauseKind::TaskFailed) (or [`TaskPanicked`](CauseKind::TaskPanicked)) cause:
 /// its origin is the failing task's scope path, its detail names the task, it carries the error
-/// (see [`Cause::downcast_ref`]), and if the error is itself a [`Cause`] (or boxes one) the
+/// (see [`Cause::downcast_ref`]), and if the error carries a [`Cause`] ([`TaskError::as_cause`]) the
 /// group's cause takes its code. Later failures are kept, not dropped. With
 /// [`collect_all`](TaskGroupBuilder::collect_all) failures do not cancel anything.
 ///
@@ -93,10 +91,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 ///
 /// A task that stops because its scope was cancelled usually returns an error saying so. Such an
 /// error is not a failure, and is reported as [`Outcome::Cancelled`], when the task's scope is
-/// cancelled and the error is that very cause: a [`Cause`] returned as the error, boxed in a
-/// [`BoxError`], or found in the source chain of a boxed error (such as a nested group's
-/// [`GroupError`]). A typed error that wraps a cause is opaque to the group; return the cause
-/// itself, or box the error, for it to be seen.
+/// cancelled and the error carries that very cause ([`TaskError::as_cause`]): a [`Cause`]
+/// returned as the error, the first cause in the source chain of a [`BoxError`] (such as a
+/// nested group's [`GroupError`]), or the cause a typed error of your own says it carries.
 ///
 /// # Concurrency limit and pending tasks
 ///
@@ -127,7 +124,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 pub struct TaskGroup<T, E = BoxError>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     shared: Arc<Shared<T, E>>,
     /// Notices the group's cancellation (and observes its deadline) while it is joined.
@@ -162,14 +159,14 @@ impl<T: Send + 'static> TaskGroup<T> {
     /// ```
     #[track_caller]
     pub fn new(scope: &Scope) -> Self {
-        TaskGroupBuilder::new(scope).build()
+        TaskGroup::builder(scope).build()
     }
 }
 
 impl<T, E> TaskGroup<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// Spawns a task named `name`: `task` is called with the task's own scope (a child of the
     /// group's) and its future runs on the tokio runtime.
@@ -406,32 +403,10 @@ where
     }
 }
 
-impl TaskGroup<()> {
-    /// A builder for a group with a name, a concurrency limit, a grace period or another policy.
-    /// The builder's [`build`](TaskGroupBuilder::build) picks the group's value and error types.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use taskscope::{Scope, TaskGroup};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let group: TaskGroup<u64, std::io::Error> = TaskGroup::builder(&Scope::new())
-    ///     .name("crawler")
-    ///     .limit(8.try_into().unwrap())
-    ///     .grace(Duration::from_secs(2))
-    ///     .build();
-    /// # }
-    /// ```
-    pub fn builder(scope: &Scope) -> TaskGroupBuilder<'_> {
-        TaskGroupBuilder::new(scope)
-    }
-}
-
 impl<T, E> Drop for TaskGroup<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn drop(&mut self) {
         // Its spawners are refused from now on.
@@ -452,7 +427,7 @@ where
 impl<T, E> fmt::Debug for TaskGroup<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskGroup")
@@ -463,30 +438,30 @@ where
     }
 }
 
-/// Builds a [`TaskGroup`]; made by [`TaskGroup::builder`].
-#[derive(Debug)]
+/// Builds a [`TaskGroup<T, E>`]; made by [`TaskGroup::builder`].
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct TaskGroupBuilder<'a> {
+pub struct TaskGroupBuilder<'a, T, E> {
     scope: &'a Scope,
     name: Option<String>,
     config: Config,
+    types: PhantomData<fn() -> (T, E)>,
 }
 
-impl<'a> TaskGroupBuilder<'a> {
-    fn new(scope: &'a Scope) -> Self {
-        TaskGroupBuilder {
-            scope,
-            name: None,
-            config: Config {
-                limit: usize::MAX,
-                grace: DEFAULT_GRACE,
-                cancel_on_error: true,
-                resume_panics: false,
-                supervisor: false,
-            },
-        }
+impl<T, E> fmt::Debug for TaskGroupBuilder<'_, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskGroupBuilder")
+            .field("scope", self.scope)
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish()
     }
+}
 
+impl<T, E> TaskGroupBuilder<'_, T, E>
+where
+    T: Send + 'static,
+    E: TaskError,
+{
     /// Names the group's scope; task scopes are named under it (`orders/order-17/payment`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -524,11 +499,7 @@ impl<'a> TaskGroupBuilder<'a> {
 
     /// Builds the group, in a new child scope of the builder's scope.
     #[track_caller]
-    pub fn build<T, E>(self) -> TaskGroup<T, E>
-    where
-        T: Send + 'static,
-        E: fmt::Debug + fmt::Display + Send + Sync + 'static,
-    {
+    pub fn build(self) -> TaskGroup<T, E> {
         let scope = match self.name {
             Some(name) => self.scope.named_child(Name::Shared(Arc::from(name))),
             None => self.scope.child(),
@@ -540,8 +511,40 @@ impl<'a> TaskGroupBuilder<'a> {
 impl<T, E> TaskGroup<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
+    /// A builder for a group with a name, a concurrency limit, a grace period or another policy.
+    /// The value and error types are the group's: named, or inferred from the tasks spawned.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskscope::{Scope, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::<u64, std::io::Error>::builder(&Scope::new())
+    ///     .name("crawler")
+    ///     .limit(8.try_into().unwrap())
+    ///     .grace(Duration::from_secs(2))
+    ///     .build();
+    /// # drop(group);
+    /// # }
+    /// ```
+    pub fn builder(scope: &Scope) -> TaskGroupBuilder<'_, T, E> {
+        TaskGroupBuilder {
+            scope,
+            name: None,
+            config: Config {
+                limit: usize::MAX,
+                grace: DEFAULT_GRACE,
+                cancel_on_error: true,
+                resume_panics: false,
+                supervisor: false,
+            },
+            types: PhantomData,
+        }
+    }
+
     /// A group whose scope is `scope` itself.
     pub(crate) fn on_scope(
         scope: Scope,

@@ -59,7 +59,7 @@
 
 // Layers, bottom up; a module imports from its own layer or below:
 // 1. `sync`, `slab`, `text`, `path`, `task`: locks, storage, names, task identities;
-// 2. `cause`: why a scope was cancelled;
+// 2. `cause`, `task_error`: why a scope was cancelled, and the errors that carry it;
 // 3. `node`, `observe`, `scope`, `cancelled`, `on_cancel`: the tree and its public handles.
 //    The one layer with edges both ways: a node stores and calls its `Observer`, whose events
 //    hand out the `Scope` that wraps a node; `Scope` returns the futures that wait on it;
@@ -76,13 +76,14 @@ mod slab;
 mod supervisor;
 mod sync;
 mod task;
+mod task_error;
 mod text;
 
 pub use cancelled::{Cancelled, CancelledOwned};
 pub use cause::{CallSite, Cause, CauseKind};
 pub use group::{
-    BoxError, DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Join, JoinNext, Outcome, Spawner,
-    TaskExit, TaskFailure, TaskGroup, TaskGroupBuilder, TaskSnapshot, TaskState, TrySpawnError,
+    DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Join, JoinNext, Outcome, Spawner, TaskExit,
+    TaskFailure, TaskGroup, TaskGroupBuilder, TaskSnapshot, TaskState, TrySpawnError,
 };
 pub use on_cancel::OnCancel;
 pub use scope::{DropGuard, Scope, ScopeBuilder, ScopePath, WeakScope};
@@ -93,6 +94,7 @@ pub use supervisor::{
     SupervisorSnapshot, SupervisorState,
 };
 pub use task::{TaskId, TaskInfo};
+pub use task_error::{BoxError, TaskError};
 
 // The code of the README is tested as doctests (the guides, in taskscope-trace).
 #[cfg(doctest)]

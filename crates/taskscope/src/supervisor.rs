@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::path::Name;
-use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope};
+use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope, TaskError};
 use runner::{Runner, Settings};
 use tree::Inner;
 
@@ -99,7 +99,7 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::time::Duration;
-/// use taskscope::{Backoff, ChildSpec, Restart, Scope, SupervisorBuilder};
+/// use taskscope::{Backoff, ChildSpec, Restart, Scope, SupervisorBuilder, TaskError};
 ///
 /// #[derive(Debug)]
 /// enum WatchError {
@@ -111,6 +111,7 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 /// #         f.write_str(match self { WatchError::Connection => "connection reset", WatchError::Unauthorized => "401 unauthorized" })
 /// #     }
 /// # }
+/// impl TaskError for WatchError {}
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -155,17 +156,17 @@ pub const DEFAULT_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 #[must_use = "dropping a `Supervisor` shuts it down"]
 pub struct Supervisor<E = BoxError>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     handle: SupervisorHandle,
     task: Option<JoinHandle<Result<(), SupervisorError<E>>>>,
 }
 
 impl Supervisor {
-    /// A builder for a supervisor whose children fail with a [`BoxError`]; children are added
-    /// with [`child`](SupervisorBuilder::child) and it runs once
-    /// [`start`](SupervisorBuilder::start)ed. For children with an error type of their own,
-    /// use [`SupervisorBuilder::new`].
+    /// A builder for a supervisor whose children fail with a [`BoxError`], so that children
+    /// need no type annotation; children are added with [`child`](SupervisorBuilder::child)
+    /// and it runs once [`start`](SupervisorBuilder::start)ed. For children with an error
+    /// type of their own, use [`SupervisorBuilder::new`].
     pub fn builder() -> SupervisorBuilder {
         SupervisorBuilder::new()
     }
@@ -173,7 +174,7 @@ impl Supervisor {
 
 impl<E> Supervisor<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// A handle to shut the supervisor down or take snapshots from elsewhere.
     pub fn handle(&self) -> SupervisorHandle {
@@ -282,7 +283,7 @@ where
 
 impl<E> Drop for Supervisor<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn drop(&mut self) {
         if self.task.is_some() {
@@ -293,7 +294,7 @@ where
 
 impl<E> fmt::Debug for Supervisor<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Supervisor")
@@ -446,7 +447,7 @@ impl Future for Stopped {
 #[must_use = "futures do nothing unless polled"]
 pub struct SupervisorJoin<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     handle: SupervisorHandle,
     task: Option<JoinHandle<Result<(), SupervisorError<E>>>>,
@@ -454,7 +455,7 @@ where
 
 impl<E> Future for SupervisorJoin<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     type Output = Result<(), SupervisorError<E>>;
 
@@ -481,7 +482,7 @@ where
 
 impl<E> Drop for SupervisorJoin<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn drop(&mut self) {
         if self.task.is_some() {
@@ -492,7 +493,7 @@ where
 
 impl<E> fmt::Debug for SupervisorJoin<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SupervisorJoin")
@@ -512,11 +513,12 @@ pub struct SupervisorBuilder<E = BoxError> {
 
 impl<E> SupervisorBuilder<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// A builder for a supervisor whose children fail with `E`, so that restart predicates
     /// and [`SupervisorError::last_failure`] see the children's own error type.
-    /// [`Supervisor::builder`] is this with `E` = [`BoxError`].
+    /// [`Supervisor::builder`] is this with `E` = [`BoxError`], fixed so that children that
+    /// never name an error type (they return `Ok(())`, or `Err(e.into())`) need no annotation.
     pub fn new() -> Self {
         SupervisorBuilder {
             name: Name::Static("supervisor"),
@@ -639,15 +641,6 @@ where
 
     pub(crate) fn name_of(&self) -> Name {
         self.name.clone()
-    }
-}
-
-impl<E> Default for SupervisorBuilder<E>
-where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
-{
-    fn default() -> Self {
-        SupervisorBuilder::new()
     }
 }
 

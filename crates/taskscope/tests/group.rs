@@ -260,6 +260,8 @@ impl std::fmt::Display for Unprintable {
     }
 }
 
+impl taskscope::TaskError for Unprintable {}
+
 #[tokio::test(start_paused = true)]
 async fn an_error_whose_display_panics_is_reported_as_a_panic() {
     let group: TaskGroup<(), Unprintable> = TaskGroup::builder(&Scope::new()).build();
@@ -912,7 +914,7 @@ impl Drop for PanicsOnDrop {
 /// A group of limit 1 from `builder`: `first` runs until the group is cancelled, and `pending`
 /// waits for its slot holding a value whose drop panics.
 fn a_pending_task_that_panics_when_dropped(
-    builder: taskscope::TaskGroupBuilder<'_>,
+    builder: taskscope::TaskGroupBuilder<'_, (), taskscope::BoxError>,
 ) -> TaskGroup<()> {
     let group = builder.limit(std::num::NonZeroUsize::MIN).build();
     group.spawn("first", |scope| async move {

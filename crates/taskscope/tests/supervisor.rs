@@ -366,6 +366,8 @@ impl std::fmt::Display for WatchError {
 
 impl std::error::Error for WatchError {}
 
+impl taskscope::TaskError for WatchError {}
+
 #[tokio::test(start_paused = true)]
 async fn the_restart_predicate_retries_what_is_recoverable_and_escalates_the_rest() {
     let calls = Arc::new(AtomicU32::new(0));
@@ -1013,6 +1015,8 @@ impl std::fmt::Display for Rude {
         panic!("no Display for you")
     }
 }
+
+impl taskscope::TaskError for Rude {}
 
 #[tokio::test(start_paused = true)]
 async fn an_error_whose_display_panics_does_not_take_the_supervisor_down() {

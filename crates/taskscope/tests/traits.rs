@@ -47,7 +47,7 @@ fn group_types_are_send_sync_and_unpin() {
     send_sync_unpin::<TaskGroup<u32>>();
     send_sync_unpin::<Join<u32, BoxError>>();
     send_sync_unpin::<JoinNext<'static, u32, BoxError>>();
-    send_sync_unpin::<TaskGroupBuilder<'static>>();
+    send_sync_unpin::<TaskGroupBuilder<'static, u32, BoxError>>();
     send_sync_unpin_unwind_safe::<TaskId>();
     send_sync_unpin_unwind_safe::<TaskInfo>();
     send_sync_unpin_unwind_safe::<GroupSnapshot>();

@@ -1,26 +1,27 @@
 //! How a task's end is classified: the cause a failure cancels its group with, whether an
-//! error only echoes the group's cancellation, and a panic's message.
+//! error only echoes its scope's cancellation, and a panic's message.
 
 use std::any::Any;
 use std::error::Error;
 use std::fmt::{self, Write as _};
+use std::io;
 use std::sync::Arc;
 
 use super::report::Failure;
 use crate::cause::Payload;
-use crate::{BoxError, Cause, CauseKind};
+use crate::{BoxError, Cause, CauseKind, TaskError};
 
 /// The cause a failing task cancels its group with.
 pub(crate) fn failure_cause<E>(name: &str, failure: &Failure<E>) -> Cause
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     match failure {
         Failure::Error(error) => {
             let mut cause = Cause::of_kind(CauseKind::TaskFailed);
             // One string, written once.
             let mut detail = format!("task '{name}' failed: ");
-            let written = match as_cause(&**error) {
+            let written = match error.as_cause() {
                 // A task that fails with a cause of its own (`Err(Cause::new("SHORTAGE"))`)
                 // lends the group its code.
                 Some(own) => {
@@ -32,7 +33,7 @@ where
             written.expect("writing to a String cannot fail");
             cause
                 .with_detail(detail)
-                .with_payload(Arc::new(TaskError(error.clone())))
+                .with_payload(Arc::new(FailurePayload(error.clone())))
         }
         Failure::Panic(message) => Cause::of_kind(CauseKind::TaskPanicked)
             .with_detail(format!("task '{name}' panicked: {message}")),
@@ -40,23 +41,23 @@ where
 }
 
 /// A task's error inside the cause it cancelled its group with.
-struct TaskError<E>(Arc<E>);
+struct FailurePayload<E>(Arc<E>);
 
-impl<E: fmt::Debug> fmt::Debug for TaskError<E> {
+impl<E: fmt::Debug> fmt::Debug for FailurePayload<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
 }
 
-impl<E: fmt::Display> fmt::Display for TaskError<E> {
+impl<E: fmt::Display> fmt::Display for FailurePayload<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
 }
 
-impl<E> Payload for TaskError<E>
+impl<E> Payload for FailurePayload<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn as_any(&self) -> &dyn Any {
         &*self.0
@@ -67,35 +68,23 @@ where
     }
 }
 
-/// `error` as an error object, when its type allows: a [`BoxError`] or a [`Cause`].
+/// `error` as an error object, when its type allows: a [`BoxError`], a [`Cause`] or an
+/// [`io::Error`].
 fn error_view<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
     let any: &dyn Any = error;
     if let Some(boxed) = any.downcast_ref::<BoxError>() {
         return Some(&**boxed);
     }
+    if let Some(error) = any.downcast_ref::<io::Error>() {
+        return Some(error);
+    }
     any.downcast_ref::<Cause>()
         .map(|cause| cause as &(dyn Error + 'static))
 }
 
-/// `error` as a cause, if it is one or boxes one.
-fn as_cause<E: 'static>(error: &E) -> Option<&Cause> {
-    error_view(error)?.downcast_ref::<Cause>()
-}
-
-/// Whether `error` only echoes `cause`: it is, boxes, or has in its source chain that very
-/// cancellation.
-pub(super) fn echoes<E: 'static>(error: &E, cause: &Cause) -> bool {
-    let mut next = error_view(error);
-    while let Some(error) = next {
-        if error
-            .downcast_ref::<Cause>()
-            .is_some_and(|own| own.ptr_eq(cause))
-        {
-            return true;
-        }
-        next = error.source();
-    }
-    false
+/// Whether `error` only echoes `cause`: it is, or carries, that very cancellation.
+pub(super) fn echoes<E: TaskError>(error: &E, cause: &Cause) -> bool {
+    error.as_cause().is_some_and(|own| own.ptr_eq(cause))
 }
 
 /// The message of a panic payload, as the standard panic hook prints it.

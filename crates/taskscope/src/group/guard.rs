@@ -7,7 +7,6 @@
 //! is caught and reported as a failure. So every `Running` record becomes `Done` exactly once,
 //! and `join` ends exactly when every task has ended.
 
-use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
@@ -20,8 +19,8 @@ use super::failure::panic_message;
 use super::report::{Failure, Outcome};
 use super::shared::{Exit, Next, Shared};
 use super::state::PanicPayload;
-use crate::Scope;
 use crate::observe::Attachment;
+use crate::{Scope, TaskError};
 
 pin_project! {
     /// A task's future as spawned: the user's future, and the guard that reports its end.
@@ -29,11 +28,7 @@ pin_project! {
     where
         T: Send,
         T: 'static,
-        E: fmt::Debug,
-        E: fmt::Display,
-        E: Send,
-        E: Sync,
-        E: 'static,
+        E: TaskError,
     {
         #[pin]
         user: User<F>,
@@ -53,7 +48,7 @@ pin_project! {
 impl<F, T, E> TaskFuture<F, T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     pub(super) fn new(future: F, guard: Guard<T, E>) -> Self {
         TaskFuture {
@@ -67,7 +62,7 @@ impl<F, T, E> Future for TaskFuture<F, T, E>
 where
     F: Future<Output = Result<T, E>>,
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     type Output = ();
 
@@ -108,7 +103,7 @@ where
 pub(super) struct Guard<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     pub(super) shared: Arc<Shared<T, E>>,
     /// Its record's key (a slab key fits in 32 bits: with `watched`, the guard stays as small
@@ -129,7 +124,7 @@ const _: () = assert!(std::mem::size_of::<Guard<(), String>>() == 40);
 impl<T, E> Guard<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// Reports the task's end, unless it was; returns the pending task that takes its slot,
     /// for the caller to start.
@@ -156,7 +151,7 @@ where
 impl<T, E> Drop for Guard<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn drop(&mut self) {
         let next = self.report(|_, _, _| Exit::of(Outcome::Aborted));

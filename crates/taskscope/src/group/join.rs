@@ -14,9 +14,9 @@ use super::TaskGroup;
 use super::report::{GroupError, GroupSnapshot, TaskExit, TaskSnapshot, TaskState};
 use super::shared::Shared;
 use super::state::{PanicPayload, Register, Stage, Taken, View, group_error};
-use crate::TaskId;
 use crate::sync::lock;
 use crate::text::displayed;
+use crate::{TaskError, TaskId};
 
 /// What a finished `join` takes: the values or the group error, and the panic to resume.
 pub(crate) type Joined<T, E> = (Result<Vec<T>, GroupError<E>>, Option<PanicPayload>);
@@ -24,7 +24,7 @@ pub(crate) type Joined<T, E> = (Result<Vec<T>, GroupError<E>>, Option<PanicPaylo
 impl<T, E> Shared<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// Whether the joiner can go on: an exit is ready (`each`) or every task has ended.
     /// Otherwise registers its waker, cloned outside the lock.
@@ -152,7 +152,7 @@ where
 impl<T, E> TaskGroup<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// Ready once a task has ended (`each`) or every task has; meanwhile enforces the grace.
     pub(super) fn poll_ended(&mut self, cx: &mut Context<'_>, each: bool) -> Poll<()> {
@@ -214,7 +214,7 @@ where
 pub struct Join<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     pub(super) group: Option<TaskGroup<T, E>>,
 }
@@ -222,7 +222,7 @@ where
 impl<T, E> Future for Join<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     type Output = Result<Vec<T>, GroupError<E>>;
 
@@ -248,7 +248,7 @@ where
 impl<T, E> fmt::Debug for Join<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Join").field("group", &self.group).finish()
@@ -264,7 +264,7 @@ where
 pub struct JoinNext<'a, T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     pub(super) group: &'a mut TaskGroup<T, E>,
 }
@@ -272,7 +272,7 @@ where
 impl<T, E> Future for JoinNext<'_, T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     type Output = Option<TaskExit<T, E>>;
 
@@ -284,7 +284,7 @@ where
 impl<T, E> fmt::Debug for JoinNext<'_, T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinNext").finish_non_exhaustive()

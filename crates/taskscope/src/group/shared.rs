@@ -18,7 +18,6 @@
 //! been reported (counted as leaving meanwhile), so no other thread can start or end it first.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
@@ -36,7 +35,7 @@ use crate::observe::{self, Attachment, GroupCancelled};
 use crate::path::Name;
 use crate::slab;
 use crate::sync::{Mutex, lock};
-use crate::{Cause, CauseKind, Scope, TaskId, TaskInfo};
+use crate::{Cause, CauseKind, Scope, TaskError, TaskId, TaskInfo};
 
 pub(crate) struct Shared<T, E> {
     /// What the scope's observer attached to the group; dropped with it.
@@ -82,7 +81,7 @@ pub(crate) enum Admit {
 fn queued<T, E, F, Fut>(key: usize, id: TaskId, watched: bool, task: F) -> Queued<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
     F: FnOnce(Scope) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
@@ -140,7 +139,7 @@ impl<T, E> Exit<T, E> {
 impl<T, E> Shared<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     pub(crate) fn new(scope: Scope, config: Config) -> Arc<Self> {
         let (attachment, watcher) = match scope.node.observer() {

@@ -6,11 +6,11 @@ use std::future::Future;
 use std::panic::Location;
 use std::sync::Arc;
 
-use super::BoxError;
 use super::report::TrySpawnError;
 use super::shared::{Admit, Shared};
+use crate::BoxError;
 use crate::path::Name;
-use crate::{Scope, TaskId};
+use crate::{Scope, TaskError, TaskId};
 
 /// A cloneable handle that spawns tasks into a [`TaskGroup`](crate::TaskGroup) from other
 /// tasks, made by [`TaskGroup::spawner`](crate::TaskGroup::spawner): producers spawn while the
@@ -53,7 +53,7 @@ use crate::{Scope, TaskId};
 pub struct Spawner<T, E = BoxError>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     shared: Arc<Shared<T, E>>,
 }
@@ -61,7 +61,7 @@ where
 impl<T, E> Spawner<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     pub(super) fn new(shared: Arc<Shared<T, E>>) -> Self {
         Spawner { shared }
@@ -100,7 +100,7 @@ where
 impl<T, E> Clone for Spawner<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn clone(&self) -> Self {
         Spawner {
@@ -112,7 +112,7 @@ where
 impl<T, E> fmt::Debug for Spawner<T, E>
 where
     T: Send + 'static,
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Spawner")

@@ -21,7 +21,7 @@ use super::changes::SupervisorChanges;
 use super::tree::Inner;
 use super::{ChildRequestError, ChildSpec, SupervisorHandle};
 use crate::sync::lock;
-use crate::{BoxError, Cause};
+use crate::{BoxError, Cause, TaskError};
 
 /// Where the runner answers a request.
 pub(super) type Reply = oneshot::Sender<Result<(), ChildRequestError>>;
@@ -187,7 +187,7 @@ pub struct ChildStarter<E = BoxError> {
 
 impl<E> ChildStarter<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// Adds a child to the supervisor and starts it, after the children already there: it
     /// stops before them in an ordered shutdown, and it restarts by the same rules as the

@@ -15,7 +15,7 @@ use crate::cause::{Moment, Origin};
 use crate::group::failure_cause;
 use crate::path::Name;
 use crate::text::displayed;
-use crate::{Cause, CauseKind, Failure};
+use crate::{Cause, CauseKind, Failure, TaskError};
 
 /// What the snapshots of a child see of its last failure, whatever the error's type.
 pub(super) trait LastFailure: Send + Sync {
@@ -40,7 +40,7 @@ pub(super) struct ChildFailure<E> {
 
 impl<E> ChildFailure<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// `failure` of the child `child` (spawned at `location`, its path `origin`), at `now`.
     pub(super) fn new(
@@ -96,7 +96,7 @@ where
 
 impl<E> LastFailure for ChildFailure<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn text(&self) -> String {
         describe(&self.failure)

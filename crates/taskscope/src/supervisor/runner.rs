@@ -45,7 +45,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
@@ -70,7 +69,7 @@ use super::{Backoff, Restart, Strategy, SupervisorError};
 use crate::group::{Config, Spawned};
 use crate::path::Name;
 use crate::sync::{Mutex, MutexGuard, lock};
-use crate::{CancelledOwned, Cause, Failure, Outcome, Scope, TaskExit, TaskGroup};
+use crate::{CancelledOwned, Cause, Failure, Outcome, Scope, TaskError, TaskExit, TaskGroup};
 use crate::{TaskId, TaskInfo};
 
 mod requests;
@@ -93,7 +92,7 @@ pub(crate) struct Settings {
 /// The supervisor itself: a future that ends when every child has stopped for good.
 pub(crate) struct Runner<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     inner: Arc<Inner>,
     group: TaskGroup<(), E>,
@@ -123,7 +122,7 @@ where
 
 impl<E> Runner<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// A supervisor in `scope`, with its children started.
     pub(crate) fn new(
@@ -582,7 +581,7 @@ struct Returned<E> {
 
 impl<E> Future for Runner<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     type Output = Result<(), SupervisorError<E>>;
 
@@ -597,7 +596,7 @@ where
 
 impl<E> Drop for Runner<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     fn drop(&mut self) {
         if self.finished {

@@ -13,7 +13,7 @@ use super::tree::Inner;
 use super::{ConfigError, SupervisorBuilder, SupervisorError};
 use crate::path::Name;
 use crate::sync::{Mutex, lock};
-use crate::{BoxError, Cause, DEFAULT_GRACE, Failure, Scope};
+use crate::{BoxError, Cause, DEFAULT_GRACE, Failure, Scope, TaskError};
 
 /// When a child is restarted after it returns (OTP's restart types).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -49,6 +49,7 @@ pub(crate) type Nested = Arc<Mutex<Option<Deferred<Arc<Inner>>>>>;
 /// # impl std::fmt::Display for WatchError {
 /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("x") }
 /// # }
+/// # impl taskscope::TaskError for WatchError {}
 /// async fn watch(scope: Scope) -> Result<(), WatchError> {
 ///     scope.cancelled().await;
 ///     Ok(())
@@ -73,7 +74,7 @@ pub struct ChildSpec<E = BoxError> {
 
 impl<E> ChildSpec<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// A child named `name` whose every run is `factory(scope)`, with `scope` the run's own
     /// scope (`supervisor/name`): cancelled when the supervisor stops or restarts it. Restarted
@@ -114,7 +115,7 @@ where
     #[track_caller]
     pub fn supervisor<E2>(builder: SupervisorBuilder<E2>) -> ChildSpec<E>
     where
-        E2: fmt::Debug + fmt::Display + Send + Sync + 'static,
+        E2: TaskError,
         E: From<SupervisorError<E2>>,
     {
         let name = builder.name_of();

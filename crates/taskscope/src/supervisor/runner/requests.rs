@@ -2,7 +2,6 @@
 //! runtime (invariant 7).
 
 use std::cmp::Reverse;
-use std::fmt;
 use std::mem;
 use std::panic::Location;
 use std::sync::Arc;
@@ -15,11 +14,11 @@ use crate::supervisor::children::{Change, Reply, Request};
 use crate::supervisor::snapshot::ChildState;
 use crate::supervisor::{ChildRequestError, ChildSpec};
 use crate::sync::Mutex;
-use crate::{Cause, CauseKind};
+use crate::{Cause, CauseKind, TaskError};
 
 impl<E> Runner<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// Serves `requests`, in order, at `now`; answers each after unlocking (invariant 2), or,
     /// for a termination under way, once the child has stopped.

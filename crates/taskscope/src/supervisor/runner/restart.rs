@@ -2,7 +2,6 @@
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
-use std::fmt;
 use std::mem;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use crate::supervisor::Strategy;
 use crate::supervisor::child::Run;
 use crate::supervisor::failure::{ChildFailure, LastFailure};
 use crate::sync::lock;
-use crate::{Cause, CauseKind, Scope, TaskInfo};
+use crate::{Cause, CauseKind, Scope, TaskError, TaskInfo};
 
 /// A restart of several children (one-for-all, rest-for-one): they stop, then restart together.
 pub(super) struct Plan {
@@ -69,7 +68,7 @@ fn excerpt(text: &str) -> String {
 
 impl<E> Runner<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// Restarts `child`, which ended at `now` after `uptime` (and, by the strategy, its
     /// siblings) after the backoff, unless that is one restart too many within the intensity

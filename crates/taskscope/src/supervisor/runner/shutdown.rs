@@ -1,7 +1,6 @@
 //! Shutdown: children stopped one after the other in reverse start order, each within its
 //! grace, or all aborted at once; and the end of the runner.
 
-use std::fmt;
 use std::mem;
 
 use tokio::time::Instant;
@@ -12,7 +11,7 @@ use crate::supervisor::changes;
 use crate::supervisor::child::{LastCause, Run, Task};
 use crate::supervisor::snapshot::{ChildState, SupervisorState};
 use crate::sync::lock;
-use crate::{Cause, CauseKind, TaskId};
+use crate::{Cause, CauseKind, TaskError, TaskId};
 
 /// The child being stopped gracefully (invariant 4).
 pub(super) struct StopTimer {
@@ -23,7 +22,7 @@ pub(super) struct StopTimer {
 
 impl<E> Runner<E>
 where
-    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+    E: TaskError,
 {
     /// The supervisor's scope is cancelled: stop every child, last started first (invariant 5).
     pub(super) fn begin_shutdown(&mut self, cause: Cause) {
