@@ -164,8 +164,8 @@ impl CauseKind {
         CauseKind::Dropped,
     ];
 
-    /// A short lowercase phrase for messages: `"cancelled"`, `"deadline exceeded"`, ...
-    pub const fn describe(self) -> &'static str {
+    /// The phrase a cause's message starts with: `"cancelled"`, `"deadline exceeded"`, ...
+    const fn describe(self) -> &'static str {
         match self {
             CauseKind::Explicit => "cancelled",
             CauseKind::DeadlineExceeded => "deadline exceeded",
@@ -178,8 +178,10 @@ impl CauseKind {
 }
 
 impl fmt::Display for CauseKind {
+    /// Its one spelling, [`as_str`](CauseKind::as_str): `task_failed`, as records, events and
+    /// metrics name it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.describe())
+        f.write_str(self.as_str())
     }
 }
 
