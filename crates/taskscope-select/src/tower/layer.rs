@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Request};
+use http::{HeaderMap, HeaderName, Request, Response};
 use taskscope::Scope;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::ResponseFuture;
 use super::deadline::{parse_grpc_timeout, parse_millis_timeout};
+use super::reject::InvalidTimeout;
 use super::shutdown::Tracker;
 
 /// A tower [`Layer`] that runs each request under its own child [`Scope`] of a server scope,
@@ -23,8 +24,7 @@ use super::shutdown::Tracker;
 ///   [`default_timeout`](RequestScopeLayer::default_timeout), capped by the
 ///   [`max_timeout`](RequestScopeLayer::max_timeout). The cause is a deadline
 ///   ([`CauseKind::DeadlineExceeded`](taskscope::CauseKind::DeadlineExceeded), code
-///   `"deadline"`). A header that cannot be read is ignored, as if absent (use
-///   [`parse_grpc_timeout`](super::parse_grpc_timeout) in a handler to reject it instead);
+///   `"deadline"`);
 /// - the **client goes away**: the server drops the response future before it completes
 ///   (hyper does so when the connection closes). The cause is [`client_gone`](super::client_gone),
 ///   and it reaches the scope *before* the handler's future is dropped, so tasks the handler
@@ -32,6 +32,17 @@ use super::shutdown::Tracker;
 /// - the **server shuts down**: the server scope's cause reaches every request's scope. With
 ///   [`GracefulShutdown`](super::GracefulShutdown), only after in-flight requests had their
 ///   grace.
+///
+/// A request whose timeout header cannot be read (not visible ASCII, or not the grammar of
+/// [`parse_grpc_timeout`](super::parse_grpc_timeout) or
+/// [`parse_millis_timeout`](super::parse_millis_timeout)) is **rejected** without calling the
+/// inner service: a client that sent a deadline expects it kept, and running its request with
+/// no deadline (or the default) would break that silently. A gRPC request (content type
+/// `application/grpc...`) gets HTTP 200 with `grpc-status: 3` (`INVALID_ARGUMENT`) and a
+/// percent-encoded `grpc-message`; any other request gets 400 Bad Request with the reason in
+/// the [`taskscope-error`](super::ERROR_HEADER) header, e.g.
+/// `invalid grpc-timeout header "12x": does not end in a unit (H, M, S, m, u or n)`. Either way
+/// the body is empty.
 ///
 /// A request that completes leaves its scope as it is: work the handler left running under it
 /// is not cancelled by the response (join it, as a [`TaskGroup`](taskscope::TaskGroup) does).
@@ -125,29 +136,33 @@ impl RequestScopeLayer {
 }
 
 impl Config {
-    /// The request's timeout, from its headers, the default and the cap.
-    fn timeout(&self, headers: &HeaderMap) -> Option<Duration> {
+    /// The request's timeout, from its headers, the default and the cap; an error if a
+    /// timeout header is present but cannot be read.
+    fn timeout(&self, headers: &HeaderMap) -> Result<Option<Duration>, InvalidTimeout> {
         let header = |name: &HeaderName, parse: fn(&str) -> Result<Duration, _>| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| parse(value).ok())
+            let Some(value) = headers.get(name) else {
+                return Ok(None);
+            };
+            let value = value.to_str().map_err(|_| InvalidTimeout::not_text(name))?;
+            parse(value)
+                .map(Some)
+                .map_err(|error| InvalidTimeout::parse(name, error))
         };
-        let grpc = header(&GRPC_TIMEOUT, parse_grpc_timeout);
-        let custom = self
-            .timeout_header
-            .as_ref()
-            .and_then(|name| header(name, parse_millis_timeout));
+        let grpc = header(&GRPC_TIMEOUT, parse_grpc_timeout)?;
+        let custom = match &self.timeout_header {
+            Some(name) => header(name, parse_millis_timeout)?,
+            None => None,
+        };
         let asked = match (grpc, custom) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let timeout = asked.or(self.default_timeout);
-        match (timeout, self.max_timeout) {
+        Ok(match (timeout, self.max_timeout) {
             (Some(timeout), Some(max)) => Some(timeout.min(max)),
             (None, Some(max)) => Some(max),
             (timeout, None) => timeout,
-        }
+        })
     }
 }
 
@@ -171,9 +186,15 @@ pub struct RequestScope<S> {
     config: Arc<Config>,
 }
 
-impl<S, B> Service<Request<B>> for RequestScope<S>
+/// `ResBody: Default` is all the layer asks of the response body, for its rejection of a bad
+/// timeout header (whose reason goes in a header): axum's `Body`, tonic's `Body`,
+/// `http_body_util`'s `Full`, `Empty` and boxed bodies all are `Default`, as tower-http's own
+/// middlewares ask. A `From<String>` bound would put the reason in the body, but tonic's body
+/// has no such conversion, so a tonic server could not use the layer at all.
+impl<S, B, ResBody> Service<Request<B>> for RequestScope<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -185,8 +206,12 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let config = &self.config;
+        let timeout = match config.timeout(request.headers()) {
+            Ok(timeout) => timeout,
+            Err(invalid) => return ResponseFuture::rejected(invalid.response(request.headers())),
+        };
         let mut builder = config.parent.child_builder().name("request");
-        if let Some(timeout) = config.timeout(request.headers()) {
+        if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
         let scope = builder.build();
