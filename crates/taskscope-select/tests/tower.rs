@@ -72,7 +72,8 @@ async fn each_request_gets_a_child_scope_of_the_server() {
         assert_eq!(response.status(), 200);
     }
     let seen = seen.lock().unwrap();
-    assert_eq!(seen[0].path(), "http/request");
+    assert_eq!(seen[0].path(), "http/request-1");
+    assert_eq!(seen[1].path(), "http/request-2");
     assert!(
         seen[0].deadline().is_none(),
         "no header, no default: no deadline"
@@ -228,6 +229,79 @@ async fn a_grpc_request_with_a_bad_timeout_gets_invalid_argument() {
     );
     assert!(response.headers().get(ERROR_HEADER).is_none());
     assert!(seen.lock().unwrap().is_empty(), "the handler is not called");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_have_scopes_and_cause_origins_of_their_own() {
+    let server = Scope::builder().name("http").build();
+    let seen = Seen::default();
+    let layer =
+        RequestScopeLayer::new(&server).request_id_header(HeaderName::from_static("x-request-id"));
+    // Two services from one layer count together.
+    let mut first = layer.layer(handler(&seen, Duration::from_secs(60)));
+    let mut second = layer.clone().layer(handler(&seen, Duration::from_secs(60)));
+    let first = tokio::spawn(first.ready().await.unwrap().call(get(&[
+        ("grpc-timeout", "1S"),
+        ("x-request-id", "4bf92f3577b34da6"),
+    ])));
+    let second = tokio::spawn(
+        second
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&[("grpc-timeout", "1S")])),
+    );
+    let (first, second) = (
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    );
+    assert_eq!(first.status(), 504);
+    assert_eq!(second.status(), 504);
+    let seen = seen.lock().unwrap();
+    let origins: Vec<_> = seen
+        .iter()
+        .map(|scope| scope.cause().unwrap().origin().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        origins,
+        ["http/request-1:4bf92f3577b34da6", "http/request-2"],
+        "the deadline names the request it ended"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_id_that_is_not_short_and_plain_is_left_out_of_the_name() {
+    let server = Scope::builder().name("http").build();
+    let seen = Seen::default();
+    let mut service = RequestScopeLayer::new(&server)
+        .request_id_header(HeaderName::from_static("x-request-id"))
+        .layer(handler(&seen, Duration::ZERO));
+    let long = "a".repeat(65);
+    for id in ["../../admin", "a b", "", long.as_str()] {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&[("x-request-id", id)]))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "never rejected for its id");
+    }
+    let paths: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|scope| scope.path().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "http/request-1",
+            "http/request-2",
+            "http/request-3",
+            "http/request-4"
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]

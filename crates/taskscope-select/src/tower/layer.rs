@@ -1,6 +1,7 @@
 //! [`RequestScopeLayer`]: a child scope per request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,6 +44,13 @@ use super::shutdown::Tracker;
 /// the [`taskscope-error`](super::ERROR_HEADER) header, e.g.
 /// `invalid grpc-timeout header "12x": does not end in a unit (H, M, S, m, u or n)`. Either way
 /// the body is empty.
+///
+/// Each request's scope is named `request-{n}`, `n` counting the requests this layer (and its
+/// clones, and every service it made) has seen from 1, so a cause's
+/// [`origin`](taskscope::Cause::origin) tells requests apart (`http/request-17`). With
+/// [`request_id_header`](RequestScopeLayer::request_id_header), a request that brings a valid
+/// id adds it: `http/request-17:4bf92f3577b34da6`. The path and other headers are never part of
+/// the name: a client controls them, without bound.
 ///
 /// A request that completes leaves its scope as it is: work the handler left running under it
 /// is not cancelled by the response (join it, as a [`TaskGroup`](taskscope::TaskGroup) does).
@@ -92,22 +100,31 @@ pub(super) struct Config {
     timeout_header: Option<HeaderName>,
     default_timeout: Option<Duration>,
     max_timeout: Option<Duration>,
+    request_id_header: Option<HeaderName>,
+    /// The last request number given out, shared by the layer's clones and services.
+    numbered: Arc<AtomicU64>,
     tracker: Option<Arc<Tracker>>,
 }
 
 impl RequestScopeLayer {
     /// Request scopes become children of `server`, and are cancelled when it is.
     pub fn new(server: &Scope) -> Self {
-        RequestScopeLayer::with_tracker(server.clone(), None)
+        RequestScopeLayer::with_tracker(server.clone(), None, Arc::default())
     }
 
-    pub(super) fn with_tracker(parent: Scope, tracker: Option<Arc<Tracker>>) -> Self {
+    pub(super) fn with_tracker(
+        parent: Scope,
+        tracker: Option<Arc<Tracker>>,
+        numbered: Arc<AtomicU64>,
+    ) -> Self {
         RequestScopeLayer {
             config: Config {
                 parent,
                 timeout_header: None,
                 default_timeout: None,
                 max_timeout: None,
+                request_id_header: None,
+                numbered,
                 tracker,
             },
         }
@@ -131,6 +148,18 @@ impl RequestScopeLayer {
     /// hold a request open for a year by asking for it.
     pub fn max_timeout(mut self, timeout: Duration) -> Self {
         self.config.max_timeout = Some(timeout);
+        self
+    }
+
+    /// Adds the request id in header `name` (commonly `x-request-id`) to the name of the
+    /// request's scope, `request-17:{id}`, so that a cause's origin can be matched with the
+    /// logs of the services the request went through.
+    ///
+    /// An id is used only if it is 1 to 64 ASCII letters, digits, `-`, `_` or `.` (a UUID, a
+    /// W3C trace id, a ULID all are); otherwise it is left out and the scope is named
+    /// `request-17` as without this option. The request is never rejected for it.
+    pub fn request_id_header(mut self, name: HeaderName) -> Self {
+        self.config.request_id_header = Some(name);
         self
     }
 }
@@ -164,6 +193,32 @@ impl Config {
             (timeout, None) => timeout,
         })
     }
+
+    /// The next request's scope name: `request-{n}`, and its id if it has a valid one.
+    fn name(&self, headers: &HeaderMap) -> String {
+        // Relaxed: the number only has to be unique, not ordered with anything else.
+        let n = self.numbered.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self
+            .request_id_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .map(|value| value.as_bytes())
+            .filter(|id| is_request_id(id));
+        match id {
+            // Checked to be ASCII by `is_request_id`.
+            Some(id) => format!("request-{n}:{}", String::from_utf8_lossy(id)),
+            None => format!("request-{n}"),
+        }
+    }
+}
+
+/// Whether `id` is fit for a scope name: short, and with no character that a path, a log line
+/// or a metric would have to escape.
+fn is_request_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|&byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
 }
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -210,7 +265,10 @@ where
             Ok(timeout) => timeout,
             Err(invalid) => return ResponseFuture::rejected(invalid.response(request.headers())),
         };
-        let mut builder = config.parent.child_builder().name("request");
+        let mut builder = config
+            .parent
+            .child_builder()
+            .name(config.name(request.headers()));
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
