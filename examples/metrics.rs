@@ -1,7 +1,8 @@
 //! Prometheus metrics for taskscope, with no code in the tasks: a `TraceObserver` with
 //! `.metrics()` on the root scope records every cancellation (by cause code and kind), lost
 //! cancel, cancel→exit latency, running and pending task, abort, slow stop and supervisor
-//! restart through the `metrics` facade, and `metrics-exporter-prometheus` serves them.
+//! restart through the `metrics` facade, `metrics-exporter-prometheus` renders them, and a
+//! small axum server serves them on `/metrics`.
 //!
 //! ```text
 //! cargo run --example metrics               # serves on 127.0.0.1:9000 (METRICS_PORT to change)
@@ -21,12 +22,16 @@
 //! - `sync`: a supervisor whose feed fails once and is restarted, then shut down.
 
 use std::error::Error;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::io;
+use std::net::Ipv4Addr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use taskscope::{
     Backoff, BoxError, Cause, CauseKind, ChildSpec, Restart, Scope, Supervisor, TaskGroup,
@@ -34,6 +39,7 @@ use taskscope::{
 use taskscope_select::FutureExt;
 use taskscope_trace::TraceObserver;
 use taskscope_trace::metrics::CANCEL_LATENCY;
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::sleep;
 use tracing_subscriber::EnvFilter;
@@ -49,45 +55,43 @@ pub const SLOW_TO_STOP: Duration = Duration::from_millis(20);
 /// [`SLOW_TO_STOP`], so that the task that ignores its cancellation is reported first.
 pub const LEGACY_GRACE: Duration = Duration::from_millis(150);
 
-/// Installs the Prometheus recorder globally and its HTTP listener (which answers `GET` on any
-/// path, `/metrics` included) on `addr`, in the current tokio runtime. Port 0 picks a free
-/// port. Returns the address it listens on, and a handle that renders the same text.
+/// How often the recorder's upkeep runs (draining histogram samples), as the exporter's own
+/// listener would run it.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder globally and returns a handle that renders its metrics as
+/// Prometheus text; [`serve`] serves them. Also spawns the recorder's upkeep on the current
+/// tokio runtime, every [`UPKEEP_INTERVAL`]: `install_recorder`, unlike the exporter's own
+/// listener, leaves that to its caller.
 ///
-/// Call it inside a tokio runtime: the listener and the recorder's upkeep run on it. A process
-/// has one global recorder: a second call fails.
-pub fn install(addr: SocketAddr) -> Result<(SocketAddr, PrometheusHandle), BuildError> {
-    // The builder binds the address itself and does not say which port it got: port 0 is
-    // resolved here, by asking the OS for a free port. Another process could take it before
-    // the builder binds it, so try a few.
-    let attempts = if addr.port() == 0 { 5 } else { 1 };
-    let mut last_error = None;
-    for _ in 0..attempts {
-        let addr = if addr.port() == 0 {
-            free_port(addr)
-                .map_err(|error| BuildError::FailedToCreateHTTPListener(error.to_string()))?
-        } else {
-            addr
-        };
-        let builder = PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .set_buckets_for_metric(Matcher::Full(CANCEL_LATENCY.to_owned()), LATENCY_BUCKETS)?;
-        match builder.build() {
-            Ok((recorder, exporter)) => {
-                let handle = recorder.handle();
-                metrics::set_global_recorder(recorder)?;
-                tokio::spawn(exporter);
-                return Ok((addr, handle));
+/// Call it inside a tokio runtime. A process has one global recorder: a second call fails.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(CANCEL_LATENCY.to_owned()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let mut every = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
             }
-            Err(error @ BuildError::FailedToCreateHTTPListener(_)) => last_error = Some(error),
-            Err(error) => return Err(error),
         }
-    }
-    Err(last_error.expect("at least one attempt"))
+    });
+    Ok(handle)
 }
 
-/// A port on `addr`'s IP that is free right now.
-fn free_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    TcpListener::bind(addr)?.local_addr()
+/// Serves `handle`'s metrics on `GET /metrics`, in Prometheus's text format, on `listener`
+/// (bound by the caller, so port 0 works and its port is known before serving). Runs until
+/// the listener fails.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle) -> io::Result<()> {
+    let metrics = move || async move {
+        let text = handle.render();
+        ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    };
+    let router = Router::new().route("/metrics", get(metrics));
+    axum::serve(listener, router).await
 }
 
 /// The observer that records the metrics: install it on the root scope of the service.
@@ -246,16 +250,20 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Err(_) => 9000,
     };
 
-    let (addr, handle) = install(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    let handle = install()?;
+    let mut server = None;
     if !once {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let addr = listener.local_addr()?;
         println!("serving metrics on http://{addr}/metrics");
         println!("  curl http://{addr}/metrics");
+        server = Some((addr, tokio::spawn(serve(listener, handle.clone()))));
     }
 
     let root = root();
     workload(&root).await?;
 
-    if once {
+    let Some((addr, server)) = server else {
         println!("\nmetrics after the workload:");
         for line in handle.render().lines() {
             if line.starts_with("taskscope_") {
@@ -263,8 +271,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
             }
         }
         return Ok(());
-    }
+    };
     println!("\nworkload done; still serving on http://{addr}/metrics, ctrl-c to stop");
-    tokio::signal::ctrl_c().await?;
+    tokio::select! {
+        served = server => served??,
+        signal = tokio::signal::ctrl_c() => signal?,
+    }
     Ok(())
 }

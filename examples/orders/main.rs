@@ -59,7 +59,10 @@ async fn main() -> ExitCode {
         })
         .init();
     // A panic in a step is captured by its task group and becomes the order's cause; one line
-    // on stderr says where it happened.
+    // on stderr says where it happened. A hook of our own, not the default one (which writes to
+    // stderr straight through the progress bar) nor `tracing-panic` (a multi-field event, with
+    // a backtrace, for one line): through `tracing`, the line lands above the bar and `RUST_LOG`
+    // filters it (target `orders::panic`).
     std::panic::set_hook(Box::new(|info| {
         let message = info
             .payload()

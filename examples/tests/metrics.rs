@@ -1,6 +1,6 @@
 //! The metrics example end to end: the workload runs in-process under the example's observer,
-//! with the Prometheus exporter listening on 127.0.0.1, and `/metrics` is scraped over a raw
-//! HTTP/1.1 `GET`.
+//! with its metrics served on 127.0.0.1 (port 0: the OS picks), and `/metrics` is scraped over
+//! a raw HTTP/1.1 `GET`.
 //!
 //! A process has a single global metrics recorder, so everything is checked in one test, on one
 //! scrape taken once the workload has ended. Nothing here sleeps to synchronise: the workload
@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// How long any one step may take before the test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -44,8 +44,10 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workload_is_scraped_as_prometheus_text() {
-    let (addr, handle) = example::install(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-    assert_ne!(addr.port(), 0, "a real port was picked");
+    let handle = example::install().unwrap();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(example::serve(listener, handle.clone()));
 
     let root = example::root();
     tokio::time::timeout(LIMIT, example::workload(&root))
@@ -104,7 +106,11 @@ async fn the_workload_is_scraped_as_prometheus_text() {
         "aborted after {aborted_sum} s, before its grace"
     );
 
-    // The handle renders what the listener serves.
+    let (status, _) = get(addr, "/").await;
+    assert_eq!(status, 404, "metrics are on /metrics only");
+    assert!(!server.is_finished(), "still serving");
+
+    // The handle renders what the server serves.
     let rendered = handle.render();
     assert!(
         rendered.contains(

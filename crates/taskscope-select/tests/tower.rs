@@ -13,7 +13,8 @@ use http::{HeaderName, Request, Response};
 use taskscope::{BoxError, Cause, CauseKind, Scope, TaskGroup};
 use taskscope_select::FutureExt;
 use taskscope_select::tower::{
-    CLIENT_GONE, GracefulShutdown, RequestScopeLayer, parse_grpc_timeout, parse_millis_timeout,
+    CLIENT_GONE, ERROR_HEADER, GracefulShutdown, RequestScopeLayer, parse_grpc_timeout,
+    parse_millis_timeout,
 };
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, task};
@@ -71,7 +72,8 @@ async fn each_request_gets_a_child_scope_of_the_server() {
         assert_eq!(response.status(), 200);
     }
     let seen = seen.lock().unwrap();
-    assert_eq!(seen[0].path(), "http/request");
+    assert_eq!(seen[0].path(), "http/request-1");
+    assert_eq!(seen[1].path(), "http/request-2");
     assert!(
         seen[0].deadline().is_none(),
         "no header, no default: no deadline"
@@ -112,7 +114,7 @@ async fn grpc_timeout_sets_the_deadline_and_ends_as_a_timeout() {
 async fn the_earliest_header_wins_and_the_cap_bounds_it() {
     let header = HeaderName::from_static("x-timeout-ms");
     type Headers = &'static [(&'static str, &'static str)];
-    let cases: [(Headers, Option<u64>); 7] = [
+    let cases: [(Headers, Option<u64>); 5] = [
         (&[("x-timeout-ms", "1500")], Some(1500)),
         (
             &[("x-timeout-ms", "1500"), ("grpc-timeout", "1S")],
@@ -124,8 +126,6 @@ async fn the_earliest_header_wins_and_the_cap_bounds_it() {
         ),
         (&[("grpc-timeout", "2H")], Some(5000)),
         (&[], Some(3000)),
-        (&[("x-timeout-ms", "soon")], Some(3000)),
-        (&[("grpc-timeout", "123456789S")], Some(3000)),
     ];
     for (headers, expected) in cases {
         let server = Scope::new();
@@ -150,6 +150,158 @@ async fn the_earliest_header_wins_and_the_cap_bounds_it() {
             "{headers:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_header_that_cannot_be_read_is_rejected_with_400_and_why() {
+    let header = HeaderName::from_static("x-timeout-ms");
+    let cases = [
+        (
+            "grpc-timeout",
+            "12x",
+            r#"invalid grpc-timeout header "12x": does not end in a unit (H, M, S, m, u or n)"#,
+        ),
+        (
+            "grpc-timeout",
+            "123456789S",
+            r#"invalid grpc-timeout header "123456789S": has too many digits"#,
+        ),
+        (
+            "x-timeout-ms",
+            "soon",
+            r#"invalid x-timeout-ms header "soon": is not a whole number"#,
+        ),
+    ];
+    for (name, value, why) in cases {
+        let server = Scope::new();
+        let seen = Seen::default();
+        let mut service = RequestScopeLayer::new(&server)
+            .timeout_header(header.clone())
+            .default_timeout(Duration::from_secs(3))
+            .layer(handler(&seen, Duration::ZERO));
+        // A valid header beside it does not make up for it.
+        let request = get(&[
+            (name, value),
+            ("grpc-timeout", "1S"),
+            ("x-timeout-ms", "500"),
+        ]);
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), 400, "{name}: {value}");
+        assert_eq!(response.headers()[ERROR_HEADER], why);
+        assert!(response.body().is_empty());
+        assert!(seen.lock().unwrap().is_empty(), "the handler is not called");
+    }
+
+    let server = Scope::new();
+    let seen = Seen::default();
+    let mut service = RequestScopeLayer::new(&server).layer(handler(&seen, Duration::ZERO));
+    let mut request = get(&[]);
+    request.headers_mut().insert(
+        "grpc-timeout",
+        http::HeaderValue::from_bytes(b"1\xffS").unwrap(),
+    );
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()[ERROR_HEADER],
+        "invalid grpc-timeout header: not visible ASCII"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "the handler is not called");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_request_with_a_bad_timeout_gets_invalid_argument() {
+    let server = Scope::new();
+    let seen = Seen::default();
+    let mut service = RequestScopeLayer::new(&server).layer(handler(&seen, Duration::ZERO));
+    let request = get(&[
+        ("content-type", "application/grpc+proto"),
+        ("grpc-timeout", "10%"),
+    ]);
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), 200, "gRPC errors travel in grpc-status");
+    assert_eq!(response.headers()["grpc-status"], "3");
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    assert_eq!(
+        response.headers()["grpc-message"],
+        r#"invalid grpc-timeout header "10%25": does not end in a unit (H, M, S, m, u or n)"#,
+        "percent-encoded"
+    );
+    assert!(response.headers().get(ERROR_HEADER).is_none());
+    assert!(seen.lock().unwrap().is_empty(), "the handler is not called");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_have_scopes_and_cause_origins_of_their_own() {
+    let server = Scope::builder().name("http").build();
+    let seen = Seen::default();
+    let layer =
+        RequestScopeLayer::new(&server).request_id_header(HeaderName::from_static("x-request-id"));
+    // Two services from one layer count together.
+    let mut first = layer.layer(handler(&seen, Duration::from_secs(60)));
+    let mut second = layer.clone().layer(handler(&seen, Duration::from_secs(60)));
+    let first = tokio::spawn(first.ready().await.unwrap().call(get(&[
+        ("grpc-timeout", "1S"),
+        ("x-request-id", "4bf92f3577b34da6"),
+    ])));
+    let second = tokio::spawn(
+        second
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&[("grpc-timeout", "1S")])),
+    );
+    let (first, second) = (
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    );
+    assert_eq!(first.status(), 504);
+    assert_eq!(second.status(), 504);
+    let seen = seen.lock().unwrap();
+    let origins: Vec<_> = seen
+        .iter()
+        .map(|scope| scope.cause().unwrap().origin().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        origins,
+        ["http/request-1:4bf92f3577b34da6", "http/request-2"],
+        "the deadline names the request it ended"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_id_that_is_not_short_and_plain_is_left_out_of_the_name() {
+    let server = Scope::builder().name("http").build();
+    let seen = Seen::default();
+    let mut service = RequestScopeLayer::new(&server)
+        .request_id_header(HeaderName::from_static("x-request-id"))
+        .layer(handler(&seen, Duration::ZERO));
+    let long = "a".repeat(65);
+    for id in ["../../admin", "a b", "", long.as_str()] {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&[("x-request-id", id)]))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "never rejected for its id");
+    }
+    let paths: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|scope| scope.path().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "http/request-1",
+            "http/request-2",
+            "http/request-3",
+            "http/request-4"
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]

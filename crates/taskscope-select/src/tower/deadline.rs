@@ -84,6 +84,16 @@ impl ParseTimeoutError {
         let value = value.chars().take(32).collect();
         ParseTimeoutError { value, reason }
     }
+
+    /// The value, cut to its first 32 characters.
+    pub(super) fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// What is wrong with it, as a predicate: `"has too many digits"`.
+    pub(super) fn reason(&self) -> &'static str {
+        self.reason
+    }
 }
 
 impl fmt::Display for ParseTimeoutError {

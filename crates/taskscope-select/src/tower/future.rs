@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http::Response;
 use pin_project_lite::pin_project;
 use taskscope::{Cause, CauseKind, Scope};
 
@@ -38,7 +39,9 @@ pin_project! {
     /// request's scope is cancelled with [`client_gone`] first, then the inner future is
     /// dropped. A middleware *outside* this layer that drops it (a timeout) is seen the same
     /// way, so put this layer outermost. Dropped while a panic unwinds, it cancels the scope
-    /// with a [`TaskPanicked`](CauseKind::TaskPanicked) cause instead.
+    /// with a [`TaskPanicked`](CauseKind::TaskPanicked) cause instead. A request rejected
+    /// before it reached the inner service (a timeout header that cannot be read) has no scope
+    /// to cancel.
     #[must_use = "futures do nothing unless polled"]
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
@@ -46,7 +49,18 @@ pin_project! {
         // handler's own drop guards (a `TaskGroup`'s "dropped" cause) would.
         guard: Guard,
         #[pin]
-        inner: F,
+        inner: Inner<F>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    #[derive(Debug)]
+    enum Inner<F> {
+        /// The inner service's response.
+        Called { #[pin] future: F },
+        /// The layer's own answer, without a body yet; `None` once returned.
+        Rejected { response: Option<Response<()>> },
     }
 }
 
@@ -65,17 +79,40 @@ impl<F> ResponseFuture<F> {
                 scope: Some(scope),
                 tracked,
             },
-            inner,
+            inner: Inner::Called { future: inner },
+        }
+    }
+
+    /// Answers with `response` (and an empty body) without calling the inner service.
+    pub(super) fn rejected(response: Response<()>) -> Self {
+        ResponseFuture {
+            guard: Guard {
+                scope: None,
+                tracked: None,
+            },
+            inner: Inner::Rejected {
+                response: Some(response),
+            },
         }
     }
 }
 
-impl<F: Future> Future for ResponseFuture<F> {
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let output = std::task::ready!(this.inner.poll(cx));
+        let output = match this.inner.project() {
+            InnerProj::Called { future } => std::task::ready!(future.poll(cx)),
+            InnerProj::Rejected { response } => {
+                let response = response.take().expect("polled after completion");
+                Ok(response.map(|()| B::default()))
+            }
+        };
         this.guard.scope = None;
         this.guard.tracked = None;
         Poll::Ready(output)

@@ -1,16 +1,18 @@
 //! [`RequestScopeLayer`]: a child scope per request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Request};
+use http::{HeaderMap, HeaderName, Request, Response};
 use taskscope::Scope;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::ResponseFuture;
 use super::deadline::{parse_grpc_timeout, parse_millis_timeout};
+use super::reject::InvalidTimeout;
 use super::shutdown::Tracker;
 
 /// A tower [`Layer`] that runs each request under its own child [`Scope`] of a server scope,
@@ -23,8 +25,7 @@ use super::shutdown::Tracker;
 ///   [`default_timeout`](RequestScopeLayer::default_timeout), capped by the
 ///   [`max_timeout`](RequestScopeLayer::max_timeout). The cause is a deadline
 ///   ([`CauseKind::DeadlineExceeded`](taskscope::CauseKind::DeadlineExceeded), code
-///   `"deadline"`). A header that cannot be read is ignored, as if absent (use
-///   [`parse_grpc_timeout`](super::parse_grpc_timeout) in a handler to reject it instead);
+///   `"deadline"`);
 /// - the **client goes away**: the server drops the response future before it completes
 ///   (hyper does so when the connection closes). The cause is [`client_gone`](super::client_gone),
 ///   and it reaches the scope *before* the handler's future is dropped, so tasks the handler
@@ -32,6 +33,24 @@ use super::shutdown::Tracker;
 /// - the **server shuts down**: the server scope's cause reaches every request's scope. With
 ///   [`GracefulShutdown`](super::GracefulShutdown), only after in-flight requests had their
 ///   grace.
+///
+/// A request whose timeout header cannot be read (not visible ASCII, or not the grammar of
+/// [`parse_grpc_timeout`](super::parse_grpc_timeout) or
+/// [`parse_millis_timeout`](super::parse_millis_timeout)) is **rejected** without calling the
+/// inner service: a client that sent a deadline expects it kept, and running its request with
+/// no deadline (or the default) would break that silently. A gRPC request (content type
+/// `application/grpc...`) gets HTTP 200 with `grpc-status: 3` (`INVALID_ARGUMENT`) and a
+/// percent-encoded `grpc-message`; any other request gets 400 Bad Request with the reason in
+/// the [`taskscope-error`](super::ERROR_HEADER) header, e.g.
+/// `invalid grpc-timeout header "12x": does not end in a unit (H, M, S, m, u or n)`. Either way
+/// the body is empty.
+///
+/// Each request's scope is named `request-{n}`, `n` counting the requests this layer (and its
+/// clones, and every service it made) has seen from 1, so a cause's
+/// [`origin`](taskscope::Cause::origin) tells requests apart (`http/request-17`). With
+/// [`request_id_header`](RequestScopeLayer::request_id_header), a request that brings a valid
+/// id adds it: `http/request-17:4bf92f3577b34da6`. The path and other headers are never part of
+/// the name: a client controls them, without bound.
 ///
 /// A request that completes leaves its scope as it is: work the handler left running under it
 /// is not cancelled by the response (join it, as a [`TaskGroup`](taskscope::TaskGroup) does).
@@ -81,22 +100,31 @@ pub(super) struct Config {
     timeout_header: Option<HeaderName>,
     default_timeout: Option<Duration>,
     max_timeout: Option<Duration>,
+    request_id_header: Option<HeaderName>,
+    /// The last request number given out, shared by the layer's clones and services.
+    numbered: Arc<AtomicU64>,
     tracker: Option<Arc<Tracker>>,
 }
 
 impl RequestScopeLayer {
     /// Request scopes become children of `server`, and are cancelled when it is.
     pub fn new(server: &Scope) -> Self {
-        RequestScopeLayer::with_tracker(server.clone(), None)
+        RequestScopeLayer::with_tracker(server.clone(), None, Arc::default())
     }
 
-    pub(super) fn with_tracker(parent: Scope, tracker: Option<Arc<Tracker>>) -> Self {
+    pub(super) fn with_tracker(
+        parent: Scope,
+        tracker: Option<Arc<Tracker>>,
+        numbered: Arc<AtomicU64>,
+    ) -> Self {
         RequestScopeLayer {
             config: Config {
                 parent,
                 timeout_header: None,
                 default_timeout: None,
                 max_timeout: None,
+                request_id_header: None,
+                numbered,
                 tracker,
             },
         }
@@ -122,33 +150,75 @@ impl RequestScopeLayer {
         self.config.max_timeout = Some(timeout);
         self
     }
+
+    /// Adds the request id in header `name` (commonly `x-request-id`) to the name of the
+    /// request's scope, `request-17:{id}`, so that a cause's origin can be matched with the
+    /// logs of the services the request went through.
+    ///
+    /// An id is used only if it is 1 to 64 ASCII letters, digits, `-`, `_` or `.` (a UUID, a
+    /// W3C trace id, a ULID all are); otherwise it is left out and the scope is named
+    /// `request-17` as without this option. The request is never rejected for it.
+    pub fn request_id_header(mut self, name: HeaderName) -> Self {
+        self.config.request_id_header = Some(name);
+        self
+    }
 }
 
 impl Config {
-    /// The request's timeout, from its headers, the default and the cap.
-    fn timeout(&self, headers: &HeaderMap) -> Option<Duration> {
+    /// The request's timeout, from its headers, the default and the cap; an error if a
+    /// timeout header is present but cannot be read.
+    fn timeout(&self, headers: &HeaderMap) -> Result<Option<Duration>, InvalidTimeout> {
         let header = |name: &HeaderName, parse: fn(&str) -> Result<Duration, _>| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| parse(value).ok())
+            let Some(value) = headers.get(name) else {
+                return Ok(None);
+            };
+            let value = value.to_str().map_err(|_| InvalidTimeout::not_text(name))?;
+            parse(value)
+                .map(Some)
+                .map_err(|error| InvalidTimeout::parse(name, error))
         };
-        let grpc = header(&GRPC_TIMEOUT, parse_grpc_timeout);
-        let custom = self
-            .timeout_header
-            .as_ref()
-            .and_then(|name| header(name, parse_millis_timeout));
+        let grpc = header(&GRPC_TIMEOUT, parse_grpc_timeout)?;
+        let custom = match &self.timeout_header {
+            Some(name) => header(name, parse_millis_timeout)?,
+            None => None,
+        };
         let asked = match (grpc, custom) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let timeout = asked.or(self.default_timeout);
-        match (timeout, self.max_timeout) {
+        Ok(match (timeout, self.max_timeout) {
             (Some(timeout), Some(max)) => Some(timeout.min(max)),
             (None, Some(max)) => Some(max),
             (timeout, None) => timeout,
+        })
+    }
+
+    /// The next request's scope name: `request-{n}`, and its id if it has a valid one.
+    fn name(&self, headers: &HeaderMap) -> String {
+        // Relaxed: the number only has to be unique, not ordered with anything else.
+        let n = self.numbered.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self
+            .request_id_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .map(|value| value.as_bytes())
+            .filter(|id| is_request_id(id));
+        match id {
+            // Checked to be ASCII by `is_request_id`.
+            Some(id) => format!("request-{n}:{}", String::from_utf8_lossy(id)),
+            None => format!("request-{n}"),
         }
     }
+}
+
+/// Whether `id` is fit for a scope name: short, and with no character that a path, a log line
+/// or a metric would have to escape.
+fn is_request_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|&byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
 }
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -171,9 +241,15 @@ pub struct RequestScope<S> {
     config: Arc<Config>,
 }
 
-impl<S, B> Service<Request<B>> for RequestScope<S>
+/// `ResBody: Default` is all the layer asks of the response body, for its rejection of a bad
+/// timeout header (whose reason goes in a header): axum's `Body`, tonic's `Body`,
+/// `http_body_util`'s `Full`, `Empty` and boxed bodies all are `Default`, as tower-http's own
+/// middlewares ask. A `From<String>` bound would put the reason in the body, but tonic's body
+/// has no such conversion, so a tonic server could not use the layer at all.
+impl<S, B, ResBody> Service<Request<B>> for RequestScope<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -185,8 +261,15 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let config = &self.config;
-        let mut builder = config.parent.child_builder().name("request");
-        if let Some(timeout) = config.timeout(request.headers()) {
+        let timeout = match config.timeout(request.headers()) {
+            Ok(timeout) => timeout,
+            Err(invalid) => return ResponseFuture::rejected(invalid.response(request.headers())),
+        };
+        let mut builder = config
+            .parent
+            .child_builder()
+            .name(config.name(request.headers()));
+        if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
         let scope = builder.build();

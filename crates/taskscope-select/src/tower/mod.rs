@@ -12,9 +12,11 @@
 mod deadline;
 mod future;
 mod layer;
+mod reject;
 mod shutdown;
 
 pub use deadline::{ParseTimeoutError, parse_grpc_timeout, parse_millis_timeout};
 pub use future::{CLIENT_GONE, ResponseFuture, client_gone};
 pub use layer::{RequestScope, RequestScopeLayer};
+pub use reject::ERROR_HEADER;
 pub use shutdown::{GracefulShutdown, InFlightRequest, ShutdownReport, ShutdownSignal};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +59,8 @@ pub struct GracefulShutdown {
     requests: Scope,
     grace: Duration,
     tracker: Arc<Tracker>,
+    /// Request numbers, shared by every [`layer`](GracefulShutdown::layer) so names stay unique.
+    numbered: Arc<AtomicU64>,
 }
 
 impl GracefulShutdown {
@@ -69,13 +72,18 @@ impl GracefulShutdown {
             requests: app.child_builder().name("http").detached().build(),
             grace,
             tracker: Arc::new(Tracker::default()),
+            numbered: Arc::default(),
         }
     }
 
     /// The layer to put around the server's routes: a [`RequestScopeLayer`] whose request
     /// scopes are children of this shutdown's `http` scope, and which counts requests in flight.
     pub fn layer(&self) -> RequestScopeLayer {
-        RequestScopeLayer::with_tracker(self.requests.clone(), Some(self.tracker.clone()))
+        RequestScopeLayer::with_tracker(
+            self.requests.clone(),
+            Some(self.tracker.clone()),
+            self.numbered.clone(),
+        )
     }
 
     /// The future to hand to the server's graceful shutdown (axum's and hyper-util's
