@@ -30,7 +30,8 @@ pub enum Outcome<T, E> {
 #[derive(Debug)]
 pub enum Failure<E> {
     /// The error it returned. Shared, because the cause that cancelled the group carries it too
-    /// (see [`Cause::downcast_ref`]); [`Arc::try_unwrap`] gets it back once that cause is gone.
+    /// (see [`Cause::downcast_ref`]); [`Arc::try_unwrap`] gets it back once that cause is gone
+    /// (see [`GroupError::into_failures`]).
     Error(Arc<E>),
     /// It panicked, with this message (the panic's `&str` or `String` payload, or
     /// `"Box<dyn Any>"`).
@@ -129,6 +130,31 @@ impl<E> GroupError<E> {
     /// The tasks that did not return within the shutdown grace and were aborted; in spawn order.
     pub fn aborted(&self) -> &[TaskInfo] {
         &self.aborted
+    }
+
+    /// The failures, moved out, first to last. The group's cause, which shares the first
+    /// failure's error, is dropped here, so [`Arc::try_unwrap`] gets each error back once
+    /// nothing else holds the cause (a clone of it, or of the group's
+    /// [`scope`](crate::TaskGroup::scope), which keeps it).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use taskscope::{Failure, Scope, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::<(), std::io::Error>::builder(&Scope::new()).build();
+    /// group.spawn("write", |_| async { Err(std::io::Error::other("disk full")) });
+    /// let error = group.join().await.unwrap_err();
+    /// let first = error.into_failures().remove(0);
+    /// let Failure::Error(shared) = first.failure else { unreachable!() };
+    /// let io: std::io::Error = Arc::try_unwrap(shared).unwrap();
+    /// assert_eq!(io.to_string(), "disk full");
+    /// # }
+    /// ```
+    pub fn into_failures(self) -> Vec<TaskFailure<E>> {
+        drop(self.cause);
+        self.failures
     }
 
     /// Whether the group was cancelled by a deadline (its own or an ancestor's).
