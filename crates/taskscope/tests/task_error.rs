@@ -165,3 +165,62 @@ fn the_provided_impls_say_which_cause_they_carry() {
     assert!(String::from("disk full").as_cause().is_none());
     assert!("disk full".as_cause().is_none());
 }
+
+/// Every report of a task's end speaks one vocabulary, `TaskOutcome`: a group's exits and
+/// snapshots and a supervisor's children say `panicked` for a panic and `failed` for an error.
+#[tokio::test(start_paused = true)]
+async fn every_report_of_an_end_names_it_alike() {
+    use taskscope::observe::TaskOutcome;
+
+    let mut group = TaskGroup::<(), BoxError>::builder(&Scope::new())
+        .collect_all()
+        .build();
+    group.spawn("panics", |_| async { panic!("ledger corrupted") });
+    group.spawn("fails", |_| async { Err("disk full".into()) });
+    let mut kinds = Vec::new();
+    while let Some(exit) = group.join_next().await {
+        kinds.push((exit.task.name().to_owned(), exit.outcome.kind()));
+    }
+    kinds.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        kinds,
+        [
+            ("fails".to_owned(), TaskOutcome::Failed),
+            ("panics".to_owned(), TaskOutcome::Panicked)
+        ]
+    );
+
+    let snapshot_group = TaskGroup::<(), BoxError>::builder(&Scope::new())
+        .collect_all()
+        .build();
+    snapshot_group.spawn("panics", |_| async { panic!("ledger corrupted") });
+    sleep(Duration::from_millis(1)).await;
+    let snapshot = snapshot_group.snapshot();
+    assert_eq!(
+        snapshot.tasks[0].state.outcome(),
+        Some(TaskOutcome::Panicked)
+    );
+    drop(snapshot_group);
+
+    let supervisor = SupervisorBuilder::<BoxError>::new()
+        .child(
+            ChildSpec::new("panics", |_| async { panic!("ledger corrupted") })
+                .restart(Restart::Never),
+        )
+        .child(
+            ChildSpec::new("fails", |_| async { Err("disk full".into()) }).restart(Restart::Never),
+        )
+        .run_until_shutdown()
+        .start(&Scope::new())
+        .unwrap();
+    sleep(Duration::from_millis(1)).await;
+    let snapshot = supervisor.snapshot();
+    let panics = snapshot.child("panics").unwrap().state;
+    let fails = snapshot.child("fails").unwrap().state;
+    assert_eq!(panics, ChildState::Panicked);
+    assert_eq!(panics.outcome(), Some(TaskOutcome::Panicked));
+    assert_eq!(fails.outcome(), Some(TaskOutcome::Failed));
+    assert_eq!(ChildState::Running.outcome(), None);
+    supervisor.shutdown(Cause::new("DONE"));
+    supervisor.join().await.unwrap();
+}

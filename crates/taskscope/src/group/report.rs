@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::Cause;
 use crate::TaskInfo;
+use crate::observe::TaskOutcome;
 use crate::text::Escaped;
 
 /// How a task ended, as [`join_next`](crate::TaskGroup::join_next) reports it.
@@ -24,6 +25,21 @@ pub enum Outcome<T, E> {
     /// It did not return within the group's shutdown grace, or its group was dropped, and it was
     /// aborted.
     Aborted,
+}
+
+impl<T, E> Outcome<T, E> {
+    /// How it ended, without the value, error or cause: the word every report of a task's end
+    /// uses (a snapshot's [`TaskState::outcome`], a supervisor child's
+    /// [`ChildState::outcome`](crate::ChildState::outcome), an observer's event).
+    pub fn kind(&self) -> TaskOutcome {
+        match self {
+            Outcome::Completed(_) => TaskOutcome::Completed,
+            Outcome::Failed(Failure::Panic(_)) => TaskOutcome::Panicked,
+            Outcome::Failed(Failure::Error(_)) => TaskOutcome::Failed,
+            Outcome::Cancelled(_) => TaskOutcome::Cancelled,
+            Outcome::Aborted => TaskOutcome::Aborted,
+        }
+    }
 }
 
 /// Why a task failed: its error or its panic.
@@ -262,7 +278,19 @@ pub enum TaskState {
 impl TaskState {
     /// Whether the task has ended.
     pub fn is_finished(&self) -> bool {
-        !matches!(self, TaskState::Pending | TaskState::Running)
+        self.outcome().is_some()
+    }
+
+    /// How it ended, once it has: see [`Outcome::kind`].
+    pub fn outcome(&self) -> Option<TaskOutcome> {
+        Some(match self {
+            TaskState::Pending | TaskState::Running => return None,
+            TaskState::Completed => TaskOutcome::Completed,
+            TaskState::Cancelled(_) => TaskOutcome::Cancelled,
+            TaskState::Failed(_) => TaskOutcome::Failed,
+            TaskState::Panicked(_) => TaskOutcome::Panicked,
+            TaskState::Aborted => TaskOutcome::Aborted,
+        })
     }
 }
 

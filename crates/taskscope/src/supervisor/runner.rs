@@ -404,18 +404,14 @@ where
         match outcome {
             Outcome::Failed(failure) => {
                 let spec = &self.specs[child];
+                let state = failed_state(&failure);
                 // The path of the run's scope, which every run of the child has.
                 let origin = scope.as_ref().and_then(|scope| scope.node.origin());
                 let failure =
                     ChildFailure::new(spec.name.clone(), failure, origin, spec.location, now);
                 let failure = Arc::new(failure);
                 let cause = LastCause::Of(failure.clone());
-                self.end(
-                    child,
-                    ChildState::Failed,
-                    Some(failure.clone()),
-                    Some(cause),
-                );
+                self.end(child, state, Some(failure.clone()), Some(cause));
                 if restart == Restart::Never {
                     return;
                 }
@@ -450,11 +446,12 @@ where
             Outcome::Failed(failure) => {
                 // For its text only: the child's last cause is `cause`, not the one it makes.
                 let spec = &self.specs[child];
+                let state = failed_state(&failure);
                 let now = Instant::now();
                 let failure =
                     ChildFailure::new(spec.name.clone(), failure, None, spec.location, now);
                 let failure: Arc<dyn LastFailure> = Arc::new(failure);
-                (ChildState::Failed, Some(failure))
+                (state, Some(failure))
             }
             Outcome::Cancelled(_) => (ChildState::Cancelled, None),
             Outcome::Aborted => {
@@ -622,5 +619,14 @@ where
         drop((stale, terminated, turn.requests));
         changes::wake(turn.watchers);
         let _ = self.inner.done.node.cancel(Cause::plain(), self.location);
+    }
+}
+
+/// The state of a child whose run ended with `failure`.
+fn failed_state<E>(failure: &Failure<E>) -> ChildState {
+    if failure.is_panic() {
+        ChildState::Panicked
+    } else {
+        ChildState::Failed
     }
 }

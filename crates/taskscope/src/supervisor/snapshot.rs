@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::Strategy;
 use crate::Cause;
+use crate::observe::TaskOutcome;
 use crate::text::Escaped;
 
 /// What a supervisor is doing, in a [`SupervisorSnapshot`].
@@ -51,12 +52,29 @@ pub enum ChildState {
     Restarting,
     /// Returned `Ok` and is not restarted.
     Completed,
-    /// Failed and is not restarted.
+    /// Returned an error and is not restarted.
     Failed,
+    /// Panicked and is not restarted.
+    Panicked,
     /// Stopped by a cancellation or a shutdown.
     Cancelled,
     /// Did not return within its grace, or was stopped by a forced shutdown, and was aborted.
     Aborted,
+}
+
+impl ChildState {
+    /// How its last run ended, once it is not running, stopping nor restarting: see
+    /// [`Outcome::kind`](crate::Outcome::kind).
+    pub fn outcome(self) -> Option<TaskOutcome> {
+        Some(match self {
+            ChildState::Running | ChildState::Stopping | ChildState::Restarting => return None,
+            ChildState::Completed => TaskOutcome::Completed,
+            ChildState::Failed => TaskOutcome::Failed,
+            ChildState::Panicked => TaskOutcome::Panicked,
+            ChildState::Cancelled => TaskOutcome::Cancelled,
+            ChildState::Aborted => TaskOutcome::Aborted,
+        })
+    }
 }
 
 impl fmt::Display for ChildState {
@@ -67,6 +85,7 @@ impl fmt::Display for ChildState {
             ChildState::Restarting => "restarting",
             ChildState::Completed => "completed",
             ChildState::Failed => "failed",
+            ChildState::Panicked => "panicked",
             ChildState::Cancelled => "cancelled",
             ChildState::Aborted => "aborted",
         })
