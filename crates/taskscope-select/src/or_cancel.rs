@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use taskscope::{Cancelled, CancelledOwned, Cause, Scope};
+use taskscope::futures::{Cancelled, CancelledOwned};
+use taskscope::{Cause, Scope};
 
 /// Adapters for any future.
 pub trait FutureExt: Future + Sized {

@@ -28,7 +28,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use taskscope::{Cause, CauseKind, Stopped, SupervisorHandle};
+use taskscope::{Cause, CauseKind, SupervisorHandle};
+
+use taskscope::futures::Stopped;
 
 /// A [`Shutdown`](CauseKind::Shutdown) cause naming the signal `name`: its code is the name
 /// (`"SIGTERM"`), a stable metric label, and its detail says `received SIGTERM`.

@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
 use pin_project_lite::pin_project;
-use taskscope::{Cancelled, CancelledOwned, Cause, Scope};
+use taskscope::futures::{Cancelled, CancelledOwned};
+use taskscope::{Cause, Scope};
 
 use crate::or_cancel::{Watch, poll_scope_first};
 

@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::cancelled::CancelledOwned;
 use crate::path::Name;
-use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope, TaskError, TaskId};
+use crate::{BoxError, Cause, CauseKind, Scope, TaskError, TaskId};
 pub(crate) use failure::failure_cause;
 pub use join::{Join, JoinNext};
 use shared::{Admit, Shared};

@@ -79,22 +79,28 @@ mod task;
 mod task_error;
 mod text;
 
-pub use cancelled::{Cancelled, CancelledOwned};
 pub use cause::{CallSite, Cause, CauseKind};
 pub use group::{
-    DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Join, JoinNext, Outcome, Spawner, TaskExit,
-    TaskFailure, TaskGroup, TaskGroupBuilder, TaskSnapshot, TaskState, TrySpawnError,
+    DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Outcome, Spawner, TaskExit, TaskFailure,
+    TaskGroup, TaskGroupBuilder, TaskSnapshot, TaskState, TrySpawnError,
 };
 pub use on_cancel::OnCancel;
 pub use scope::{DropGuard, Scope, ScopeBuilder, ScopePath, WeakScope};
 pub use supervisor::{
-    Backoff, ChildRequest, ChildRequestError, ChildSnapshot, ChildSpec, ChildStarter, ChildState,
-    ConfigError, DEFAULT_INTENSITY, Delays, NextChange, Restart, Stopped, Strategy, Supervisor,
-    SupervisorBuilder, SupervisorChanges, SupervisorError, SupervisorHandle, SupervisorJoin,
-    SupervisorSnapshot, SupervisorState,
+    Backoff, ChildRequestError, ChildSnapshot, ChildSpec, ChildStarter, ChildState, ConfigError,
+    DEFAULT_INTENSITY, Delays, Restart, Strategy, Supervisor, SupervisorBuilder, SupervisorChanges,
+    SupervisorError, SupervisorHandle, SupervisorSnapshot, SupervisorState,
 };
 pub use task::{TaskId, TaskInfo};
 pub use task_error::{BoxError, TaskError};
+
+/// The futures taskscope's async methods return, by name, for a struct that holds one. Each
+/// says its cancel safety.
+pub mod futures {
+    pub use crate::cancelled::{Cancelled, CancelledOwned};
+    pub use crate::group::{Join, JoinNext};
+    pub use crate::supervisor::{ChildRequest, NextChange, Stopped, SupervisorJoin};
+}
 
 // The code of the README is tested as doctests (the guides, in taskscope-trace).
 #[cfg(doctest)]

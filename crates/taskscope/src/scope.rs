@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::cancelled::{Cancelled, CancelledOwned};
 use crate::cause::{Origin, wall_clock};
 use crate::node::{Listener, Node};
 use crate::observe::Observer;
 use crate::path::{Name, PathLink};
-use crate::{Cancelled, CancelledOwned, Cause, CauseKind, OnCancel};
+use crate::{Cause, CauseKind, OnCancel};
 
 /// A handle to one node of a cancellation tree. Cloning it gives another handle to the same
 /// scope.

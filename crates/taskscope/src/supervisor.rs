@@ -26,8 +26,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cancelled::CancelledOwned;
 use crate::path::Name;
-use crate::{BoxError, CancelledOwned, Cause, CauseKind, Scope, TaskError};
+use crate::{BoxError, Cause, CauseKind, Scope, TaskError};
 use runner::{Runner, Settings};
 use tree::Inner;
 

@@ -2,10 +2,9 @@
 
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
-use taskscope::{
-    CallSite, Cancelled, CancelledOwned, Cause, CauseKind, DropGuard, OnCancel, Scope,
-    ScopeBuilder, WeakScope,
-};
+use taskscope::{CallSite, Cause, CauseKind, DropGuard, OnCancel, Scope, ScopeBuilder, WeakScope};
+
+use taskscope::futures::{Cancelled, CancelledOwned};
 
 fn send_sync_unpin_unwind_safe<T: Send + Sync + Unpin + UnwindSafe + RefUnwindSafe>() {}
 
@@ -38,9 +37,10 @@ fn cause_is_a_static_error() {
 
 #[test]
 fn group_types_are_send_sync_and_unpin() {
+    use taskscope::futures::{Join, JoinNext};
     use taskscope::{
-        BoxError, GroupError, GroupSnapshot, Join, JoinNext, TaskExit, TaskGroup, TaskGroupBuilder,
-        TaskId, TaskInfo, TrySpawnError,
+        BoxError, GroupError, GroupSnapshot, TaskExit, TaskGroup, TaskGroupBuilder, TaskId,
+        TaskInfo, TrySpawnError,
     };
     fn send_sync_unpin<T: Send + Sync + Unpin>() {}
     // Not unwind-safe: a group joining holds a `tokio::time::Sleep`, which is not.
@@ -60,9 +60,10 @@ fn group_types_are_send_sync_and_unpin() {
 
 #[test]
 fn supervisor_types_are_send_sync_and_unpin() {
+    use taskscope::futures::{Stopped, SupervisorJoin};
     use taskscope::{
-        Backoff, BoxError, ChildSnapshot, ChildSpec, ConfigError, Stopped, Supervisor,
-        SupervisorBuilder, SupervisorError, SupervisorHandle, SupervisorJoin, SupervisorSnapshot,
+        Backoff, BoxError, ChildSnapshot, ChildSpec, ConfigError, Supervisor, SupervisorBuilder,
+        SupervisorError, SupervisorHandle, SupervisorSnapshot,
     };
     fn send_sync_unpin<T: Send + Sync + Unpin>() {}
     send_sync_unpin::<Supervisor>();
@@ -81,7 +82,8 @@ fn supervisor_types_are_send_sync_and_unpin() {
 
 #[test]
 fn runtime_change_types_are_send_sync_and_unpin() {
-    use taskscope::{ChildRequest, ChildRequestError, ChildStarter, NextChange, SupervisorChanges};
+    use taskscope::futures::{ChildRequest, NextChange};
+    use taskscope::{ChildRequestError, ChildStarter, SupervisorChanges};
     fn send_sync_unpin<T: Send + Sync + Unpin>() {}
     send_sync_unpin::<ChildStarter>();
     // Whatever the error type: the starter holds none.

@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Method, Request, Uri};
-use taskscope::{CancelledOwned, Cause, Scope};
+use taskscope::futures::CancelledOwned;
+use taskscope::{Cause, Scope};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 

@@ -99,7 +99,7 @@ impl fmt::Display for ConfigError {
 impl Error for ConfigError {}
 
 /// Why a change of a supervisor's children at runtime was refused; the answer of a
-/// [`ChildRequest`](crate::ChildRequest).
+/// [`ChildRequest`](crate::futures::ChildRequest).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ChildRequestError {

@@ -66,10 +66,11 @@ use super::snapshot::{ChildState, SupervisorState};
 use super::spec::{ChildSpec, Nested};
 use super::tree::{Inner, Tree};
 use super::{Backoff, Restart, Strategy, SupervisorError};
+use crate::cancelled::CancelledOwned;
 use crate::group::{Config, Spawned};
 use crate::path::Name;
 use crate::sync::{Mutex, MutexGuard, lock};
-use crate::{CancelledOwned, Cause, Failure, Outcome, Scope, TaskError, TaskExit, TaskGroup};
+use crate::{Cause, Failure, Outcome, Scope, TaskError, TaskExit, TaskGroup};
 use crate::{TaskId, TaskInfo};
 
 mod requests;
