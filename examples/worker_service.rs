@@ -63,7 +63,7 @@ pub async fn job(scope: Scope, sku: u32) -> Result<(), JobError> {
             () = sleep(Duration::from_millis(50)) => {}
         }
     }
-    if sku % 7 == 0 {
+    if sku.is_multiple_of(7) {
         return Err(JobError::OutOfStock { sku });
     }
     Ok(())

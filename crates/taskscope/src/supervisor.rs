@@ -645,6 +645,15 @@ where
     }
 }
 
+impl<E> Default for SupervisorBuilder<E>
+where
+    E: TaskError,
+{
+    fn default() -> Self {
+        SupervisorBuilder::new()
+    }
+}
+
 impl<E> Clone for SupervisorBuilder<E> {
     fn clone(&self) -> Self {
         SupervisorBuilder {
