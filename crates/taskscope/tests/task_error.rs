@@ -79,7 +79,7 @@ async fn a_typed_error_carrying_the_scopes_cause_is_an_echo_not_a_failure() {
     group.spawn("reserve", |_| async {
         Err(OrderError::Shortage(Cause::new("INVENTORY_SHORTAGE")))
     });
-    group.spawn("charge", |scope| echo(scope));
+    group.spawn("charge", echo);
     let error = group.join().await.unwrap_err();
     assert_eq!(error.failures().len(), 1);
     assert_eq!(error.first_failure().unwrap().task.name(), "reserve");
@@ -146,7 +146,7 @@ async fn a_supervisor_reads_a_typed_echo_as_its_group_does() {
         sleep(Duration::from_millis(1)).await;
         handle.shutdown(Cause::new("DEPLOY"));
         supervisor.join().await.unwrap();
-        handle.snapshot().children[0].state.clone()
+        handle.snapshot().children[0].state
     }
     assert_eq!(final_state::<OrderError>().await, ChildState::Cancelled);
     assert_eq!(final_state::<BoxError>().await, ChildState::Cancelled);
