@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskscope::{Cause, ChildSpec, Restart, Scope, SupervisorBuilder, TaskError, TaskGroup};
+use taskscope_select::FutureExt;
 use taskscope_select::signal::{Signals, shutdown_on_signals};
 use taskscope_trace::TraceObserver;
 use tokio::sync::{Mutex, mpsc};
@@ -58,10 +59,7 @@ pub async fn job(scope: Scope, sku: u32) -> Result<(), JobError> {
         .timeout(Duration::from_millis(500))
         .build();
     for _ in 0..sku % 12 {
-        tokio::select! {
-            cause = job.cancelled() => return Err(cause.into()),
-            () = sleep(Duration::from_millis(50)) => {}
-        }
+        sleep(Duration::from_millis(50)).or_cancel(&job).await?;
     }
     if sku.is_multiple_of(7) {
         return Err(JobError::OutOfStock { sku });
