@@ -160,6 +160,27 @@ pub trait Attachment: Any + Send + Sync {
     fn enter(&self, f: &mut dyn FnMut()) {
         f();
     }
+
+    /// Called on a running task's attachment each time the task's future returns
+    /// `Poll::Pending`: the task is suspended at one of its await points. It says whether the
+    /// task goes on, or is aborted right there: its future is dropped at that await point, as
+    /// aborting its tokio task would, and it ends as [`Aborted`](TaskOutcome::Aborted).
+    ///
+    /// For harnesses that interrupt work at each of its await points (`taskscope-test`); the
+    /// default goes on. Called outside every lock; a panic here is ignored, and the task goes
+    /// on.
+    fn suspended(&self) -> Suspended {
+        Suspended::Continue
+    }
+}
+
+/// What a task suspended at an await point does next; see [`Attachment::suspended`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suspended {
+    /// It waits to be woken, as usual.
+    Continue,
+    /// Its future is dropped there, and it ends as aborted.
+    Abort,
 }
 
 /// A scope was cancelled; see [`Observer::scope_cancelled`].

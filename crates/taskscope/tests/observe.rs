@@ -1871,3 +1871,81 @@ fn join_returns_only_once_every_task_has_been_reported() {
         canceller.join().unwrap();
     }
 }
+
+/// Aborts each task at its `at`-th suspension, and counts the suspensions it saw.
+struct AbortAt {
+    at: u32,
+    seen: Arc<AtomicU32>,
+}
+
+struct Suspensions {
+    at: u32,
+    seen: Arc<AtomicU32>,
+}
+
+impl taskscope::observe::Attachment for Suspensions {
+    fn suspended(&self) -> taskscope::observe::Suspended {
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.at {
+            taskscope::observe::Suspended::Abort
+        } else {
+            taskscope::observe::Suspended::Continue
+        }
+    }
+}
+
+impl Observer for AbortAt {
+    fn observes_tasks(&self, _: &GroupCreated<'_>) -> bool {
+        true
+    }
+
+    fn task_started(
+        &self,
+        _: &taskscope::observe::TaskStarted<'_>,
+    ) -> Option<Arc<dyn taskscope::observe::Attachment>> {
+        Some(Arc::new(Suspensions {
+            at: self.at,
+            seen: self.seen.clone(),
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attachment_can_abort_a_task_at_an_await_point() {
+    let seen = Arc::new(AtomicU32::new(0));
+    let root = Scope::builder()
+        .observer(Arc::new(AbortAt {
+            at: 2,
+            seen: seen.clone(),
+        }))
+        .build();
+    let reached = Arc::new(AtomicU32::new(0));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let mut group = TaskGroup::<(), BoxError>::builder(&root).build();
+    group.spawn("steps", {
+        let (reached, dropped) = (reached.clone(), dropped.clone());
+        move |_| async move {
+            struct SetOnDrop(Arc<AtomicBool>);
+            impl Drop for SetOnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _guard = SetOnDrop(dropped);
+            for step in 1..=3 {
+                sleep(Duration::from_secs(1)).await;
+                reached.store(step, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    });
+    let exit = group.join_next().await.unwrap();
+    assert!(matches!(exit.outcome, taskscope::Outcome::Aborted));
+    // Suspended at its second sleep: the first step was done, the second never.
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "its future was dropped there"
+    );
+}

@@ -19,7 +19,7 @@ use super::failure::panic_message;
 use super::report::{Failure, Outcome};
 use super::shared::{Exit, Next, Shared};
 use super::state::PanicPayload;
-use crate::observe::Attachment;
+use crate::observe::{Attachment, Suspended};
 use crate::{Scope, TaskError};
 
 pin_project! {
@@ -75,7 +75,18 @@ where
             panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
         });
         let mut result = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Pending) => {
+                if suspended(this.guard.attachment.as_deref()) == Suspended::Continue {
+                    return Poll::Pending;
+                }
+                // Aborted at this await point: the future goes first, as a tokio abort would
+                // drop it, then the task is reported aborted.
+                let mut user = this.user;
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| user.set(User::Done)));
+                let next = this.guard.report(|_, _, _| Exit::of(Outcome::Aborted));
+                this.guard.shared.run_next(next);
+                return Poll::Ready(());
+            }
             Ok(Poll::Ready(result)) => Ok(result),
             Err(payload) => Err(payload),
         };
@@ -178,6 +189,15 @@ pub(super) fn entered<R>(attachment: Option<&dyn Attachment>, f: impl FnOnce() -
         Some(out) => out,
         None => f.take().expect("`f` runs at most once")(),
     }
+}
+
+/// What the task's attachment, if any, says a task suspended at an await point does next; a
+/// panic of the attachment's is ignored like any observer's.
+fn suspended(attachment: Option<&dyn Attachment>) -> Suspended {
+    attachment.map_or(Suspended::Continue, |attachment| {
+        panic::catch_unwind(AssertUnwindSafe(|| attachment.suspended()))
+            .unwrap_or(Suspended::Continue)
+    })
 }
 
 /// Drops a user value, containing a panic of its `Drop`: the panic hook has reported it, and
