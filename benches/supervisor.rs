@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use common::{
     Target, drain, interleaved_n, interleaved_phases, pair, phase_pair, print_table, row, runtime,
 };
-use taskscope::{Backoff, BoxError, Cause, ChildSpec, Outcome, Restart, Scope, Supervisor};
+use taskscope::{
+    Backoff, BoxError, Cause, ChildSpec, Outcome, Restart, Scope, Supervisor, TaskGroupBuilder,
+};
 use taskscope::{SupervisorBuilder, TaskGroup};
 use tokio::runtime::Runtime;
 use tokio_graceful_shutdown::{SubsystemBuilder, SubsystemHandle, Toplevel};
@@ -182,7 +184,7 @@ fn respawn_group(rt: &Runtime, runs: u64, fail: bool) -> Duration {
         RUNS.store(0, Ordering::Relaxed);
         let root = Scope::new();
         let start = Instant::now();
-        let builder = TaskGroup::builder(&root);
+        let builder = TaskGroupBuilder::new(&root);
         let mut group: TaskGroup<(), Transient> = if fail {
             builder.collect_all().build()
         } else {
@@ -324,7 +326,7 @@ fn scale_group(rt: &Runtime, children: usize) -> [Duration; 2] {
         STARTED.store(0, Ordering::Release);
         let root = Scope::new();
         let start = Instant::now();
-        let group: TaskGroup<(), Transient> = TaskGroup::builder(&root).build();
+        let group: TaskGroup<(), Transient> = TaskGroupBuilder::new(&root).build();
         for _ in 0..children {
             group.spawn("child", |scope| async move {
                 STARTED.fetch_add(1, Ordering::Release);

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskscope::{Cause, ChildSpec, Restart, Scope, SupervisorBuilder, TaskError, TaskGroup};
+use taskscope::{Cause, ChildSpec, Restart, Scope, SupervisorBuilder, TaskError, TaskGroupBuilder};
 use taskscope_select::FutureExt;
 use taskscope_select::signal::{Signals, shutdown_on_signals};
 use taskscope_trace::TraceObserver;
@@ -72,7 +72,7 @@ pub fn worker(name: &'static str, queue: Queue) -> ChildSpec<JobError> {
     let spec = ChildSpec::new(name, move |scope: Scope| {
         let queue = queue.clone();
         async move {
-            let mut jobs = TaskGroup::<(), JobError>::builder(&scope)
+            let mut jobs = TaskGroupBuilder::<(), JobError>::new(&scope)
                 .limit(8.try_into().unwrap())
                 .collect_all()
                 .build();

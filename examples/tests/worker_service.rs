@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskscope::observe::TaskOutcome;
-use taskscope::{Cause, ChildState, Scope, SupervisorBuilder, TaskGroup};
+use taskscope::{Cause, ChildState, Scope, SupervisorBuilder, TaskGroupBuilder};
 use tokio::sync::{Mutex, mpsc};
 use worker_service::{JobError, job, worker};
 
 #[tokio::test(start_paused = true)]
 async fn jobs_end_as_their_sku_says() {
-    let mut group = TaskGroup::<(), JobError>::builder(&Scope::new())
+    let mut group = TaskGroupBuilder::<(), JobError>::new(&Scope::new())
         .collect_all()
         .build();
     for sku in [1, 7, 11] {
@@ -54,7 +54,7 @@ async fn a_worker_is_done_once_its_queue_is_drained() {
 
 #[tokio::test(start_paused = true)]
 async fn a_job_stopped_by_its_workers_cancellation_is_cancelled_not_failed() {
-    let mut group = TaskGroup::<(), JobError>::builder(&Scope::new()).build();
+    let mut group = TaskGroupBuilder::<(), JobError>::new(&Scope::new()).build();
     group.spawn("sku-10", |scope| job(scope, 10)); // 500 ms of work
     tokio::time::sleep(Duration::from_millis(120)).await;
     group.scope().cancel(Cause::new("DEPLOY"));

@@ -7,7 +7,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskscope::{BoxError, Cause, GroupError, Scope, TaskGroup};
+use taskscope::{BoxError, Cause, GroupError, Scope, TaskGroup, TaskGroupBuilder};
 use taskscope_test::{Mode, Report, RunReport, Sample, Sweep};
 use tokio::time::sleep;
 
@@ -294,7 +294,7 @@ fn a_task_that_ignores_its_cancellation_is_aborted_after_its_grace_and_caught() 
 #[test]
 fn a_named_scope_can_be_the_one_cancelled() {
     let report = Sweep::new("named", books(), |_books: Books, scope: Scope| async move {
-        let group = TaskGroup::<(), BoxError>::builder(&scope)
+        let group = TaskGroupBuilder::<(), BoxError>::new(&scope)
             .name("jobs")
             .build();
         group.spawn("a", |scope| async move {

@@ -162,6 +162,30 @@ impl<T: Send + 'static> TaskGroup<T> {
     pub fn new(scope: &Scope) -> Self {
         TaskGroup::builder(scope).build()
     }
+
+    /// A builder for a group with a name, a concurrency limit, a grace period or another
+    /// policy, whose tasks fail with a [`BoxError`]; the value type is inferred from the tasks
+    /// spawned. For another error type, use [`TaskGroupBuilder::new`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskscope::{Scope, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let group = TaskGroup::builder(&Scope::new())
+    ///     .name("crawler")
+    ///     .limit(8.try_into().unwrap())
+    ///     .grace(Duration::from_secs(2))
+    ///     .build();
+    /// group.spawn("fetch", |_| async { Ok(200u16) });
+    /// assert_eq!(group.join().await?, [200]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(scope: &Scope) -> TaskGroupBuilder<'_, T> {
+        TaskGroupBuilder::new(scope)
+    }
 }
 
 impl<T, E> TaskGroup<T, E>
@@ -439,9 +463,10 @@ where
     }
 }
 
-/// Builds a [`TaskGroup<T, E>`]; made by [`TaskGroup::builder`].
+/// Builds a [`TaskGroup<T, E>`]: made by [`TaskGroup::builder`] for tasks that fail with a
+/// [`BoxError`], or by [`TaskGroupBuilder::new`] for another error type.
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct TaskGroupBuilder<'a, T, E> {
+pub struct TaskGroupBuilder<'a, T, E = BoxError> {
     scope: &'a Scope,
     name: Option<String>,
     config: Config,
@@ -458,11 +483,45 @@ impl<T, E> fmt::Debug for TaskGroupBuilder<'_, T, E> {
     }
 }
 
-impl<T, E> TaskGroupBuilder<'_, T, E>
+impl<'a, T, E> TaskGroupBuilder<'a, T, E>
 where
     T: Send + 'static,
     E: TaskError,
 {
+    /// A builder for a group whose tasks fail with `E`, so that `join` and `join_next` hand
+    /// back the tasks' own error type. [`TaskGroup::builder`] is this with `E` =
+    /// [`BoxError`], fixed so that a group whose tasks never name an error type (they return
+    /// `Ok(..)`, or `Err(e.into())`) needs no annotation. The value type is inferred.
+    ///
+    /// ```
+    /// use taskscope::{Scope, TaskGroupBuilder};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroupBuilder::<_, std::io::Error>::new(&Scope::new())
+    ///     .name("writers")
+    ///     .build();
+    /// group.spawn("log", |_| async { Err(std::io::Error::other("disk full")) as Result<(), _> });
+    /// let error = group.join().await.unwrap_err();
+    /// let io: &std::io::Error = error.first_failure().unwrap().failure.error().unwrap();
+    /// assert_eq!(io.to_string(), "disk full");
+    /// # }
+    /// ```
+    pub fn new(scope: &'a Scope) -> Self {
+        TaskGroupBuilder {
+            scope,
+            name: None,
+            config: Config {
+                limit: usize::MAX,
+                grace: DEFAULT_GRACE,
+                cancel_on_error: true,
+                resume_panics: false,
+                supervisor: false,
+            },
+            types: PhantomData,
+        }
+    }
+
     /// Names the group's scope; task scopes are named under it (`orders/order-17/payment`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -514,38 +573,6 @@ where
     T: Send + 'static,
     E: TaskError,
 {
-    /// A builder for a group with a name, a concurrency limit, a grace period or another policy.
-    /// The value and error types are the group's: named, or inferred from the tasks spawned.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use taskscope::{Scope, TaskGroup};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let group = TaskGroup::<u64, std::io::Error>::builder(&Scope::new())
-    ///     .name("crawler")
-    ///     .limit(8.try_into().unwrap())
-    ///     .grace(Duration::from_secs(2))
-    ///     .build();
-    /// # drop(group);
-    /// # }
-    /// ```
-    pub fn builder(scope: &Scope) -> TaskGroupBuilder<'_, T, E> {
-        TaskGroupBuilder {
-            scope,
-            name: None,
-            config: Config {
-                limit: usize::MAX,
-                grace: DEFAULT_GRACE,
-                cancel_on_error: true,
-                resume_panics: false,
-                supervisor: false,
-            },
-            types: PhantomData,
-        }
-    }
-
     /// A group whose scope is `scope` itself.
     pub(crate) fn on_scope(
         scope: Scope,

@@ -53,6 +53,7 @@
 //!   `kind`, `code`, `detail`, `origin`, `at_unix_us`, `location`, `source`) for audit logs and
 //!   for crossing process boundaries. Decoding malformed input is an error, never a panic.
 //!   [`SupervisorSnapshot`] serialises too.
+//! - `anyhow`: `anyhow::Error` is a [`TaskError`], its cause found in its chain.
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
@@ -84,6 +85,7 @@ pub use group::{
     DEFAULT_GRACE, Failure, GroupError, GroupSnapshot, Outcome, Spawner, TaskExit, TaskFailure,
     TaskGroup, TaskGroupBuilder, TaskSnapshot, TaskState, TrySpawnError,
 };
+pub use observe::TaskOutcome;
 pub use on_cancel::OnCancel;
 pub use scope::{DropGuard, Scope, ScopeBuilder, ScopePath, WeakScope};
 pub use supervisor::{

@@ -24,7 +24,7 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// An error enum of your own implements it in a few lines:
 ///
 /// ```
-/// use taskscope::{Cause, Scope, TaskError, TaskGroup};
+/// use taskscope::{Cause, Scope, TaskError, TaskGroupBuilder};
 ///
 /// #[derive(Debug)]
 /// enum OrderError {
@@ -58,7 +58,7 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let group = TaskGroup::<(), OrderError>::builder(&Scope::new()).build();
+/// let group = TaskGroupBuilder::<(), OrderError>::new(&Scope::new()).build();
 /// group.spawn("reserve", |_| async { Err(OrderError::OutOfStock { sku: 42 }) });
 /// group.spawn("charge", |scope| async move {
 ///     scope.cancelled().await;
@@ -73,7 +73,7 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 ///
 /// An error type that never carries a cause needs only `impl TaskError for MyError {}`. A
 /// foreign error type cannot implement it (Rust's orphan rule): box it in a [`BoxError`], or
-/// wrap it in an enum of your own.
+/// wrap it in an enum of your own. `anyhow::Error` implements it with the `anyhow` feature.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a `taskscope::TaskError`, so tasks cannot fail with it",
     label = "a task's error type",
@@ -85,6 +85,12 @@ pub trait TaskError: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// Return the cause a cancellation handed the task (the error of `scope.check()`,
     /// `scope.cancelled().await`, or a nested group's), so that the task is seen stopping
     /// because of it; or a cause the task made itself, whose code its failure then reports.
+    ///
+    /// The echo is recognised by identity: keep the cause as it was handed over. A cause
+    /// changed on the way (`cause.with_detail(..)`) is a new cause, and the task a failure.
+    /// An echo is reported as the cancellation alone: what else the error held (a nested
+    /// group's aborted tasks, its later failures) is not in the outer group's report; the
+    /// observer's events name those tasks.
     fn as_cause(&self) -> Option<&Cause> {
         None
     }
@@ -105,10 +111,18 @@ impl TaskError for BoxError {
 }
 
 impl TaskError for io::Error {
-    /// The first cause in the source chain of the error it wraps, if any
-    /// (`io::Error::other(cause)`).
+    /// The first cause in its chain: the error it wraps (`io::Error::other(cause)`), and that
+    /// one's sources.
     fn as_cause(&self) -> Option<&Cause> {
-        cause_in(self.get_ref()?)
+        cause_in(self)
+    }
+}
+
+#[cfg(feature = "anyhow")]
+impl TaskError for anyhow::Error {
+    /// The first cause in its chain (`anyhow!(cause)`, `.context(..)` on one).
+    fn as_cause(&self) -> Option<&Cause> {
+        self.downcast_ref::<Cause>()
     }
 }
 
@@ -116,14 +130,18 @@ impl TaskError for String {}
 
 impl TaskError for &'static str {}
 
-/// The first [`Cause`] in `error`'s source chain, starting with `error` itself.
+/// The first [`Cause`] in `error`'s chain, starting with `error` itself. An [`io::Error`]'s
+/// next link is the error it wraps: its `source()` skips that one.
 fn cause_in<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a Cause> {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(cause) = error.downcast_ref::<Cause>() {
             return Some(cause);
         }
-        next = error.source();
+        next = match error.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn Error + 'static)),
+            None => error.source(),
+        };
     }
     None
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use taskscope::{BoxError, Cause, CauseKind, Failure, Outcome, Scope, TaskGroup, TaskState};
+use taskscope::{
+    BoxError, Cause, CauseKind, Failure, Outcome, Scope, TaskGroup, TaskGroupBuilder, TaskState,
+};
 use tokio::time::{Instant, sleep};
 use tokio_test::{assert_pending, assert_ready, task};
 
@@ -264,7 +266,7 @@ impl taskscope::TaskError for Unprintable {}
 
 #[tokio::test(start_paused = true)]
 async fn an_error_whose_display_panics_is_reported_as_a_panic() {
-    let group: TaskGroup<(), Unprintable> = TaskGroup::builder(&Scope::new()).build();
+    let group: TaskGroup<(), Unprintable> = TaskGroupBuilder::new(&Scope::new()).build();
     group.spawn("odd", |_| async { Err(Unprintable) });
     group.spawn("sibling", |scope| async move {
         let _ = scope.cancelled().await;
@@ -282,7 +284,8 @@ async fn an_error_whose_display_panics_is_reported_as_a_panic() {
 /// taking the caller down.
 #[tokio::test(start_paused = true)]
 async fn a_snapshot_survives_an_error_whose_display_panics() {
-    let group: TaskGroup<(), Unprintable> = TaskGroup::builder(&Scope::new()).collect_all().build();
+    let group: TaskGroup<(), Unprintable> =
+        TaskGroupBuilder::new(&Scope::new()).collect_all().build();
     group.spawn("odd", |_| async { Err(Unprintable) });
     group.spawn("waits", |scope| async move {
         let _ = scope.cancelled().await;
@@ -388,7 +391,7 @@ async fn resume_panics_re_raises_in_the_joiner_after_every_task_ended() {
 
 #[tokio::test(start_paused = true)]
 async fn later_real_failures_are_kept() {
-    let group: TaskGroup<(), std::io::Error> = TaskGroup::builder(&Scope::new()).build();
+    let group: TaskGroup<(), std::io::Error> = TaskGroupBuilder::new(&Scope::new()).build();
     group.spawn("first", |_| async {
         Err(std::io::Error::other("disk full"))
     });

@@ -21,6 +21,7 @@ use taskscope::observe::{
 };
 use taskscope::{
     Backoff, BoxError, Cause, CauseKind, ChildSpec, ChildState, Scope, Supervisor, TaskGroup,
+    TaskGroupBuilder,
 };
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{advance, sleep};
@@ -1921,7 +1922,7 @@ async fn an_attachment_can_abort_a_task_at_an_await_point() {
         .build();
     let reached = Arc::new(AtomicU32::new(0));
     let dropped = Arc::new(AtomicBool::new(false));
-    let mut group = TaskGroup::<(), BoxError>::builder(&root).build();
+    let mut group = TaskGroupBuilder::<(), BoxError>::new(&root).build();
     group.spawn("steps", {
         let (reached, dropped) = (reached.clone(), dropped.clone());
         move |_| async move {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use taskscope::{
     BoxError, Cause, CauseKind, ChildSpec, ChildState, Outcome, Restart, Scope, SupervisorBuilder,
-    TaskError, TaskGroup,
+    TaskError, TaskGroupBuilder,
 };
 use tokio::time::sleep;
 
@@ -75,7 +75,7 @@ impl TaskError for Io {
 
 #[tokio::test(start_paused = true)]
 async fn a_typed_error_carrying_the_scopes_cause_is_an_echo_not_a_failure() {
-    let group = TaskGroup::<(), OrderError>::builder(&Scope::new()).build();
+    let group = TaskGroupBuilder::<(), OrderError>::new(&Scope::new()).build();
     group.spawn("reserve", |_| async {
         Err(OrderError::Shortage(Cause::new("INVENTORY_SHORTAGE")))
     });
@@ -98,7 +98,7 @@ async fn a_typed_error_carrying_the_scopes_cause_is_an_echo_not_a_failure() {
 #[tokio::test(start_paused = true)]
 async fn a_typed_error_is_seen_as_an_echo_exactly_when_a_boxed_one_is() {
     async fn run<E: TaskError + From<Cause>>(fail: E) -> Vec<&'static str> {
-        let group = TaskGroup::<(), E>::builder(&Scope::new())
+        let group = TaskGroupBuilder::<(), E>::new(&Scope::new())
             .collect_all()
             .build();
         let scope = group.scope().clone();
@@ -172,7 +172,7 @@ fn the_provided_impls_say_which_cause_they_carry() {
 async fn every_report_of_an_end_names_it_alike() {
     use taskscope::observe::TaskOutcome;
 
-    let mut group = TaskGroup::<(), BoxError>::builder(&Scope::new())
+    let mut group = TaskGroupBuilder::<(), BoxError>::new(&Scope::new())
         .collect_all()
         .build();
     group.spawn("panics", |_| async { panic!("ledger corrupted") });
@@ -190,7 +190,7 @@ async fn every_report_of_an_end_names_it_alike() {
         ]
     );
 
-    let snapshot_group = TaskGroup::<(), BoxError>::builder(&Scope::new())
+    let snapshot_group = TaskGroupBuilder::<(), BoxError>::new(&Scope::new())
         .collect_all()
         .build();
     snapshot_group.spawn("panics", |_| async { panic!("ledger corrupted") });
@@ -223,4 +223,101 @@ async fn every_report_of_an_end_names_it_alike() {
     assert_eq!(ChildState::Running.outcome(), None);
     supervisor.shutdown(Cause::new("DONE"));
     supervisor.join().await.unwrap();
+}
+
+#[test]
+fn a_boxed_io_error_wrapping_the_cause_carries_it() {
+    let cause = Cause::new("SHUTDOWN");
+    let boxed: BoxError = std::io::Error::other(cause.clone()).into();
+    assert!(boxed.as_cause().is_some_and(|c| c.ptr_eq(&cause)));
+}
+
+#[test]
+fn the_first_cause_in_the_chain_is_the_one_carried() {
+    let inner = Cause::new("INNER");
+    let outer = Cause::new("OUTER").with_source(inner.clone());
+    let boxed: BoxError = std::io::Error::other(outer.clone()).into();
+    assert!(boxed.as_cause().is_some_and(|c| c.ptr_eq(&outer)));
+    let boxed: BoxError = outer.clone().into();
+    assert!(boxed.as_cause().is_some_and(|c| c.ptr_eq(&outer)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_boxed_io_echo_is_cancelled_as_a_bare_io_echo_is() {
+    let mut group = TaskGroupBuilder::<(), BoxError>::new(&Scope::new())
+        .collect_all()
+        .build();
+    let scope = group.scope().clone();
+    group.spawn("io-echo", |scope| async move {
+        let cause = scope.cancelled().await;
+        Err(std::io::Error::other(cause).into())
+    });
+    sleep(Duration::from_millis(1)).await;
+    scope.cancel(Cause::new("SHUTDOWN"));
+    let exit = group.join_next().await.unwrap();
+    assert!(matches!(exit.outcome, Outcome::Cancelled(_)));
+}
+
+/// A wrapper whose source is a cause: it lends the code, and keeps its own words.
+#[derive(Debug)]
+struct LedgerError {
+    source: Cause,
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("writing the ledger failed")
+    }
+}
+
+impl std::error::Error for LedgerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_boxed_wrapper_keeps_its_message_and_lends_its_causes_code() {
+    let group = TaskGroupBuilder::<(), BoxError>::new(&Scope::new()).build();
+    group.spawn("ledger", |_| async {
+        Err(Box::new(LedgerError {
+            source: Cause::new("DISK_FULL"),
+        }) as BoxError)
+    });
+    let cause = group.join().await.unwrap_err().cause().unwrap().clone();
+    assert_eq!(cause.code(), "DISK_FULL");
+    assert_eq!(
+        cause.detail(),
+        Some("task 'ledger' failed: writing the ledger failed")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_anyhow_error_carrying_the_scopes_cause_is_an_echo() {
+    let mut group = TaskGroupBuilder::<(), anyhow::Error>::new(&Scope::new())
+        .collect_all()
+        .build();
+    let scope = group.scope().clone();
+    group.spawn("echo", |scope| async move {
+        let cause = scope.cancelled().await;
+        Err(anyhow::Error::new(cause).context("while charging"))
+    });
+    group.spawn("fails", |_| async { Err(anyhow::anyhow!("card declined")) });
+    sleep(Duration::from_millis(1)).await;
+    scope.cancel(Cause::new("SHUTDOWN"));
+    let mut kinds = Vec::new();
+    while let Some(exit) = group.join_next().await {
+        kinds.push((exit.task.name().to_owned(), exit.outcome.kind()));
+    }
+    kinds.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        kinds,
+        [
+            (
+                "echo".to_owned(),
+                taskscope::observe::TaskOutcome::Cancelled
+            ),
+            ("fails".to_owned(), taskscope::observe::TaskOutcome::Failed)
+        ]
+    );
 }

@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use taskscope::{
-    Backoff, BoxError, Cause, CauseKind, ChildSpec, Outcome, Restart, Scope, Supervisor,
-    SupervisorHandle, TaskGroup,
+    Backoff, Cause, CauseKind, ChildSpec, Outcome, Restart, Scope, Supervisor, SupervisorHandle,
+    TaskGroup,
 };
 use taskscope_select::FutureExt;
 use taskscope_trace::{AuditEvent, AuditLog, AuditRecord, TraceObserver};
@@ -257,7 +257,7 @@ async fn intake(
     reports: &Mutex<Vec<OrderReport>>,
     progress: &(dyn Fn(&OrderReport) + Send + Sync),
 ) {
-    let mut orders: TaskGroup<OrderReport, BoxError> = TaskGroup::builder(scope)
+    let mut orders: TaskGroup<OrderReport> = TaskGroup::builder(scope)
         .name("orders")
         .limit(concurrency)
         .collect_all()

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use taskscope::{BoxError, Cause, Scope, TaskGroup};
+use taskscope::{Cause, Scope, TaskGroup};
 use taskscope_select::{FutureExt, ScopeExt};
 use tokio::time::sleep;
 
@@ -191,7 +191,7 @@ async fn checkout(
         .await
         .map_err(orders_failure)?;
 
-    let steps: TaskGroup<Step, BoxError> = TaskGroup::builder(order).grace(ctx.grace).build();
+    let steps: TaskGroup<Step> = TaskGroup::builder(order).grace(ctx.grace).build();
     // A failing step cancels this group, not the order: the group's cause is the order's.
     let steps_scope = steps.scope().clone();
     steps.spawn("reserve", {

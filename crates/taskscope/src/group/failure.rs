@@ -21,13 +21,14 @@ where
             let mut cause = Cause::of_kind(CauseKind::TaskFailed);
             // One string, written once.
             let mut detail = format!("task '{name}' failed: ");
-            let written = match error.as_cause() {
-                // A task that fails with a cause of its own (`Err(Cause::new("SHORTAGE"))`)
-                // lends the group its code.
-                Some(own) => {
-                    cause = cause.with_code_of(own);
-                    detail.write_str(own.detail().unwrap_or(own.code()))
-                }
+            // A task that fails with a cause of its own (`Err(Cause::new("SHORTAGE"))`, or an
+            // error carrying one) lends the group its code.
+            if let Some(own) = error.as_cause() {
+                cause = cause.with_code_of(own);
+            }
+            // The detail is the error's own words: the cause's, when the error is that cause.
+            let written = match error_view(&**error).and_then(|e| e.downcast_ref::<Cause>()) {
+                Some(own) => detail.write_str(own.detail().unwrap_or(own.code())),
                 None => write!(detail, "{error}"),
             };
             written.expect("writing to a String cannot fail");

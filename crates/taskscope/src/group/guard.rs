@@ -99,7 +99,7 @@ where
             result = Err(payload);
         }
         let next = this.guard.report(|shared, key, scope| {
-            // Classifying runs user code (the error's `Display` and `source`); if that panics,
+            // Classifying runs user code (the error's `Display`, `source` and `as_cause`); if that panics,
             // the task is reported as having panicked.
             panic::catch_unwind(AssertUnwindSafe(|| shared.conclude(key, scope, result)))
                 .unwrap_or_else(|payload| shared.conclude(key, scope, Err(payload)))

@@ -155,11 +155,11 @@ impl<E> GroupError<E> {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use taskscope::{Failure, Scope, TaskGroup};
+    /// use taskscope::{Failure, Scope, TaskGroupBuilder};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let group = TaskGroup::<(), std::io::Error>::builder(&Scope::new()).build();
+    /// let group = TaskGroupBuilder::<(), std::io::Error>::new(&Scope::new()).build();
     /// group.spawn("write", |_| async { Err(std::io::Error::other("disk full")) });
     /// let error = group.join().await.unwrap_err();
     /// let first = error.into_failures().remove(0);
@@ -205,7 +205,7 @@ impl<E: fmt::Display> fmt::Display for GroupError<E> {
 
 impl<E: fmt::Debug + fmt::Display> Error for GroupError<E> {
     /// The cause that cancelled the group: its own source is the first failure's error when that
-    /// error is an error object (a `BoxError` or a [`Cause`]).
+    /// error is an error object (a `BoxError`, an `io::Error` or a [`Cause`]).
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         self.cause
             .as_ref()

@@ -72,8 +72,8 @@ where
         }
     }
 
-    /// The cause the failure makes (kind *task failed* or *task panicked*, the error's code when
-    /// it is a [`Cause`]), stamped with the child's path as origin and the time it failed
+    /// The cause the failure makes (kind *task failed* or *task panicked*, the code of the
+    /// cause the error carries, if any: [`TaskError::as_cause`]), stamped with the child's path as origin and the time it failed
     /// (invariant 6). Made once: every caller gets the very same cause.
     pub(super) fn cause(&self) -> &Cause {
         if let Some(cause) = self.cause.get() {
