@@ -516,7 +516,10 @@ where
 
     /// Takes the oldest pending task into the slot just freed, unless the group is cancelled.
     fn next_pending(&self, state: &mut State<T, E>) -> Option<Next<T, E>> {
-        if state.cause.is_some()
+        // An empty queue first: the group scope's flag sits on a line that every task's scope
+        // writes (it holds its parent), which is not worth a miss under the lock.
+        if state.pending.is_empty()
+            || state.cause.is_some()
             || self.scope.node.is_marked()
             || state.running >= self.config.limit
         {
