@@ -316,6 +316,13 @@ impl Node {
         PathLink::child(self.path.as_ref(), name)
     }
 
+    /// `link`, if it is the path of a child of this node named `name`: a child can share the
+    /// link of a sibling of the same name instead of making its own.
+    pub(crate) fn sibling_path(&self, link: &Arc<PathLink>, name: &str) -> Option<Arc<PathLink>> {
+        link.is_child_of(self.path.as_ref(), name)
+            .then(|| link.clone())
+    }
+
     /// This node's path, for a cause's origin; `None` when neither it nor an ancestor is named.
     pub(crate) fn origin(&self) -> Option<Origin> {
         self.path.clone().map(Origin::from)

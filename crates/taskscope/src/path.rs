@@ -67,6 +67,16 @@ impl PathLink {
         })
     }
 
+    /// Whether this link is the path of a child named `name` of a scope whose path is `parent`.
+    /// A link never changes, so every such child can share it.
+    pub(crate) fn is_child_of(&self, parent: Option<&Arc<PathLink>>, name: &str) -> bool {
+        let same_parent = match (&self.parent, parent) {
+            (Some(own), Some(parent)) => Arc::ptr_eq(own, parent),
+            (own, parent) => own.is_none() && parent.is_none(),
+        };
+        same_parent && *self.name == *name
+    }
+
     /// The path's only name, if it has one name.
     pub(crate) fn single_name(&self) -> Option<&str> {
         self.parent.is_none().then_some(&*self.name)

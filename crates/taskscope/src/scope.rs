@@ -97,6 +97,15 @@ impl Scope {
         }
     }
 
+    /// A child whose path, made by [`Node::child_path`] or shared with a sibling
+    /// ([`Node::sibling_path`]), is `path`, with no deadline of its own: a task's scope in a
+    /// group.
+    pub(crate) fn child_on_path(&self, path: Option<Arc<PathLink>>) -> Scope {
+        Scope {
+            node: Node::new(Some(&self.node), false, path, None, None),
+        }
+    }
+
     /// A child scope that is also cancelled `timeout` from now, with a
     /// [`DeadlineExceeded`](CauseKind::DeadlineExceeded) cause.
     ///

@@ -1294,3 +1294,33 @@ async fn a_spawner_is_refused_with_the_reason_once_the_group_is_cancelled_joined
     let refused = spawner.spawn("orphan", |_| async { Ok(4) }).unwrap_err();
     assert_eq!(refused.cause().map(Cause::kind), Some(CauseKind::Dropped));
 }
+
+#[tokio::test(start_paused = true)]
+async fn tasks_named_alike_each_have_their_path() {
+    let root = Scope::builder().name("orders").build();
+    let group: TaskGroup<String> = TaskGroup::builder(&root).name("orders").build();
+    let spawner = group.spawner();
+    let path = |scope: Scope| async move { Ok(scope.path().to_string()) };
+    // Literal names repeat, an empty one adds no segment, an owned one is not literal, and a
+    // task may be named as its group.
+    group.spawn("fetch", path);
+    spawner.spawn("fetch", path).unwrap();
+    group.spawn("", path);
+    group.spawn("orders", path);
+    group.spawn(String::from("fetch"), path);
+    group.spawn("fetch", path);
+    group.spawn("store", path);
+    let paths = group.join().await.unwrap();
+    assert_eq!(
+        paths,
+        [
+            "orders/orders/fetch",
+            "orders/orders/fetch",
+            "orders/orders",
+            "orders/orders/orders",
+            "orders/orders/fetch",
+            "orders/orders/fetch",
+            "orders/orders/store",
+        ]
+    );
+}

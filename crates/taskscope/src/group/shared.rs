@@ -32,7 +32,7 @@ use super::report::{Failure, Outcome, TrySpawnError};
 use super::state::{PanicPayload, Queued, Stage, StartFn, State};
 use super::watch::{Group, Unstarted, Watcher};
 use crate::observe::{self, Attachment, GroupCancelled};
-use crate::path::Name;
+use crate::path::{Name, PathLink};
 use crate::slab;
 use crate::sync::{Mutex, lock};
 use crate::{Cause, CauseKind, Scope, TaskError, TaskId, TaskInfo};
@@ -103,6 +103,9 @@ pub(super) struct Starting {
     id: TaskId,
     scope: Scope,
     watched: Option<Watched>,
+    /// The scope's path, when it is new: kept for the next task of the same name
+    /// ([`State::task_path`]).
+    new_path: Option<Arc<PathLink>>,
 }
 
 /// A task as the watcher hears of its start.
@@ -205,6 +208,12 @@ where
             });
         }
         if free {
+            // Only literal names are looked up: they repeat from spawn to spawn, owned ones
+            // rarely do.
+            let literal = matches!(name, Name::Static(_));
+            let shared_path = (state.task_path.as_ref())
+                .filter(|_| literal)
+                .and_then(|path| self.scope.node.sibling_path(path, &name));
             let (id, key) = state.insert(name.clone(), spawned_at, Stage::RUNNING);
             state.running += 1;
             let watched = watcher.map(|_| Watched {
@@ -215,7 +224,15 @@ where
             if let (Some(watcher), Some(watched)) = (watcher, &watched) {
                 watcher.spawned(self.group(), &watched.task, false);
             }
-            let scope = self.scope.named_child(name);
+            let (path, new_path) = match shared_path {
+                Some(path) => (Some(path), None),
+                None => {
+                    let path = self.scope.node.child_path(Some(name));
+                    let new_path = if literal { path.clone() } else { None };
+                    (path, new_path)
+                }
+            };
+            let scope = self.scope.child_on_path(path);
             // Cloned only for a supervisor: an atomic increment and decrement per task.
             let started = (admit == Admit::Child).then(|| (key, scope.clone()));
             let starting = Starting {
@@ -223,6 +240,7 @@ where
                 id,
                 scope,
                 watched,
+                new_path,
             };
             let next = self.start(starting, task);
             self.run_next(next);
@@ -285,6 +303,7 @@ where
             id,
             scope,
             watched,
+            new_path,
         } = starting;
         let watcher = self.watcher.as_ref();
         if let Some(cause) = scope.cause() {
@@ -342,23 +361,27 @@ where
         // pending task, that of the task whose end freed its slot.
         let handle = tokio::spawn(TaskFuture::new(future, guard));
         let mut state = lock(&self.state);
-        let abort = match state.record(key, id).map(|record| &mut record.stage) {
+        // The path replaced is dropped outside the lock.
+        let _replaced = new_path.and_then(|path| state.task_path.replace(path));
+        let handle = match state.record(key, id).map(|record| &mut record.stage) {
             Some(Stage::Running {
                 handle: slot,
                 abort: false,
             }) => {
                 *slot = Some(handle);
-                return None;
+                None
             }
-            Some(Stage::Running { abort: true, .. }) => true,
+            Some(Stage::Running { abort: true, .. }) => Some((handle, true)),
             // Already ended and taken.
-            _ => false,
+            _ => Some((handle, false)),
         };
         drop(state);
-        if abort {
-            handle.abort();
+        match handle {
+            Some((handle, true)) => handle.abort(),
+            // The task has ended: its handle is dropped here, outside the lock.
+            Some((handle, false)) => drop(handle),
+            None => {}
         }
-        // Otherwise the task has ended: its handle is dropped here, outside the lock.
         None
     }
 
@@ -375,6 +398,7 @@ where
                 id: queued.id,
                 scope: self.scope.named_child(name),
                 watched,
+                new_path: None,
             };
             next = (queued.start)(self, starting);
         }
@@ -516,7 +540,10 @@ where
 
     /// Takes the oldest pending task into the slot just freed, unless the group is cancelled.
     fn next_pending(&self, state: &mut State<T, E>) -> Option<Next<T, E>> {
-        if state.cause.is_some()
+        // An empty queue first: the group scope's flag sits on a line that every task's scope
+        // writes (it holds its parent), which is not worth a miss under the lock.
+        if state.pending.is_empty()
+            || state.cause.is_some()
             || self.scope.node.is_marked()
             || state.running >= self.config.limit
         {

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::report::{Failure, GroupError, Outcome, TaskExit, TaskFailure, TaskState};
 use super::shared::{Next, Shared, Starting};
-use crate::path::Name;
+use crate::path::{Name, PathLink};
 use crate::slab::{self, Slab};
 use crate::{Cause, TaskId, TaskInfo};
 
@@ -69,6 +69,10 @@ pub(super) struct State<T, E> {
     panic: Option<(TaskId, PanicPayload)>,
     /// The group was joined or dropped: its spawners are refused.
     pub(super) closed: bool,
+    /// The scope path of the task with a literal name that last started with a path of its
+    /// own: the next task of the same name shares it instead of allocating one (tasks spawned
+    /// in a loop are usually named alike).
+    pub(super) task_path: Option<Arc<PathLink>>,
 }
 
 pub(super) struct Record<T, E> {
@@ -156,6 +160,7 @@ impl<T, E> State<T, E> {
             winner: None,
             panic: None,
             closed: false,
+            task_path: None,
         }
     }
 
