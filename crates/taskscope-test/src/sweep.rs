@@ -140,6 +140,11 @@ impl Sample {
 ///
 /// The first run is checked the same way, uninterrupted.
 ///
+/// What it sees: the root's observer is the sweep's, and every scope under the root inherits
+/// it, so every task of a group or supervisor under the root is seen, but not those under a
+/// scope built with an observer of its own (`ScopeBuilder::observer`), nor a task spawned with
+/// `tokio::spawn` (which is caught only if it outlives the work).
+///
 /// Set `TASKSCOPE_SWEEP=all` to sweep every point whatever the [`sample`](Sweep::sample), and
 /// `TASKSCOPE_SWEEP_REPORT_DIR` to write each sweep's JSON report there.
 pub struct Sweep<W, O> {
