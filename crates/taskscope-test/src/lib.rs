@@ -1,5 +1,5 @@
 //! Cancel at every await point: a test harness for code that runs under
-//! [taskscope](taskscope) scopes.
+//! [taskscope] scopes.
 //!
 //! Cancel safety is hard to get right and easy to break. A [`Sweep`] runs a piece of work once
 //! to record its await points (every `Poll::Pending` of the work's future and of every task
