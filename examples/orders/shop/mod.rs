@@ -242,6 +242,7 @@ impl Running {
             ledger,
             latencies,
             restarts: snapshot.child("gateway-poller").map_or(0, |c| c.restarts),
+            authorized: self.ctx.gateway.authorized(),
             voided: self.ctx.gateway.voided(),
             supervisor_error: stopped.err().map(|error| error.to_string()),
             stopped_by,
