@@ -14,7 +14,8 @@ use std::task::{Context, Poll};
 
 use serde::Serialize;
 use taskscope::observe::{
-    Attachment, GroupCreated, Observer, Suspended, TaskFinished, TaskOutcome, TaskStarted,
+    Attachment, GroupCreated, Observer, ScopeCancelled, Suspended, TaskFinished, TaskOutcome,
+    TaskStarted,
 };
 use taskscope::{Cause, Scope, WeakScope};
 
@@ -68,6 +69,11 @@ struct State {
     target: Option<(String, u32, Action)>,
     /// Whether the target fired.
     fired: bool,
+    /// The causes of every cancellation under the root so far, in order.
+    cancellations: Vec<Cause>,
+    /// Those that came before a cancelling target fired: first cause wins, so the work may
+    /// report one of these rather than the injected one.
+    prior: Vec<Cause>,
     /// The root, and the scopes of groups and tasks by path, for a cancellation aimed at one.
     root: Option<WeakScope>,
     scopes: HashMap<String, WeakScope>,
@@ -123,6 +129,7 @@ impl Run {
                         None => state.root.clone(),
                         Some(path) => state.scopes.get(path).cloned(),
                     };
+                    state.prior = state.cancellations.clone();
                     (weak, cause)
                 }
             }
@@ -143,6 +150,10 @@ impl Run {
         self.lock().fired
     }
 
+    pub(crate) fn prior_causes(&self) -> Vec<Cause> {
+        self.lock().prior.clone()
+    }
+
     pub(crate) fn aborted(&self) -> Vec<String> {
         self.lock().aborted.clone()
     }
@@ -156,6 +167,10 @@ impl Run {
 pub(crate) struct RunObserver(pub(crate) Arc<Run>);
 
 impl Observer for RunObserver {
+    fn scope_cancelled(&self, event: &ScopeCancelled<'_>) {
+        self.0.lock().cancellations.push(event.cause.clone());
+    }
+
     fn group_created(&self, event: &GroupCreated<'_>) -> Option<Arc<dyn Attachment>> {
         let path = event.scope.path().to_string();
         self.0.lock().scopes.insert(path, event.scope.downgrade());

@@ -130,7 +130,9 @@ impl Sample {
 /// [`Mode`], one run interrupts the work there, and [`run`](Sweep::run) checks that it:
 ///
 /// - ended within the time bound ([`within`](Sweep::within), 60 s of paused time by default);
-/// - reported the injected cause, if it reports one ([`reports_cause`](Sweep::reports_cause));
+/// - reported the injected cause, if it reports one ([`reports_cause`](Sweep::reports_cause)),
+///   or the cause of a scope under the root that was already cancelled when it was injected
+///   (first cause wins: a shortage that cancelled an order's steps stays their cause);
 /// - left no tokio task alive, and nothing holding the root (a scope under it or a handle of
 ///   it outliving the work);
 /// - had no task aborted, when cancelled cooperatively: a task is aborted when its
@@ -197,7 +199,8 @@ where
     }
 
     /// How to read the cause the work reports from its output, if it reports one. A run that
-    /// cancelled with a cause checks the work reported that one (its kind and code).
+    /// cancelled with a cause checks the work reported that one (its kind and code), or one
+    /// that had already cancelled a scope under the root when it was injected.
     pub fn reports_cause(mut self, cause_of: impl Fn(&O) -> Option<Cause> + 'static) -> Self {
         self.cause_of = Some(Box::new(cause_of));
         self
@@ -297,10 +300,18 @@ where
                 )),
                 Ok(Ended::Dropped) => {}
                 Ok(Ended::Returned(output)) => {
+                    let same = |a: &Cause, b: &Cause| a.kind() == b.kind() && a.code() == b.code();
+                    // A scope under the root already cancelled for a reason of its own when the
+                    // cause was injected keeps that reason (first cause wins): the work may
+                    // report it.
                     if let (Some(Mode::Cancel { cause, .. }), Some(cause_of), true) =
                         (&mode, &self.cause_of, run.fired())
                         && let Some(reported) = cause_of(&output)
-                        && (reported.kind() != cause.kind() || reported.code() != cause.code())
+                        && !same(&reported, cause)
+                        && !run
+                            .prior_causes()
+                            .iter()
+                            .any(|prior| same(&reported, prior))
                     {
                         report.violations.push(format!(
                             "reported the cause {} ({}), not the injected {} ({})",

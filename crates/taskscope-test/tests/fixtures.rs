@@ -372,3 +372,38 @@ fn the_json_report_names_each_point() {
         "invariant: 1 charged, 0 recorded or refunded"
     );
 }
+
+#[test]
+fn a_cause_that_won_before_the_injected_one_is_a_fair_report() {
+    // A step fails with a cause of its own; what is cancelled after that keeps it (first
+    // cause wins), and the work reports it.
+    let report = Sweep::new(
+        "first cause wins",
+        books(),
+        |_books: Books, scope: Scope| async move {
+            let group = TaskGroup::<(), BoxError>::new(&scope);
+            group.spawn("reserve", |_| async {
+                sleep(Duration::from_millis(1)).await;
+                Err(Cause::new("INVENTORY_SHORTAGE").into())
+            });
+            group.spawn("charge", |scope| async move {
+                sleep(Duration::from_millis(5)).await;
+                scope.check()?;
+                Ok(())
+            });
+            let cancelled = group.join().await.err().and_then(|e| e.cause().cloned());
+            // Cleanup after the failure: an await point where the root's cancellation comes
+            // second.
+            sleep(Duration::from_millis(1)).await;
+            cancelled
+        },
+    )
+    .reports_cause(Option::clone)
+    .modes([Mode::cancel_root(Cause::new("DEPLOY"))])
+    .run();
+    // Cancelled before the shortage, it reports the injected cause; after it (the work's
+    // third suspension, in its cleanup), the shortage.
+    report.assert_ok();
+    let last = report.runs.last().unwrap().point.as_ref().unwrap();
+    assert_eq!((last.task.as_str(), last.suspension), ("work", 3));
+}

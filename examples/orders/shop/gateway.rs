@@ -88,6 +88,11 @@ impl Gateway {
         self.inner.voided.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Authorizations issued so far.
+    pub fn authorized(&self) -> u64 {
+        self.inner.next_authorization.load(Ordering::Relaxed) - 1
+    }
+
     /// Authorizations voided so far.
     pub fn voided(&self) -> u64 {
         self.inner.voided.load(Ordering::Relaxed)

@@ -40,6 +40,7 @@ use taskscope_select::FutureExt;
 use taskscope_trace::{AuditEvent, AuditLog, AuditRecord, TraceObserver};
 use tokio::sync::watch;
 use tokio::time::sleep;
+use tokio_util::task::TaskTracker;
 
 use gateway::Gateway;
 use pipeline::{Ctx, OrderReport};
@@ -133,6 +134,7 @@ pub fn start(
         payment_timeout: config.payment_timeout(),
         grace,
         compensation_budget: Duration::from_secs(2),
+        compensations: TaskTracker::new(),
     });
     let reports = Arc::new(Mutex::new(Vec::with_capacity(plans.len())));
     let (done, intake_done) = watch::channel(false);
@@ -218,6 +220,10 @@ impl Running {
             () = handle.stopped() => {}
         }
         let stopped = self.supervisor.join().await;
+        // The compensations of orders whose task was aborted (a forced shutdown) may still
+        // be running: the ledger is checked once they are done.
+        self.ctx.compensations.close();
+        self.ctx.compensations.wait().await;
         let snapshot = handle.snapshot();
         let elapsed = self.started.elapsed();
         let reports = std::mem::take(&mut *lock(&self.reports));
@@ -236,6 +242,7 @@ impl Running {
             ledger,
             latencies,
             restarts: snapshot.child("gateway-poller").map_or(0, |c| c.restarts),
+            authorized: self.ctx.gateway.authorized(),
             voided: self.ctx.gateway.voided(),
             supervisor_error: stopped.err().map(|error| error.to_string()),
             stopped_by,

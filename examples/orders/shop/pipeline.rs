@@ -1,16 +1,22 @@
 //! One order: validate, then reserve ∥ charge ∥ fraud-check as a task group under the order's
 //! deadline, then confirm; on any cancellation, compensate in a detached scope that knows why.
+//! Once the order may be in the database it is owed a settlement: if its future is dropped
+//! half-way (its task aborted), a guard cancels it and compensates it in a task of its own.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::panic::resume_unwind;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use taskscope::{Cause, Scope, TaskGroup};
+use taskscope::{Cause, CauseKind, Scope, TaskGroup};
 use taskscope_select::{FutureExt, ScopeExt};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio::time::sleep;
+use tokio_util::task::TaskTracker;
 
 use super::gateway::Gateway;
-use super::lock;
 use super::plan::{Fate, OrderPlan};
 use super::store::{Cancelled, Store};
 
@@ -20,6 +26,9 @@ pub const ORDER_DEADLINE: &str = "ORDER_DEADLINE";
 pub const PAYMENT_TIMEOUT: &str = "PAYMENT_TIMEOUT";
 /// The code of a cancellation by the customer.
 pub const USER_CANCELLED: &str = "USER_CANCELLED";
+/// The code of an order whose future was dropped before it was settled (its task aborted, a
+/// `select!` that lost): kind `dropped`.
+pub const ORDER_DROPPED: &str = "ORDER_DROPPED";
 
 /// What every order shares.
 pub struct Ctx {
@@ -34,6 +43,9 @@ pub struct Ctx {
     pub grace: Duration,
     /// The time budget of a compensation's call to the gateway.
     pub compensation_budget: Duration,
+    /// Every compensation runs as a task of its own, here: one whose order task was aborted
+    /// outlives it, and is waited for before the ledger is checked.
+    pub compensations: TaskTracker,
 }
 
 /// How one order ended.
@@ -103,7 +115,7 @@ impl OrderReport {
 /// What the steps of an order produce.
 enum Step {
     Reserved,
-    Authorized,
+    Authorized(String),
     Cleared,
 }
 
@@ -111,9 +123,19 @@ enum Step {
 ///
 /// # Cancel safety
 ///
-/// Not cancel-safe: dropped half-way, an order can be left open with its stock reserved. It
-/// is meant to run to its end, which a cancellation of `scope` brings about quickly (through
-/// compensation).
+/// Cancel-safe for the ledger and the payment, not for the report. Dropped half-way (its task
+/// aborted after its grace), it cancels the order with an [`ORDER_DROPPED`] cause (of kind
+/// `dropped`) unless something cancelled it first, and compensates it in a task of its own
+/// (spawned on [`Ctx::compensations`], in a detached scope reading the order's cause): the
+/// order is closed as cancelled with its audit row, its stock released and its authorization
+/// voided, once. A transaction the drop interrupted finishes first (they share one
+/// connection); a confirmation that committed anyway wins, and the order stays completed. Dropped while it
+/// compensates, the compensation it started goes on. The report is lost: the caller only
+/// knows it dropped the order. With no runtime left to spawn on (it is shutting down), the
+/// order stays open.
+///
+/// Run to its end, which a cancellation of `scope` brings about quickly (through
+/// compensation), it reports how the order ended.
 pub async fn run_order(ctx: Arc<Ctx>, scope: Scope, plan: OrderPlan) -> OrderReport {
     let order = scope
         .child_builder()
@@ -132,10 +154,15 @@ pub async fn run_order(ctx: Arc<Ctx>, scope: Scope, plan: OrderPlan) -> OrderRep
             Cause::new(USER_CANCELLED).with_detail("the customer cancelled the order")
         });
     }
-    let authorization = Arc::new(Mutex::new(None));
+    // What the charge step authorized, sent as it is issued; the sender goes with the step.
+    let (authorized, authorization) = oneshot::channel();
+    // Armed before the first transaction: dropped while one runs, this future does not stop
+    // it, and it may commit.
+    let owed = Settle::arm(&ctx, &order, &plan, authorization);
 
-    let failure = match checkout(&ctx, &order, &plan, &authorization).await {
+    let failure = match checkout(&ctx, &order, &plan, authorized).await {
         Ok(()) => {
+            owed.disarm();
             return OrderReport {
                 id: plan.id,
                 outcome: "completed",
@@ -146,9 +173,7 @@ pub async fn run_order(ctx: Arc<Ctx>, scope: Scope, plan: OrderPlan) -> OrderRep
         }
         Err(failure) => failure,
     };
-    let authorization = lock(&authorization).take();
-    let (cause, compensation) =
-        compensate(&ctx, &failure.scope, &order, &plan, authorization).await;
+    let (cause, compensation) = owed.compensate(&failure.scope).await;
     OrderReport {
         id: plan.id,
         outcome: "cancelled",
@@ -183,7 +208,7 @@ async fn checkout(
     ctx: &Arc<Ctx>,
     order: &Scope,
     plan: &OrderPlan,
-    authorization: &Arc<Mutex<Option<String>>>,
+    authorized: oneshot::Sender<String>,
 ) -> Result<(), Failure> {
     let orders_failure = |cause| Failure::of_order(order, cause);
     ctx.store
@@ -205,7 +230,7 @@ async fn checkout(
         }
     });
     steps.spawn("charge", {
-        let (gateway, plan, slot) = (ctx.gateway.clone(), plan.clone(), authorization.clone());
+        let (gateway, plan) = (ctx.gateway.clone(), plan.clone());
         let timeout = ctx.payment_timeout;
         move |scope| async move {
             let too_slow = Cause::new(PAYMENT_TIMEOUT).with_detail(format!(
@@ -219,8 +244,9 @@ async fn checkout(
                 .timeout_with_cause(timeout, too_slow)
                 .or_cancel(&scope)
                 .await???;
-            *lock(&slot) = Some(auth);
-            Ok(Step::Authorized)
+            // In the poll that issued it: whoever compensates the order learns of it.
+            let _ = authorized.send(auth.clone());
+            Ok(Step::Authorized(auth))
         }
     });
     steps.spawn("fraud-check", {
@@ -235,11 +261,11 @@ async fn checkout(
             Ok(Step::Cleared)
         }
     });
-    match steps.join().await {
-        Ok(done) => debug_assert!(matches!(
-            done.as_slice(),
-            [Step::Reserved, Step::Authorized, Step::Cleared]
-        )),
+    let auth = match steps.join().await {
+        Ok(done) => match <[Step; 3]>::try_from(done) {
+            Ok([Step::Reserved, Step::Authorized(auth), Step::Cleared]) => auth,
+            _ => unreachable!("the steps return in spawn order"),
+        },
         Err(error) => {
             let aborted = error
                 .aborted()
@@ -258,60 +284,157 @@ async fn checkout(
                 aborted,
             });
         }
-    }
+    };
 
-    let auth = lock(authorization)
-        .clone()
-        .expect("the charge step authorized");
     ctx.store
         .confirm(order, plan.id, auth)
         .await
         .map_err(orders_failure)
 }
 
-/// Undoes what a cancelled order did, in a scope detached from `cancelled` (the steps' group or
-/// the order): it runs *because* that scope was cancelled, so it is not cancelled with it, and
-/// reads its cause from it. The database part must happen, so it has no deadline (a
-/// transaction waits for the connection as long as it takes); the call to the gateway has a
-/// budget of its own.
-async fn compensate(
-    ctx: &Ctx,
-    cancelled: &Scope,
-    order: &Scope,
-    plan: &OrderPlan,
-    authorization: Option<String>,
-) -> (Cause, Compensation) {
-    let detached = cancelled
-        .child_builder()
-        .name("compensate")
-        .detached()
-        .build();
-    // Read live: why the order was cancelled, as of now.
-    let cause = detached
-        .parent_cause()
-        .expect("compensation runs for a cancelled order");
-    let mut compensation = Compensation {
-        released: 0,
-        voided: false,
-        failed: None,
-    };
-    let record = Cancelled {
-        id: plan.id,
-        sku: plan.sku.to_owned(),
-        qty: plan.qty,
-        scope: order.path().to_string(),
-        cause: cause.clone(),
-    };
-    match ctx.store.compensate(&detached, record).await {
-        Ok(undone) => compensation.released = undone.map_or(0, |undone| undone.released),
-        Err(cause) => compensation.failed = Some(cause.to_string()),
-    }
-    if let Some(authorization) = authorization {
-        let budget = detached.child_with_timeout(ctx.compensation_budget);
-        match ctx.gateway.void(&authorization).or_cancel(&budget).await {
-            Ok(()) => compensation.voided = true,
-            Err(cause) => compensation.failed = Some(cause.to_string()),
+/// What an order is owed once it may be in the database: a settlement, as it completes or by
+/// compensation. Dropped armed (its future dropped half-way), it cancels the order and
+/// compensates it in a task of its own.
+struct Settle {
+    owed: Option<Owed>,
+}
+
+/// What compensating an order needs.
+struct Owed {
+    ctx: Arc<Ctx>,
+    order: Scope,
+    plan: OrderPlan,
+    /// The charge step's authorization: sent when issued, closed when the step is gone.
+    authorization: oneshot::Receiver<String>,
+}
+
+impl Settle {
+    fn arm(
+        ctx: &Arc<Ctx>,
+        order: &Scope,
+        plan: &OrderPlan,
+        authorization: oneshot::Receiver<String>,
+    ) -> Settle {
+        Settle {
+            owed: Some(Owed {
+                ctx: ctx.clone(),
+                order: order.clone(),
+                plan: plan.clone(),
+                authorization,
+            }),
         }
     }
-    (cause, compensation)
+
+    /// The order completed: nothing to undo.
+    fn disarm(mut self) {
+        self.owed = None;
+    }
+
+    /// The order was cancelled: compensates it with the cause of `cancelled` (the steps'
+    /// group, or the order), in a task of its own, so that dropping the returned future
+    /// half-way leaves the compensation running, and it runs once.
+    fn compensate(mut self, cancelled: &Scope) -> impl Future<Output = (Cause, Compensation)> {
+        let owed = self.owed.take().expect("armed until settled");
+        let cause = cancelled.cause();
+        let compensations = owed.ctx.compensations.clone();
+        let compensation = compensations.spawn(owed.compensate(cancelled.clone()));
+        async move {
+            match compensation.await {
+                Ok(done) => done,
+                Err(error) if error.is_panic() => resume_unwind(error.into_panic()),
+                // The runtime is shutting down under both of us.
+                Err(error) => (
+                    cause.expect("compensation runs for a cancelled order"),
+                    Compensation {
+                        released: 0,
+                        voided: false,
+                        failed: Some(error.to_string()),
+                    },
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        let Some(owed) = self.owed.take() else {
+            return;
+        };
+        // Before the compensation is spawned: a transaction of the order that is still
+        // running then sees the cancellation, and does not commit (or committed first).
+        owed.order.cancel(
+            Cause::of_kind(CauseKind::Dropped)
+                .with_code(ORDER_DROPPED)
+                .with_detail(format!(
+                    "order {}: stopped before it was settled",
+                    owed.plan.id
+                )),
+        );
+        // No runtime, no compensation: the order stays open, as the ledger check will say.
+        if let Ok(runtime) = Handle::try_current() {
+            let (compensations, order) = (owed.ctx.compensations.clone(), owed.order.clone());
+            drop(compensations.spawn_on(owed.compensate(order), &runtime));
+        }
+    }
+}
+
+impl Owed {
+    /// Undoes what a cancelled order did, in a scope detached from `cancelled` (the steps'
+    /// group or the order): it runs *because* that scope was cancelled, so it is not cancelled
+    /// with it, and reads its cause from it. The database part must happen, so it has no
+    /// deadline (a transaction waits for the connection as long as it takes); the call to the
+    /// gateway has a budget of its own. An order found closed (it completed) is left alone,
+    /// its payment included.
+    async fn compensate(self, cancelled: Scope) -> (Cause, Compensation) {
+        let Owed {
+            ctx,
+            order,
+            plan,
+            authorization,
+        } = self;
+        let detached = cancelled
+            .child_builder()
+            .name("compensate")
+            .detached()
+            .build();
+        // Read live: why the order was cancelled, as of now.
+        let cause = detached
+            .parent_cause()
+            .expect("compensation runs for a cancelled order");
+        let mut compensation = Compensation {
+            released: 0,
+            voided: false,
+            failed: None,
+        };
+        let record = Cancelled {
+            id: plan.id,
+            sku: plan.sku.to_owned(),
+            qty: plan.qty,
+            scope: order.path().to_string(),
+            cause: cause.clone(),
+        };
+        let closed_here = match ctx.store.compensate(&detached, record).await {
+            Ok(Some(undone)) => {
+                compensation.released = undone.released;
+                true
+            }
+            // A confirmation that committed before the order was cancelled.
+            Ok(None) => false,
+            Err(cause) => {
+                compensation.failed = Some(cause.to_string());
+                true
+            }
+        };
+        // Waits for the charge step to be gone (its group joined, or dropped), so that an
+        // authorization it issued late is not missed.
+        if closed_here && let Ok(authorization) = authorization.await {
+            let budget = detached.child_with_timeout(ctx.compensation_budget);
+            match ctx.gateway.void(&authorization).or_cancel(&budget).await {
+                Ok(()) => compensation.voided = true,
+                Err(cause) => compensation.failed = Some(cause.to_string()),
+            }
+        }
+        (cause, compensation)
+    }
 }

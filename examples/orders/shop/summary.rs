@@ -16,6 +16,7 @@ pub(super) struct SummaryInput {
     pub(super) ledger: Ledger,
     pub(super) latencies: Vec<u64>,
     pub(super) restarts: u32,
+    pub(super) authorized: u64,
     pub(super) voided: u64,
     pub(super) supervisor_error: Option<String>,
     pub(super) stopped_by: Option<String>,
@@ -46,6 +47,8 @@ pub struct Summary {
     pub compensations: u64,
     pub units_released: u64,
     pub authorizations_voided: u64,
+    /// Payments the gateway authorized: one per completed order, the others voided.
+    pub authorizations: u64,
     /// Compensations that could not finish.
     pub compensations_failed: u64,
     /// Steps aborted after the grace, by name.
@@ -117,6 +120,7 @@ impl Summary {
             compensations,
             units_released,
             authorizations_voided: input.voided,
+            authorizations: input.authorized,
             compensations_failed,
             aborted_steps,
             stopped_tasks: latencies.len() as u64,
@@ -170,6 +174,14 @@ impl Summary {
             format!(
                 "{} audit rows for {} cancelled orders",
                 self.ledger.audit_rows, self.ledger.cancelled
+            ),
+        );
+        check(
+            self.authorizations.checked_sub(self.authorizations_voided)
+                == Some(self.ledger.completed),
+            format!(
+                "{} payments authorized, {} voided, for {} completed orders",
+                self.authorizations, self.authorizations_voided, self.ledger.completed
             ),
         );
         check(
