@@ -324,10 +324,15 @@ where
                 }
             }
             report.took = started.elapsed();
-            // What the work left running gets the rest of the bound to end.
+            // What the work left running gets the rest of the bound to end: its tasks, and
+            // what still holds the root (a blocking call the work walked away from, which
+            // `num_alive_tasks` does not count).
             let handle = Handle::current();
             let deadline = started + self.bound;
-            while handle.metrics().num_alive_tasks() > 0 && tokio::time::Instant::now() < deadline {
+            let root_held = || run.root().and_then(|root| root.upgrade()).is_some();
+            while (handle.metrics().num_alive_tasks() > 0 || root_held())
+                && tokio::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let alive = handle.metrics().num_alive_tasks();
