@@ -129,10 +129,10 @@ enum Step {
 /// (spawned on [`Ctx::compensations`], in a detached scope reading the order's cause): the
 /// order is closed as cancelled with its audit row, its stock released and its authorization
 /// voided, once. A transaction the drop interrupted finishes first (they share one
-/// connection); a confirmation that committed anyway wins, and the order stays completed. Dropped while it
-/// compensates, the compensation it started goes on. The report is lost: the caller only
-/// knows it dropped the order. With no runtime left to spawn on (it is shutting down), the
-/// order stays open.
+/// connection); a confirmation that committed anyway wins, and the order stays completed.
+/// Dropped while it compensates, the compensation it started goes on. The report is lost: the
+/// caller only knows it dropped the order. With no runtime left to spawn on (it is shutting
+/// down), the order stays open.
 ///
 /// Run to its end, which a cancellation of `scope` brings about quickly (through
 /// compensation), it reports how the order ended.
