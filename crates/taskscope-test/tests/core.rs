@@ -10,7 +10,7 @@ use taskscope::{
     BoxError, Cause, ChildSpec, GroupError, Restart, Scope, Strategy, Supervisor, SupervisorError,
     TaskGroup,
 };
-use taskscope_test::Sweep;
+use taskscope_test::{Report, Sweep};
 use tokio::time::sleep;
 
 /// How many runs began, and how many ended (returned, or were dropped).
@@ -43,6 +43,17 @@ impl Runs {
             Err(format!("{began} runs began, {ended} ended"))
         }
     }
+}
+
+/// Prints the sweep's line and its points (`--nocapture`), and checks it went through at least
+/// `points` points and every run passed.
+fn passes_at_every_point(report: &Report, points: usize) {
+    eprintln!("{}", report.to_string().lines().next().unwrap_or_default());
+    for run in report.runs.iter().step_by(2) {
+        eprintln!("  {} {}", run.index, run.point.as_ref().unwrap());
+    }
+    report.assert_ok();
+    assert!(report.points >= points, "{report}");
 }
 
 fn runs() -> impl Fn() -> std::future::Ready<Runs> {
@@ -84,12 +95,7 @@ fn task_group_join_at_every_await_point() {
             .and_then(|error| error.cause().cloned())
     })
     .run();
-    eprintln!("{}", report.to_string().lines().next().unwrap_or_default());
-    for run in report.runs.iter().step_by(2) {
-        eprintln!("  {} {}", run.index, run.point.as_ref().unwrap());
-    }
-    report.assert_ok();
-    assert!(report.points >= 8, "{report}");
+    passes_at_every_point(&report, 8);
 }
 
 #[test]
@@ -152,10 +158,5 @@ fn supervisor_restart_and_shutdown_at_every_await_point() {
             .and_then(|error| error.cause().cloned())
     })
     .run();
-    eprintln!("{}", report.to_string().lines().next().unwrap_or_default());
-    for run in report.runs.iter().step_by(2) {
-        eprintln!("  {} {}", run.index, run.point.as_ref().unwrap());
-    }
-    report.assert_ok();
-    assert!(report.points >= 8, "{report}");
+    passes_at_every_point(&report, 8);
 }

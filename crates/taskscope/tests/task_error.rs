@@ -172,16 +172,12 @@ fn the_provided_impls_say_which_cause_they_carry() {
 async fn every_report_of_an_end_names_it_alike() {
     use taskscope::observe::TaskOutcome;
 
-    let mut group = TaskGroupBuilder::<(), BoxError>::new(&Scope::new())
+    let group = TaskGroupBuilder::<(), BoxError>::new(&Scope::new())
         .collect_all()
         .build();
     group.spawn("panics", |_| async { panic!("ledger corrupted") });
     group.spawn("fails", |_| async { Err("disk full".into()) });
-    let mut kinds = Vec::new();
-    while let Some(exit) = group.join_next().await {
-        kinds.push((exit.task.name().to_owned(), exit.outcome.kind()));
-    }
-    kinds.sort_by(|a, b| a.0.cmp(&b.0));
+    let kinds = ends(group).await;
     assert_eq!(
         kinds,
         [
@@ -294,7 +290,7 @@ async fn a_boxed_wrapper_keeps_its_message_and_lends_its_causes_code() {
 
 #[tokio::test(start_paused = true)]
 async fn an_anyhow_error_carrying_the_scopes_cause_is_an_echo() {
-    let mut group = TaskGroupBuilder::<(), anyhow::Error>::new(&Scope::new())
+    let group = TaskGroupBuilder::<(), anyhow::Error>::new(&Scope::new())
         .collect_all()
         .build();
     let scope = group.scope().clone();
@@ -305,11 +301,7 @@ async fn an_anyhow_error_carrying_the_scopes_cause_is_an_echo() {
     group.spawn("fails", |_| async { Err(anyhow::anyhow!("card declined")) });
     sleep(Duration::from_millis(1)).await;
     scope.cancel(Cause::new("SHUTDOWN"));
-    let mut kinds = Vec::new();
-    while let Some(exit) = group.join_next().await {
-        kinds.push((exit.task.name().to_owned(), exit.outcome.kind()));
-    }
-    kinds.sort_by(|a, b| a.0.cmp(&b.0));
+    let kinds = ends(group).await;
     assert_eq!(
         kinds,
         [
@@ -320,4 +312,16 @@ async fn an_anyhow_error_carrying_the_scopes_cause_is_an_echo() {
             ("fails".to_owned(), taskscope::observe::TaskOutcome::Failed)
         ]
     );
+}
+
+/// How each task of `group` ended, by task name.
+async fn ends<T: Send + 'static, E: TaskError>(
+    mut group: taskscope::TaskGroup<T, E>,
+) -> Vec<(String, taskscope::TaskOutcome)> {
+    let mut ends = Vec::new();
+    while let Some(exit) = group.join_next().await {
+        ends.push((exit.task.name().to_owned(), exit.outcome.kind()));
+    }
+    ends.sort_by(|a, b| a.0.cmp(&b.0));
+    ends
 }
