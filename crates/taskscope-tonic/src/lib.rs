@@ -37,8 +37,10 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod client;
 mod remote;
 mod status;
 
+pub use client::{CallFuture, CallScope, CallScopeLayer, with_scope};
 pub use remote::{MAX_CODE, MAX_DETAIL, MAX_ORIGIN, remote_cause};
 pub use status::{DOMAIN, StatusPolicy, keys};
