@@ -3,6 +3,8 @@
 //! - [`RequestScopeLayer`] gives each request its own child scope, in the request's extensions,
 //!   cancelled when the request's deadline passes (`grpc-timeout` or a configurable header),
 //!   when the client goes away ([`client_gone`]), or when the server shuts down.
+//! - [`ProblemPolicy`] answers a request its scope stopped with the status the cause's kind
+//!   maps to and an RFC 9457 problem body carrying the cause.
 //! - [`GracefulShutdown`] stops the server when an app scope is cancelled, lets in-flight
 //!   requests finish within a grace period, then cancels the rest with the shutdown's cause and
 //!   names them in a [`ShutdownReport`].
@@ -12,11 +14,13 @@
 mod deadline;
 mod future;
 mod layer;
+mod problem;
 mod reject;
 mod shutdown;
 
 pub use deadline::{ParseTimeoutError, parse_grpc_timeout, parse_millis_timeout};
 pub use future::{CLIENT_GONE, ResponseFuture, client_gone};
 pub use layer::{RequestScope, RequestScopeLayer};
+pub use problem::{CLIENT_CLOSED_REQUEST, ProblemPolicy};
 pub use reject::ERROR_HEADER;
 pub use shutdown::{GracefulShutdown, InFlightRequest, ShutdownReport, ShutdownSignal};
