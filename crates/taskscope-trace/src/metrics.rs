@@ -2,7 +2,8 @@
 //! (feature `metrics`).
 //!
 //! Labels are bounded: a cause's `code` and `kind`, a task's `outcome`; never a cause's detail,
-//! a scope path or a task name.
+//! a scope path or a task name. A code from outside this program that the observer does not
+//! know counts as [`OTHER_CODE`].
 
 use metrics::{counter, gauge, histogram};
 use taskscope::Cause;
@@ -31,19 +32,33 @@ pub const TASKS_SLOW_TO_STOP: &str = "taskscope_tasks_slow_to_stop_total";
 /// Counter of supervisor restarts.
 pub const RESTARTS: &str = "taskscope_restarts_total";
 
-fn code_and_kind(cause: &Cause) -> [(&'static str, String); 2] {
+/// The `code` label of a cause whose code came from outside this program (another process's,
+/// through a record or a gRPC status) and is not among the observer's
+/// [`known_codes`](crate::TraceObserver::known_codes): a peer cannot grow the label set, as
+/// OpenTelemetry advises for `error.type`.
+pub const OTHER_CODE: &str = "_OTHER";
+
+/// The codes a metric labels by name; any other foreign code counts as [`OTHER_CODE`].
+pub(crate) type KnownCodes = std::collections::HashSet<&'static str>;
+
+fn code_and_kind(cause: &Cause, known: &KnownCodes) -> [(&'static str, String); 2] {
+    let code = if cause.is_foreign_code() && !known.contains(cause.code()) {
+        OTHER_CODE
+    } else {
+        cause.code()
+    };
     [
-        ("code", cause.code().to_owned()),
+        ("code", code.to_owned()),
         ("kind", cause.kind().as_str().to_owned()),
     ]
 }
 
-pub(crate) fn cancelled(cause: &Cause) {
-    counter!(CANCELLATIONS, &code_and_kind(cause)).increment(1);
+pub(crate) fn cancelled(cause: &Cause, known: &KnownCodes) {
+    counter!(CANCELLATIONS, &code_and_kind(cause, known)).increment(1);
 }
 
-pub(crate) fn lost(cause: &Cause) {
-    counter!(LOST_CANCELS, &code_and_kind(cause)).increment(1);
+pub(crate) fn lost(cause: &Cause, known: &KnownCodes) {
+    counter!(LOST_CANCELS, &code_and_kind(cause, known)).increment(1);
 }
 
 pub(crate) fn spawned(pending: bool) {

@@ -49,6 +49,8 @@ pub struct TraceObserver {
     audit: Option<AuditLog>,
     #[cfg(feature = "metrics")]
     metrics: bool,
+    #[cfg(feature = "metrics")]
+    known_codes: crate::metrics::KnownCodes,
     lost_cancels: AtomicU64,
 }
 
@@ -62,6 +64,8 @@ impl TraceObserver {
             audit: None,
             #[cfg(feature = "metrics")]
             metrics: false,
+            #[cfg(feature = "metrics")]
+            known_codes: crate::metrics::KnownCodes::new(),
             lost_cancels: AtomicU64::new(0),
         }
     }
@@ -87,6 +91,17 @@ impl TraceObserver {
     #[cfg(feature = "metrics")]
     pub fn metrics(mut self) -> Self {
         self.metrics = true;
+        self
+    }
+
+    /// Codes from other processes that metrics label by name (`INVENTORY_SHORTAGE` set in the
+    /// inventory service and seen in orders). A code that came from outside this program
+    /// ([`Cause::is_foreign_code`](taskscope::Cause::is_foreign_code)) and is not among these
+    /// counts as [`OTHER_CODE`](crate::metrics::OTHER_CODE), so that a peer cannot grow the label
+    /// set; codes written in this program are always labelled by name.
+    #[cfg(feature = "metrics")]
+    pub fn known_codes(mut self, codes: impl IntoIterator<Item = &'static str>) -> Self {
+        self.known_codes.extend(codes);
         self
     }
 
@@ -231,7 +246,7 @@ impl Observer for TraceObserver {
         );
         #[cfg(feature = "metrics")]
         if self.metrics {
-            crate::metrics::cancelled(cause);
+            crate::metrics::cancelled(cause, &self.known_codes);
         }
         self.audit_record(|| AuditRecord::scope_cancelled(&event.scope.to_string(), cause));
     }
@@ -254,7 +269,7 @@ impl Observer for TraceObserver {
         );
         #[cfg(feature = "metrics")]
         if self.metrics {
-            crate::metrics::lost(lost);
+            crate::metrics::lost(lost, &self.known_codes);
         }
     }
 

@@ -463,3 +463,49 @@ async fn nothing_is_recorded_without_metrics() {
     let _ = group.join().await.unwrap_err();
     assert!(recorded.is_empty(), "{:?}", recorded.keys());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_foreign_code_not_known_here_counts_as_other() {
+    let recorder = DebuggingRecorder::new();
+    let mut recorded = Recorded::new(&recorder);
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let orders = orders(
+        TraceObserver::new()
+            .metrics()
+            .known_codes(["INVENTORY_SHORTAGE"]),
+    );
+    let from_the_wire = |code: &str| -> Cause {
+        serde_json::from_value(serde_json::json!({"v": 1, "kind": "task_failed", "code": code}))
+            .unwrap()
+    };
+    for (n, code) in ["INVENTORY_SHORTAGE", "SOMETHING_NEW", "SOMETHING_ELSE"]
+        .into_iter()
+        .enumerate()
+    {
+        let call = orders.child_builder().name(format!("call-{n}")).build();
+        call.cancel(from_the_wire(code));
+    }
+    // Written in this program: by name, known or not.
+    orders
+        .child_builder()
+        .name("local")
+        .build()
+        .cancel(Cause::new("PAYMENT_DECLINED"));
+    let labels = |code| [("code", code), ("kind", "task_failed")];
+    assert_eq!(
+        recorded.counter(CANCELLATIONS, &labels("INVENTORY_SHORTAGE")),
+        1
+    );
+    assert_eq!(
+        recorded.counter(CANCELLATIONS, &labels(taskscope_trace::metrics::OTHER_CODE)),
+        2
+    );
+    assert_eq!(recorded.counter(CANCELLATIONS, &labels("SOMETHING_NEW")), 0);
+    assert_eq!(
+        recorded.counter(
+            CANCELLATIONS,
+            &[("code", "PAYMENT_DECLINED"), ("kind", "explicit")]
+        ),
+        1
+    );
+}

@@ -373,6 +373,26 @@ impl Cause {
         &self.inner.code
     }
 
+    /// Whether the code came from outside this program: decoded from a record (another
+    /// process's cause, a gRPC status's `ErrorInfo`), or lent by such a cause, rather than
+    /// written in this program's source (`Cause::new("INVENTORY_SHORTAGE")`, a kind's default).
+    /// A metric labelled by code counts foreign codes it does not know under one label, so
+    /// that a peer cannot grow its label set.
+    ///
+    /// ```
+    /// use taskscope::Cause;
+    ///
+    /// assert!(!Cause::new("INVENTORY_SHORTAGE").is_foreign_code());
+    /// # #[cfg(feature = "serde")] {
+    /// let decoded: Cause =
+    ///     serde_json::from_str(r#"{"v":1,"kind":"explicit","code":"INVENTORY_SHORTAGE"}"#).unwrap();
+    /// assert!(decoded.is_foreign_code());
+    /// # }
+    /// ```
+    pub fn is_foreign_code(&self) -> bool {
+        matches!(self.inner.code, Cow::Owned(_))
+    }
+
     /// Free human text, if any.
     pub fn detail(&self) -> Option<&str> {
         self.inner.extra.as_ref()?.detail.as_deref()
