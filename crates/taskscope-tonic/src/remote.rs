@@ -95,7 +95,7 @@ fn kind_of(code: Code) -> CauseKind {
 }
 
 /// A status code's name, as gRPC spells it.
-fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
@@ -119,7 +119,7 @@ fn code_name(code: Code) -> &'static str {
 
 /// Whether `code` may be a cause's code: 1 to [`MAX_CODE`] bytes of ASCII letters, digits,
 /// `_`, `.` and `-`.
-fn is_code(code: &str) -> bool {
+pub(crate) fn is_code(code: &str) -> bool {
     !code.is_empty()
         && code.len() <= MAX_CODE
         && code
