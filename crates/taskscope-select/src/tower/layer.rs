@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::ResponseFuture;
-use super::deadline::{parse_grpc_timeout, parse_millis_timeout};
+use super::deadline::{parse_connect_timeout, parse_grpc_timeout, parse_millis_timeout};
 use super::reject::InvalidTimeout;
 use super::shutdown::Tracker;
 
@@ -20,10 +20,12 @@ use super::shutdown::Tracker;
 ///
 /// The request's scope is cancelled, with a cause saying why, when
 ///
-/// - its **deadline** passes: the earliest of the `grpc-timeout` header, the
-///   [`timeout_header`](RequestScopeLayer::timeout_header) if set, and otherwise the
-///   [`default_timeout`](RequestScopeLayer::default_timeout), capped by the
-///   [`max_timeout`](RequestScopeLayer::max_timeout). The cause is a deadline
+/// - its **deadline** passes. A caller can only shorten its budget: the deadline is the
+///   earliest of every budget the caller sent (the `grpc-timeout` header, the Connect
+///   protocol's `Connect-Timeout-Ms`, and the
+///   [`timeout_header`](RequestScopeLayer::timeout_header) if set), or the
+///   [`default_timeout`](RequestScopeLayer::default_timeout) if it sent none, always capped by
+///   the [`max_timeout`](RequestScopeLayer::max_timeout). The cause is a deadline
 ///   ([`CauseKind::DeadlineExceeded`](taskscope::CauseKind::DeadlineExceeded), code
 ///   `"deadline"`);
 /// - the **client goes away**: the server drops the response future before it completes
@@ -35,7 +37,8 @@ use super::shutdown::Tracker;
 ///   grace.
 ///
 /// A request whose timeout header cannot be read (not visible ASCII, or not the grammar of
-/// [`parse_grpc_timeout`](super::parse_grpc_timeout) or
+/// [`parse_grpc_timeout`](super::parse_grpc_timeout),
+/// [`parse_connect_timeout`](super::parse_connect_timeout) or
 /// [`parse_millis_timeout`](super::parse_millis_timeout)) is **rejected** without calling the
 /// inner service: a client that sent a deadline expects it kept, and running its request with
 /// no deadline (or the default) would break that silently. A gRPC request (content type
@@ -131,21 +134,24 @@ impl RequestScopeLayer {
     }
 
     /// Also reads a request's timeout from header `name`, in whole milliseconds (`"1500"`),
-    /// as a proxy such as Envoy sends it; the earlier of it and `grpc-timeout` wins.
+    /// as a proxy such as Envoy sends it; the earliest of it, `grpc-timeout` and
+    /// `Connect-Timeout-Ms` wins.
     pub fn timeout_header(mut self, name: HeaderName) -> Self {
         self.config.timeout_header = Some(name);
         self
     }
 
-    /// The timeout of a request that brings none in its headers. Without it, such a request
-    /// has no deadline of its own (it still inherits the server scope's).
+    /// The timeout of a request that brings none in its headers; a request that brings one is
+    /// not given more time by it. Without it, such a request has no deadline of its own (it
+    /// still inherits the server scope's).
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.config.default_timeout = Some(timeout);
         self
     }
 
     /// An upper bound on every request's timeout, whatever its headers ask for: a client cannot
-    /// hold a request open for a year by asking for it.
+    /// hold a request open for a year by asking for it. A request with no timeout of its own
+    /// gets this one.
     pub fn max_timeout(mut self, timeout: Duration) -> Self {
         self.config.max_timeout = Some(timeout);
         self
@@ -178,14 +184,13 @@ impl Config {
                 .map_err(|error| InvalidTimeout::parse(name, error))
         };
         let grpc = header(&GRPC_TIMEOUT, parse_grpc_timeout)?;
+        let connect = header(&CONNECT_TIMEOUT_MS, parse_connect_timeout)?;
         let custom = match &self.timeout_header {
             Some(name) => header(name, parse_millis_timeout)?,
             None => None,
         };
-        let asked = match (grpc, custom) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // A caller can only shorten its budget: the default is for callers that sent none.
+        let asked = [grpc, connect, custom].into_iter().flatten().min();
         let timeout = asked.or(self.default_timeout);
         Ok(match (timeout, self.max_timeout) {
             (Some(timeout), Some(max)) => Some(timeout.min(max)),
@@ -222,6 +227,7 @@ fn is_request_id(id: &[u8]) -> bool {
 }
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
 
 impl<S> Layer<S> for RequestScopeLayer {
     type Service = RequestScope<S>;

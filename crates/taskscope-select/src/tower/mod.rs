@@ -1,8 +1,9 @@
 //! tower glue for HTTP servers (axum, tonic, hyper), behind the `tower` feature.
 //!
 //! - [`RequestScopeLayer`] gives each request its own child scope, in the request's extensions,
-//!   cancelled when the request's deadline passes (`grpc-timeout` or a configurable header),
-//!   when the client goes away ([`client_gone`]), or when the server shuts down.
+//!   cancelled when the request's deadline passes (the caller's `grpc-timeout`,
+//!   `Connect-Timeout-Ms` or a configurable header, or the server's default, capped by its
+//!   maximum), when the client goes away ([`client_gone`]), or when the server shuts down.
 //! - [`GracefulShutdown`] stops the server when an app scope is cancelled, lets in-flight
 //!   requests finish within a grace period, then cancels the rest with the shutdown's cause and
 //!   names them in a [`ShutdownReport`].
@@ -15,7 +16,9 @@ mod layer;
 mod reject;
 mod shutdown;
 
-pub use deadline::{ParseTimeoutError, parse_grpc_timeout, parse_millis_timeout};
+pub use deadline::{
+    ParseTimeoutError, parse_connect_timeout, parse_grpc_timeout, parse_millis_timeout,
+};
 pub use future::{CLIENT_GONE, ResponseFuture, client_gone};
 pub use layer::{RequestScope, RequestScopeLayer};
 pub use reject::ERROR_HEADER;
