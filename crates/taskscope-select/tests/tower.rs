@@ -125,26 +125,89 @@ async fn connect_timeout_ms_sets_the_deadline_and_names_it() {
     let response = service.ready().await.unwrap().call(request).await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_millis(200));
     assert_eq!(response.status(), 504);
-    assert!(response.body().contains("deadline"), "{}", response.body());
+    assert_eq!(
+        response.body(),
+        "deadline exceeded: connect-timeout-ms 200ms from caller"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_cause_says_where_the_budget_came_from() {
+    let cases = [
+        (
+            ("grpc-timeout", "750m"),
+            750,
+            "grpc-timeout 750ms from caller",
+        ),
+        (
+            ("connect-timeout-ms", "200"),
+            200,
+            "connect-timeout-ms 200ms from caller",
+        ),
+        (
+            ("x-timeout-ms", "200"),
+            200,
+            "x-timeout-ms 200ms from caller",
+        ),
+        (("x-unrelated", "1"), 30_000, "server default 30s"),
+        (("grpc-timeout", "2H"), 60_000, "server maximum 60s"),
+        (
+            ("connect-timeout-ms", "9999999999"),
+            60_000,
+            "server maximum 60s",
+        ),
+    ];
+    for ((name, value), millis, detail) in cases {
+        let server = Scope::builder().name("http").build();
+        let seen = Seen::default();
+        let mut service = RequestScopeLayer::new(&server)
+            .timeout_header(HeaderName::from_static("x-timeout-ms"))
+            .default_timeout(Duration::from_secs(30))
+            .max_timeout(Duration::from_secs(60))
+            .layer(handler(&seen, Duration::from_secs(3600)));
+        let start = Instant::now();
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&[(name, value)]))
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(millis), "{name}");
+        assert_eq!(response.status(), 504, "{name}");
+        let cause = seen.lock().unwrap()[0].cause().expect("past its deadline");
+        assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
+        assert_eq!(cause.code(), "deadline");
+        assert_eq!(cause.detail(), Some(detail), "{name}: {value}");
+        assert_eq!(cause.origin(), Some("http/request-1"));
+        assert_eq!(response.body(), &format!("deadline exceeded: {detail}"));
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_earliest_header_wins_and_the_cap_bounds_it() {
     let header = HeaderName::from_static("x-timeout-ms");
     type Headers = &'static [(&'static str, &'static str)];
-    let cases: [(Headers, Option<u64>); 11] = [
-        (&[("x-timeout-ms", "1500")], Some(1500)),
+    let cases: [(Headers, Option<u64>, &str); 11] = [
+        (
+            &[("x-timeout-ms", "1500")],
+            Some(1500),
+            "x-timeout-ms 1500ms from caller",
+        ),
         (
             &[("x-timeout-ms", "1500"), ("grpc-timeout", "1S")],
             Some(1000),
+            "grpc-timeout 1s from caller",
         ),
         (
             &[("x-timeout-ms", "500"), ("grpc-timeout", "1S")],
             Some(500),
+            "x-timeout-ms 500ms from caller",
         ),
         (
             &[("connect-timeout-ms", "700"), ("grpc-timeout", "1S")],
             Some(700),
+            "connect-timeout-ms 700ms from caller",
         ),
         (
             &[
@@ -153,7 +216,9 @@ async fn the_earliest_header_wins_and_the_cap_bounds_it() {
                 ("x-timeout-ms", "600"),
             ],
             Some(600),
+            "x-timeout-ms 600ms from caller",
         ),
+        // A tie names the first of grpc-timeout, Connect-Timeout-Ms, the configured header.
         (
             &[
                 ("x-timeout-ms", "1000"),
@@ -161,19 +226,30 @@ async fn the_earliest_header_wins_and_the_cap_bounds_it() {
                 ("grpc-timeout", "1000m"),
             ],
             Some(1000),
+            "grpc-timeout 1s from caller",
         ),
         // A caller may ask for more than the default, which is only for those that ask none...
-        (&[("connect-timeout-ms", "4000")], Some(4000)),
+        (
+            &[("connect-timeout-ms", "4000")],
+            Some(4000),
+            "connect-timeout-ms 4s from caller",
+        ),
         // ... but never more than the maximum.
-        (&[("grpc-timeout", "2H")], Some(5000)),
+        (&[("grpc-timeout", "2H")], Some(5000), "server maximum 5s"),
         (
             &[("connect-timeout-ms", "5001"), ("x-timeout-ms", "9000")],
             Some(5000),
+            "server maximum 5s",
         ),
-        (&[("connect-timeout-ms", "5000")], Some(5000)),
-        (&[], Some(3000)),
+        // On a tie with the maximum, the caller's budget is named.
+        (
+            &[("connect-timeout-ms", "5000")],
+            Some(5000),
+            "connect-timeout-ms 5s from caller",
+        ),
+        (&[], Some(3000), "server default 3s"),
     ];
-    for (headers, expected) in cases {
+    for (headers, expected, detail) in cases {
         let server = Scope::new();
         let seen = Seen::default();
         let mut service = RequestScopeLayer::new(&server)
@@ -197,6 +273,9 @@ async fn the_earliest_header_wins_and_the_cap_bounds_it() {
             expected,
             "{headers:?}"
         );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let cause = scope.cause().expect("past its deadline");
+        assert_eq!(cause.detail(), Some(detail), "{headers:?}");
     }
 }
 

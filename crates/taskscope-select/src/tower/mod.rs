@@ -3,13 +3,15 @@
 //! - [`RequestScopeLayer`] gives each request its own child scope, in the request's extensions,
 //!   cancelled when the request's deadline passes (the caller's `grpc-timeout`,
 //!   `Connect-Timeout-Ms` or a configurable header, or the server's default, capped by its
-//!   maximum), when the client goes away ([`client_gone`]), or when the server shuts down.
+//!   maximum; the cause says which), when the client goes away ([`client_gone`]), or when the
+//!   server shuts down.
 //! - [`GracefulShutdown`] stops the server when an app scope is cancelled, lets in-flight
 //!   requests finish within a grace period, then cancels the rest with the shutdown's cause and
 //!   names them in a [`ShutdownReport`].
 //!
 //! `cargo run --example axum_server` runs both in a real axum server.
 
+mod budget;
 mod deadline;
 mod future;
 mod layer;
