@@ -13,8 +13,8 @@ use http::{HeaderName, Request, Response};
 use taskscope::{BoxError, Cause, CauseKind, Scope, TaskGroup};
 use taskscope_select::FutureExt;
 use taskscope_select::tower::{
-    CLIENT_GONE, ERROR_HEADER, GracefulShutdown, RequestScopeLayer, parse_grpc_timeout,
-    parse_millis_timeout,
+    CLIENT_GONE, ERROR_HEADER, GracefulShutdown, RequestScopeLayer, parse_connect_timeout,
+    parse_grpc_timeout, parse_millis_timeout,
 };
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, task};
@@ -111,23 +111,145 @@ async fn grpc_timeout_sets_the_deadline_and_ends_as_a_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn connect_timeout_ms_sets_the_deadline_and_names_it() {
+    let server = Scope::new();
+    let seen = Seen::default();
+    let mut service =
+        RequestScopeLayer::new(&server).layer(handler(&seen, Duration::from_secs(60)));
+    let start = Instant::now();
+    let request = get(&[
+        ("content-type", "application/json"),
+        ("Connect-Protocol-Version", "1"),
+        ("Connect-Timeout-Ms", "200"),
+    ]);
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(response.status(), 504);
+    assert_eq!(
+        response.body(),
+        "deadline exceeded: connect-timeout-ms 200ms from caller"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_cause_says_where_the_budget_came_from() {
+    let cases = [
+        (
+            ("grpc-timeout", "750m"),
+            750,
+            "grpc-timeout 750ms from caller",
+        ),
+        (
+            ("connect-timeout-ms", "200"),
+            200,
+            "connect-timeout-ms 200ms from caller",
+        ),
+        (
+            ("x-timeout-ms", "200"),
+            200,
+            "x-timeout-ms 200ms from caller",
+        ),
+        (("x-unrelated", "1"), 30_000, "server default 30s"),
+        (("grpc-timeout", "2H"), 60_000, "server maximum 60s"),
+        (
+            ("connect-timeout-ms", "9999999999"),
+            60_000,
+            "server maximum 60s",
+        ),
+    ];
+    for ((name, value), millis, detail) in cases {
+        let server = Scope::builder().name("http").build();
+        let seen = Seen::default();
+        let mut service = RequestScopeLayer::new(&server)
+            .timeout_header(HeaderName::from_static("x-timeout-ms"))
+            .default_timeout(Duration::from_secs(30))
+            .max_timeout(Duration::from_secs(60))
+            .layer(handler(&seen, Duration::from_secs(3600)));
+        let start = Instant::now();
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&[(name, value)]))
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(millis), "{name}");
+        assert_eq!(response.status(), 504, "{name}");
+        let cause = seen.lock().unwrap()[0].cause().expect("past its deadline");
+        assert_eq!(cause.kind(), CauseKind::DeadlineExceeded);
+        assert_eq!(cause.code(), "deadline");
+        assert_eq!(cause.detail(), Some(detail), "{name}: {value}");
+        assert_eq!(cause.origin(), Some("http/request-1"));
+        assert_eq!(response.body(), &format!("deadline exceeded: {detail}"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_earliest_header_wins_and_the_cap_bounds_it() {
     let header = HeaderName::from_static("x-timeout-ms");
     type Headers = &'static [(&'static str, &'static str)];
-    let cases: [(Headers, Option<u64>); 5] = [
-        (&[("x-timeout-ms", "1500")], Some(1500)),
+    let cases: [(Headers, Option<u64>, &str); 11] = [
+        (
+            &[("x-timeout-ms", "1500")],
+            Some(1500),
+            "x-timeout-ms 1500ms from caller",
+        ),
         (
             &[("x-timeout-ms", "1500"), ("grpc-timeout", "1S")],
             Some(1000),
+            "grpc-timeout 1s from caller",
         ),
         (
             &[("x-timeout-ms", "500"), ("grpc-timeout", "1S")],
             Some(500),
+            "x-timeout-ms 500ms from caller",
         ),
-        (&[("grpc-timeout", "2H")], Some(5000)),
-        (&[], Some(3000)),
+        (
+            &[("connect-timeout-ms", "700"), ("grpc-timeout", "1S")],
+            Some(700),
+            "connect-timeout-ms 700ms from caller",
+        ),
+        (
+            &[
+                ("grpc-timeout", "900m"),
+                ("connect-timeout-ms", "800"),
+                ("x-timeout-ms", "600"),
+            ],
+            Some(600),
+            "x-timeout-ms 600ms from caller",
+        ),
+        // A tie names the first of grpc-timeout, Connect-Timeout-Ms, the configured header.
+        (
+            &[
+                ("x-timeout-ms", "1000"),
+                ("connect-timeout-ms", "1000"),
+                ("grpc-timeout", "1000m"),
+            ],
+            Some(1000),
+            "grpc-timeout 1s from caller",
+        ),
+        // A caller may ask for more than the default, which is only for those that ask none...
+        (
+            &[("connect-timeout-ms", "4000")],
+            Some(4000),
+            "connect-timeout-ms 4s from caller",
+        ),
+        // ... but never more than the maximum.
+        (&[("grpc-timeout", "2H")], Some(5000), "server maximum 5s"),
+        (
+            &[("connect-timeout-ms", "5001"), ("x-timeout-ms", "9000")],
+            Some(5000),
+            "server maximum 5s",
+        ),
+        // On a tie with the maximum, the caller's budget is named.
+        (
+            &[("connect-timeout-ms", "5000")],
+            Some(5000),
+            "connect-timeout-ms 5s from caller",
+        ),
+        (&[], Some(3000), "server default 3s"),
     ];
-    for (headers, expected) in cases {
+    for (headers, expected, detail) in cases {
         let server = Scope::new();
         let seen = Seen::default();
         let mut service = RequestScopeLayer::new(&server)
@@ -143,12 +265,17 @@ async fn the_earliest_header_wins_and_the_cap_bounds_it() {
             .call(get(headers))
             .await
             .unwrap();
-        let deadline = seen.lock().unwrap()[0].deadline();
+        let scope = seen.lock().unwrap()[0].clone();
         assert_eq!(
-            deadline.map(|deadline| (deadline - start).as_millis() as u64),
+            scope
+                .deadline()
+                .map(|deadline| (deadline - start).as_millis() as u64),
             expected,
             "{headers:?}"
         );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let cause = scope.cause().expect("past its deadline");
+        assert_eq!(cause.detail(), Some(detail), "{headers:?}");
     }
 }
 
@@ -170,6 +297,21 @@ async fn a_timeout_header_that_cannot_be_read_is_rejected_with_400_and_why() {
             "x-timeout-ms",
             "soon",
             r#"invalid x-timeout-ms header "soon": is not a whole number"#,
+        ),
+        (
+            "connect-timeout-ms",
+            "0",
+            r#"invalid connect-timeout-ms header "0": is not positive"#,
+        ),
+        (
+            "connect-timeout-ms",
+            "12345678901",
+            r#"invalid connect-timeout-ms header "12345678901": has too many digits"#,
+        ),
+        (
+            "connect-timeout-ms",
+            "-200",
+            r#"invalid connect-timeout-ms header "-200": is not a whole number"#,
         ),
     ];
     for (name, value, why) in cases {
@@ -515,6 +657,26 @@ fn timeout_headers_parse_or_say_why_not() {
     }
     for bad in ["", "-1", " 1", "1e3", "9999999999999"] {
         assert!(parse_millis_timeout(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(
+        parse_connect_timeout("9999999999"),
+        Ok(Duration::from_millis(9_999_999_999))
+    );
+    assert_eq!(
+        parse_connect_timeout("0200"),
+        Ok(Duration::from_millis(200))
+    );
+    for (bad, why) in [
+        ("", "has no digits"),
+        ("0", "is not positive"),
+        ("0000", "is not positive"),
+        ("-1", "is not a whole number"),
+        ("+1", "is not a whole number"),
+        ("1.5", "is not a whole number"),
+        ("12345678901", "has too many digits"),
+    ] {
+        let error = parse_connect_timeout(bad).unwrap_err();
+        assert!(error.to_string().contains(why), "{bad:?}: {error}");
     }
     assert_eq!(
         parse_millis_timeout("soon").unwrap_err().to_string(),

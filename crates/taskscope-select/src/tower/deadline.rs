@@ -1,5 +1,5 @@
-//! Request deadlines from headers: gRPC's `grpc-timeout` and a configurable header in whole
-//! milliseconds.
+//! Request deadlines from headers: gRPC's `grpc-timeout`, the Connect protocol's
+//! `Connect-Timeout-Ms` and a configurable header in whole milliseconds.
 
 use std::error::Error;
 use std::fmt;
@@ -52,6 +52,28 @@ pub fn parse_grpc_timeout(value: &str) -> Result<Duration, ParseTimeoutError> {
 /// A [`ParseTimeoutError`] when it is not 1 to 12 ASCII digits.
 pub fn parse_millis_timeout(value: &str) -> Result<Duration, ParseTimeoutError> {
     parse_digits(value, value, 12).map(Duration::from_millis)
+}
+
+/// Parses a `Connect-Timeout-Ms` header value: a positive whole number of milliseconds of at
+/// most 10 digits, as the Connect protocol defines it.
+///
+/// ```
+/// use std::time::Duration;
+/// use taskscope_select::tower::parse_connect_timeout;
+///
+/// assert_eq!(parse_connect_timeout("1500"), Ok(Duration::from_millis(1500)));
+/// assert!(parse_connect_timeout("0").is_err(), "positive");
+/// assert!(parse_connect_timeout("12345678901").is_err(), "at most 10 digits");
+/// ```
+///
+/// # Errors
+///
+/// A [`ParseTimeoutError`] when it is not 1 to 10 ASCII digits, or is zero.
+pub fn parse_connect_timeout(value: &str) -> Result<Duration, ParseTimeoutError> {
+    match parse_digits(value, value, 10)? {
+        0 => Err(ParseTimeoutError::new(value, "is not positive")),
+        millis => Ok(Duration::from_millis(millis)),
+    }
 }
 
 /// At most `max` ASCII digits, with no sign and no spaces (`u64::from_str` would take a `+`).

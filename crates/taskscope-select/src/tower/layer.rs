@@ -11,7 +11,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::ResponseFuture;
-use super::deadline::{parse_grpc_timeout, parse_millis_timeout};
+use super::budget::Budget;
+use super::deadline::{parse_connect_timeout, parse_grpc_timeout, parse_millis_timeout};
 use super::reject::InvalidTimeout;
 use super::shutdown::Tracker;
 
@@ -20,12 +21,20 @@ use super::shutdown::Tracker;
 ///
 /// The request's scope is cancelled, with a cause saying why, when
 ///
-/// - its **deadline** passes: the earliest of the `grpc-timeout` header, the
-///   [`timeout_header`](RequestScopeLayer::timeout_header) if set, and otherwise the
-///   [`default_timeout`](RequestScopeLayer::default_timeout), capped by the
-///   [`max_timeout`](RequestScopeLayer::max_timeout). The cause is a deadline
+/// - its **deadline** passes. A caller can only shorten its budget: the deadline is the
+///   earliest of every budget the caller sent (the `grpc-timeout` header, the Connect
+///   protocol's `Connect-Timeout-Ms`, and the
+///   [`timeout_header`](RequestScopeLayer::timeout_header) if set), or the
+///   [`default_timeout`](RequestScopeLayer::default_timeout) if it sent none, always capped by
+///   the [`max_timeout`](RequestScopeLayer::max_timeout). The cause is a deadline
 ///   ([`CauseKind::DeadlineExceeded`](taskscope::CauseKind::DeadlineExceeded), code
-///   `"deadline"`);
+///   `"deadline"`) whose [`detail`](taskscope::Cause::detail) says where the budget came
+///   from: `grpc-timeout 750ms from caller`, `connect-timeout-ms 200ms from caller`,
+///   `x-timeout-ms 200ms from caller` (the configured header), `server default 30s` or
+///   `server maximum 60s`. On a tie the caller's header is named (the maximum only when it cut
+///   a budget short), and among the caller's headers the first in the order above. Durations
+///   are exact: whole seconds in `s`; otherwise below 10 s in `ms` (or `us`, `ns` if finer);
+///   otherwise decimal seconds (`12.5s`);
 /// - the **client goes away**: the server drops the response future before it completes
 ///   (hyper does so when the connection closes). The cause is [`client_gone`](super::client_gone),
 ///   and it reaches the scope *before* the handler's future is dropped, so tasks the handler
@@ -35,7 +44,8 @@ use super::shutdown::Tracker;
 ///   grace.
 ///
 /// A request whose timeout header cannot be read (not visible ASCII, or not the grammar of
-/// [`parse_grpc_timeout`](super::parse_grpc_timeout) or
+/// [`parse_grpc_timeout`](super::parse_grpc_timeout),
+/// [`parse_connect_timeout`](super::parse_connect_timeout) or
 /// [`parse_millis_timeout`](super::parse_millis_timeout)) is **rejected** without calling the
 /// inner service: a client that sent a deadline expects it kept, and running its request with
 /// no deadline (or the default) would break that silently. A gRPC request (content type
@@ -63,7 +73,7 @@ use super::shutdown::Tracker;
 /// ```
 /// use std::time::Duration;
 /// use http::{Request, Response};
-/// use taskscope::{Cause, Scope};
+/// use taskscope::{CauseKind, Scope};
 /// use taskscope_select::FutureExt;
 /// use taskscope_select::tower::RequestScopeLayer;
 /// use tower_layer::Layer;
@@ -75,11 +85,14 @@ use super::shutdown::Tracker;
 /// let handler = tower::service_fn(|request: Request<()>| async move {
 ///     let scope = request.extensions().get::<Scope>().unwrap().clone();
 ///     let report = tokio::time::sleep(Duration::from_secs(30)); // a slow query
-///     let status = match report.or_cancel(&scope).await {
-///         Ok(()) => 200,
-///         Err(cause) => if cause.kind() == taskscope::CauseKind::DeadlineExceeded { 504 } else { 503 },
+///     let response = match report.or_cancel(&scope).await {
+///         Ok(()) => Response::new("the report".to_owned()),
+///         Err(cause) => {
+///             let status = if cause.kind() == CauseKind::DeadlineExceeded { 504 } else { 503 };
+///             Response::builder().status(status).body(cause.to_string()).unwrap()
+///         }
 ///     };
-///     Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(()).unwrap())
+///     Ok::<_, std::convert::Infallible>(response)
 /// });
 ///
 /// let server = Scope::builder().name("http").build();
@@ -87,6 +100,7 @@ use super::shutdown::Tracker;
 /// let request = Request::builder().header("grpc-timeout", "2S").body(()).unwrap();
 /// let response = service.call(request).await.unwrap();
 /// assert_eq!(response.status(), 504);
+/// assert_eq!(response.body(), "deadline exceeded: grpc-timeout 2s from caller");
 /// # }
 /// ```
 #[derive(Debug, Clone)]
@@ -131,21 +145,26 @@ impl RequestScopeLayer {
     }
 
     /// Also reads a request's timeout from header `name`, in whole milliseconds (`"1500"`),
-    /// as a proxy such as Envoy sends it; the earlier of it and `grpc-timeout` wins.
+    /// as a proxy such as Envoy sends it; the earliest of it, `grpc-timeout` and
+    /// `Connect-Timeout-Ms` wins. A deadline it sets is named after it:
+    /// `x-timeout-ms 200ms from caller`.
     pub fn timeout_header(mut self, name: HeaderName) -> Self {
         self.config.timeout_header = Some(name);
         self
     }
 
-    /// The timeout of a request that brings none in its headers. Without it, such a request
-    /// has no deadline of its own (it still inherits the server scope's).
+    /// The timeout of a request that brings none in its headers; a request that brings one is
+    /// not given more time by it. Without it, such a request has no deadline of its own (it
+    /// still inherits the server scope's). A deadline it sets is `server default 30s`.
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.config.default_timeout = Some(timeout);
         self
     }
 
     /// An upper bound on every request's timeout, whatever its headers ask for: a client cannot
-    /// hold a request open for a year by asking for it.
+    /// hold a request open for a year by asking for it. A request with no timeout of its own
+    /// gets this one. A deadline it sets (only when it is shorter than the asked or default
+    /// timeout) is `server maximum 60s`.
     pub fn max_timeout(mut self, timeout: Duration) -> Self {
         self.config.max_timeout = Some(timeout);
         self
@@ -165,33 +184,31 @@ impl RequestScopeLayer {
 }
 
 impl Config {
-    /// The request's timeout, from its headers, the default and the cap; an error if a
+    /// The request's budget, from its headers, the default and the cap; an error if a
     /// timeout header is present but cannot be read.
-    fn timeout(&self, headers: &HeaderMap) -> Result<Option<Duration>, InvalidTimeout> {
+    fn budget(&self, headers: &HeaderMap) -> Result<Option<Budget>, InvalidTimeout> {
         let header = |name: &HeaderName, parse: fn(&str) -> Result<Duration, _>| {
             let Some(value) = headers.get(name) else {
                 return Ok(None);
             };
             let value = value.to_str().map_err(|_| InvalidTimeout::not_text(name))?;
             parse(value)
-                .map(Some)
+                .map(|timeout| Some(Budget::from_caller(name, timeout)))
                 .map_err(|error| InvalidTimeout::parse(name, error))
         };
+        // In this order, which names the source on a tie (as the layer's doc says).
         let grpc = header(&GRPC_TIMEOUT, parse_grpc_timeout)?;
+        let connect = header(&CONNECT_TIMEOUT_MS, parse_connect_timeout)?;
         let custom = match &self.timeout_header {
             Some(name) => header(name, parse_millis_timeout)?,
             None => None,
         };
-        let asked = match (grpc, custom) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let timeout = asked.or(self.default_timeout);
-        Ok(match (timeout, self.max_timeout) {
-            (Some(timeout), Some(max)) => Some(timeout.min(max)),
-            (None, Some(max)) => Some(max),
-            (timeout, None) => timeout,
-        })
+        let asked = [grpc, connect, custom].into_iter().flatten();
+        Ok(Budget::choose(
+            asked,
+            self.default_timeout,
+            self.max_timeout,
+        ))
     }
 
     /// The next request's scope name: `request-{n}`, and its id if it has a valid one.
@@ -222,6 +239,7 @@ fn is_request_id(id: &[u8]) -> bool {
 }
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
 
 impl<S> Layer<S> for RequestScopeLayer {
     type Service = RequestScope<S>;
@@ -261,16 +279,18 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let config = &self.config;
-        let timeout = match config.timeout(request.headers()) {
-            Ok(timeout) => timeout,
+        let budget = match config.budget(request.headers()) {
+            Ok(budget) => budget,
             Err(invalid) => return ResponseFuture::rejected(invalid.response(request.headers())),
         };
         let mut builder = config
             .parent
             .child_builder()
             .name(config.name(request.headers()));
-        if let Some(timeout) = timeout {
-            builder = builder.timeout(timeout);
+        if let Some(budget) = budget {
+            builder = builder
+                .timeout(budget.timeout)
+                .deadline_cause(budget.cause());
         }
         let scope = builder.build();
         let tracked = config
