@@ -43,6 +43,6 @@ mod span;
 mod status;
 
 pub use client::{CallFuture, CallScope, CallScopeLayer, with_scope};
-pub use remote::{MAX_CODE, MAX_DETAIL, MAX_ORIGIN, remote_cause};
+pub use remote::{MAX_CODE, MAX_DETAIL, MAX_ORIGIN, call_cause, remote_cause};
 pub use span::{RpcSpan, RpcSpanLayer, SpanFuture, SpanKind};
 pub use status::{DOMAIN, StatusPolicy, keys};

@@ -1,7 +1,7 @@
 //! A failed call's status as a cause: the remote cause when the status carries one, else one
 //! made from the status code. What arrives from the wire is input: it is checked and bounded.
 
-use taskscope::{Cause, CauseKind};
+use taskscope::{Cause, CauseKind, Scope};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -32,7 +32,7 @@ pub const MAX_DETAIL: usize = 1024;
 /// from the wire can make this panic.
 ///
 /// ```
-/// use taskscope::{Cause, CauseKind};
+/// use taskscope::{Cause, CauseKind, Scope};
 /// use taskscope_tonic::{StatusPolicy, remote_cause};
 ///
 /// // What inventory answered...
@@ -82,6 +82,26 @@ pub fn remote_cause(status: &Status, method: &str) -> Cause {
     // Every field was checked above, so the record decodes; should it not, the kind alone is
     // still the truth.
     serde_json::from_value(record).unwrap_or_else(|_| Cause::of_kind(kind))
+}
+
+/// The cause a call made under `scope` failed with: the scope's own, if it is cancelled (the
+/// call was cut short here, by [`CallScopeLayer`](crate::CallScopeLayer), or the answer came
+/// too late to matter), else the remote one ([`remote_cause`]).
+///
+/// ```
+/// use taskscope::{Cause, Scope};
+/// use taskscope_tonic::call_cause;
+///
+/// let scope = Scope::builder().name("orders").build();
+/// let status = tonic::Status::unavailable("inventory is restarting");
+/// assert_eq!(call_cause(&scope, &status, "/x.Inventory/Reserve").code(), "UNAVAILABLE");
+/// scope.cancel(Cause::new("USER_CANCELLED"));
+/// assert_eq!(call_cause(&scope, &status, "/x.Inventory/Reserve").code(), "USER_CANCELLED");
+/// ```
+pub fn call_cause(scope: &Scope, status: &Status, method: &str) -> Cause {
+    scope
+        .cause()
+        .unwrap_or_else(|| remote_cause(status, method))
 }
 
 /// The kind a status code stands for, when the status carries no cause.
