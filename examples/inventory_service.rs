@@ -14,10 +14,10 @@
 //!
 //! ```text
 //! cargo run --example inventory_service -- --addr 127.0.0.1:50051 [--max-timeout-ms N] [--grace-ms N]
-//! grpcurl -plaintext -import-path examples/proto -proto inventory.proto -max-time 0.2 \
-//!   -d '{"order_id": "o-1", "sku": "sku-42", "quantity": 1, "work_ms": 500}' \
-//!   127.0.0.1:50051 taskscope.demo.v1.Inventory/Reserve     # DEADLINE_EXCEEDED
 //! ```
+//!
+//! Any gRPC client can call it with `examples/proto/inventory.proto`; `tests/inventory_service.rs`
+//! calls it through tonic with `taskscope_tonic::CallScopeLayer`, under a caller's scope.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
