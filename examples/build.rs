@@ -2,10 +2,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The protoc that `protoc-bin-vendored` ships, so that building needs no protoc installed.
-    let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY: a build script runs single-threaded; nothing else reads the environment now.
-    unsafe { std::env::set_var("PROTOC", protoc) };
+    // Handed to prost-build directly: the same as setting `PROTOC`, without `unsafe` `set_var`.
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     println!("cargo:rerun-if-changed=proto/inventory.proto");
-    tonic_prost_build::configure().compile_protos(&["proto/inventory.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &["proto/inventory.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }
