@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use taskscope::Scope;
 use taskscope::futures::CancelledOwned;
+use taskscope::{Cause, CauseKind, Scope};
 use taskscope_select::tower::parse_grpc_timeout;
+use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -38,7 +39,9 @@ pub fn with_scope<T>(mut request: tonic::Request<T>, scope: &Scope) -> tonic::Re
 /// - **Deadline budget.** The call carries the scope's remaining time as `grpc-timeout`, or
 ///   the timeout the caller set on the request (`tonic::Request::set_timeout`) if that is
 ///   shorter: a budget only shrinks from hop to hop. The time is rounded down to the unit that
-///   fits gRPC's eight digits.
+///   fits gRPC's eight digits. The caller's own timeout is timed here too, so that it fails
+///   the call with `DEADLINE_EXCEEDED` (tonic's client, timing it on its own, would answer
+///   `CANCELLED`).
 /// - **Cancel on the wire.** When the scope is cancelled before the response's head arrives,
 ///   the call's future is dropped, which resets the HTTP/2 stream (the server's request scope
 ///   sees its client go), and the call fails with the status of the scope's cause
@@ -113,18 +116,25 @@ where
         if let Some(cause) = scope.cause() {
             return CallFuture::refused(self.policy.status(&cause).into_http());
         }
-        if let Some(remaining) = scope.remaining() {
-            let explicit = request
-                .headers()
-                .get(GRPC_TIMEOUT)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| parse_grpc_timeout(value).ok());
-            let budget = explicit.map_or(remaining, |explicit| explicit.min(remaining));
+        let explicit = request
+            .headers()
+            .get(GRPC_TIMEOUT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_grpc_timeout(value).ok());
+        // The caller's own timeout, when it ends before the scope's deadline: timed here, so
+        // that it fails as a deadline (tonic's client times it too, and answers `CANCELLED`).
+        let own = match (explicit, scope.remaining()) {
+            (Some(explicit), Some(remaining)) if explicit < remaining => Some(explicit),
+            (Some(explicit), None) => Some(explicit),
+            _ => None,
+        };
+        // The caller's own header stays when it is the shorter; else the scope's budget.
+        if let (None, Some(remaining)) = (own, scope.remaining()) {
             request
                 .headers_mut()
-                .insert(GRPC_TIMEOUT, encode_grpc_timeout(budget));
+                .insert(GRPC_TIMEOUT, encode_grpc_timeout(remaining));
         }
-        CallFuture::bound(self.inner.call(request), scope, &self.policy)
+        CallFuture::bound(self.inner.call(request), scope, own, &self.policy)
     }
 }
 
@@ -134,6 +144,8 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         cancelled: Option<CancelledOwned>,
+        // The caller's own timeout, if shorter than the scope's: its end, and its length.
+        own: Option<(Pin<Box<Sleep>>, Duration)>,
         policy: StatusPolicy,
         refused: Option<F::Output>,
     }
@@ -144,15 +156,17 @@ impl<F: Future> CallFuture<F> {
         CallFuture {
             inner: Some(inner),
             cancelled: None,
+            own: None,
             policy: policy.clone(),
             refused: None,
         }
     }
 
-    fn bound(inner: F, scope: Scope, policy: &StatusPolicy) -> Self {
+    fn bound(inner: F, scope: Scope, own: Option<Duration>, policy: &StatusPolicy) -> Self {
         CallFuture {
             inner: Some(inner),
             cancelled: Some(scope.cancelled_owned()),
+            own: own.map(|timeout| (Box::pin(tokio::time::sleep(timeout)), timeout)),
             policy: policy.clone(),
             refused: None,
         }
@@ -167,6 +181,7 @@ where
         CallFuture {
             inner: None,
             cancelled: None,
+            own: None,
             policy: StatusPolicy::default(),
             refused: Some(Ok(response)),
         }
@@ -193,6 +208,15 @@ where
             // Dropping the call resets its stream.
             this.inner.set(None);
             *this.cancelled = None;
+            return Poll::Ready(Ok(this.policy.status(&cause).into_http()));
+        }
+        if let Some((timer, timeout)) = this.own.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            let cause = Cause::of_kind(CauseKind::DeadlineExceeded)
+                .with_detail(format!("the caller's own timeout of {timeout:?} passed"));
+            this.inner.set(None);
+            *this.own = None;
             return Poll::Ready(Ok(this.policy.status(&cause).into_http()));
         }
         match this.inner.as_pin_mut() {

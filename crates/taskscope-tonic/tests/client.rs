@@ -55,7 +55,7 @@ async fn a_call_carries_its_scopes_remaining_time_never_more_than_the_callers_ow
     assert_eq!(sent.as_deref(), Some("500000u"));
     // The caller's shorter timeout stays; a longer one is cut to the budget.
     let sent = sent_timeout(request_under(Some(&scope), Some("100m"))).await;
-    assert_eq!(sent.as_deref(), Some("100000u"));
+    assert_eq!(sent.as_deref(), Some("100m"));
     let sent = sent_timeout(request_under(Some(&scope), Some("5S"))).await;
     assert_eq!(sent.as_deref(), Some("500000u"));
     // No deadline: the caller's own, or none.
@@ -170,4 +170,34 @@ async fn a_call_under_a_cancelled_scope_is_not_sent() {
     let status = Status::from_header_map(response.headers()).unwrap();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_own_shorter_timeout_fails_the_call_as_a_deadline() {
+    for scope in [
+        Scope::new().child_with_timeout(Duration::from_secs(5)),
+        Scope::new(),
+    ] {
+        let (calls, dropped) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut client = CallScopeLayer::new().layer(silent_channel(calls, dropped.clone()));
+        let started = tokio::time::Instant::now();
+        let response = client
+            .ready()
+            .await
+            .unwrap()
+            .call(request_under(Some(&scope), Some("300m")))
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert!(dropped.load(Ordering::SeqCst));
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            !scope.is_cancelled(),
+            "the scope goes on: only the call timed out"
+        );
+    }
 }
