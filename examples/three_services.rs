@@ -21,13 +21,23 @@
 //! ```text
 //! cargo run --example three_services -- --gateway-addr 127.0.0.1:3000 [--orders-addr IP:PORT]
 //!     [--inventory-addr IP:PORT] [--inventory-max-timeout-ms N]
-//! curl -i -H 'x-timeout-ms: 1000' -d '{"order_id":"o-1","sku":"sku-42","quantity":2,"work_ms":50}' \
-//!     -H 'content-type: application/json' http://127.0.0.1:3000/orders   # 200, budgets per hop
-//! curl -i -H 'x-timeout-ms: 1000' -d '{"order_id":"o-2","sku":"out-42","quantity":2,"work_ms":0}' \
-//!     -H 'content-type: application/json' http://127.0.0.1:3000/orders   # 409, INVENTORY_SHORTAGE
-//! curl -i -H 'x-timeout-ms: 300' -d '{"order_id":"o-3","sku":"sku-42","quantity":2,"work_ms":5000}' \
-//!     -H 'content-type: application/json' http://127.0.0.1:3000/orders   # 504, deadline
+//! curl -i -H 'x-timeout-ms: 1000' -H 'content-type: application/json' \
+//!     -d '{"order_id":"o-1","sku":"sku-42","quantity":2,"work_ms":50}' \
+//!     http://127.0.0.1:3000/orders   # 200, each hop's budget: 999, 999, 999 here
+//! curl -i -H 'x-timeout-ms: 1000' -H 'content-type: application/json' \
+//!     -d '{"order_id":"o-2","sku":"out-42","quantity":2,"work_ms":0}' \
+//!     http://127.0.0.1:3000/orders   # 409, INVENTORY_SHORTAGE, origin through both services
+//! curl -i -H 'x-timeout-ms: 300' -H 'content-type: application/json' \
+//!     -d '{"order_id":"o-3","sku":"sku-42","quantity":2,"work_ms":5000}' \
+//!     http://127.0.0.1:3000/orders   # 504, deadline, set at the gateway (its clock started first)
+//! curl -m 0.3 -H 'x-timeout-ms: 5000' -H 'content-type: application/json' \
+//!     -d '{"order_id":"o-4","sku":"sku-42","quantity":2,"work_ms":5000}' \
+//!     http://127.0.0.1:3000/orders   # curl gives up: client_gone logged at each hop
 //! ```
+//!
+//! With `--inventory-max-timeout-ms 100`, an order with `x-timeout-ms: 1000` and `work_ms` 500
+//! gets a 504 whose deadline was set in inventory: origin `taskscope.demo.v1.Orders/Place >
+//! taskscope.demo.v1.Inventory/Reserve > inventory/http/request-1`.
 //!
 //! Orders and inventory listen on ephemeral ports unless given; every address is printed.
 //! Ctrl-c (or SIGTERM) shuts all three down gracefully. `tests/three_services.rs` drives the
