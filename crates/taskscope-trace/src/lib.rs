@@ -129,6 +129,6 @@ pub use audit::{
     AUDIT_TARGET, AUDIT_VERSION, AuditEvent, AuditLog, AuditParseError, AuditRecord, AuditTask,
 };
 pub use observer::{
-    CANCEL_TARGET, DEFAULT_SLOW_TO_STOP, GROUP_TARGET, SUPERVISOR_TARGET, TASK_TARGET,
+    CANCEL_TARGET, DEFAULT_SLOW_TO_STOP, GROUP_TARGET, OTHER_CODE, SUPERVISOR_TARGET, TASK_TARGET,
     TraceObserver,
 };

@@ -32,23 +32,12 @@ pub const TASKS_SLOW_TO_STOP: &str = "taskscope_tasks_slow_to_stop_total";
 /// Counter of supervisor restarts.
 pub const RESTARTS: &str = "taskscope_restarts_total";
 
-/// The `code` label of a cause whose code came from outside this program (another process's,
-/// through a record or a gRPC status) and is not among the observer's
-/// [`known_codes`](crate::TraceObserver::known_codes): a peer cannot grow the label set, as
-/// OpenTelemetry advises for `error.type`.
-pub const OTHER_CODE: &str = "_OTHER";
-
-/// The codes a metric labels by name; any other foreign code counts as [`OTHER_CODE`].
-pub(crate) type KnownCodes = std::collections::HashSet<&'static str>;
+pub use crate::observer::OTHER_CODE;
+use crate::observer::{KnownCodes, bounded_code};
 
 fn code_and_kind(cause: &Cause, known: &KnownCodes) -> [(&'static str, String); 2] {
-    let code = if cause.is_foreign_code() && !known.contains(cause.code()) {
-        OTHER_CODE
-    } else {
-        cause.code()
-    };
     [
-        ("code", code.to_owned()),
+        ("code", bounded_code(cause, known).to_owned()),
         ("kind", cause.kind().as_str().to_owned()),
     ]
 }

@@ -49,8 +49,7 @@ pub struct TraceObserver {
     audit: Option<AuditLog>,
     #[cfg(feature = "metrics")]
     metrics: bool,
-    #[cfg(feature = "metrics")]
-    known_codes: crate::metrics::KnownCodes,
+    known_codes: KnownCodes,
     lost_cancels: AtomicU64,
 }
 
@@ -64,8 +63,7 @@ impl TraceObserver {
             audit: None,
             #[cfg(feature = "metrics")]
             metrics: false,
-            #[cfg(feature = "metrics")]
-            known_codes: crate::metrics::KnownCodes::new(),
+            known_codes: KnownCodes::new(),
             lost_cancels: AtomicU64::new(0),
         }
     }
@@ -94,12 +92,11 @@ impl TraceObserver {
         self
     }
 
-    /// Codes from other processes that metrics label by name (`INVENTORY_SHORTAGE` set in the
-    /// inventory service and seen in orders). A code that came from outside this program
-    /// ([`Cause::is_foreign_code`](taskscope::Cause::is_foreign_code)) and is not among these
-    /// counts as [`OTHER_CODE`](crate::metrics::OTHER_CODE), so that a peer cannot grow the label
-    /// set; codes written in this program are always labelled by name.
-    #[cfg(feature = "metrics")]
+    /// Codes from other processes that metrics and `error.type` name as they are
+    /// (`INVENTORY_SHORTAGE` set in the inventory service and seen in orders). A code that came
+    /// from outside this program ([`Cause::is_foreign_code`](taskscope::Cause::is_foreign_code))
+    /// and is not among these is named [`OTHER_CODE`], so that a peer cannot grow a label set;
+    /// codes written in this program are always named as they are.
     pub fn known_codes(mut self, codes: impl IntoIterator<Item = &'static str>) -> Self {
         self.known_codes.extend(codes);
         self
@@ -211,6 +208,35 @@ impl Attachment for TaskSpan {
     }
 }
 
+/// The codes that name themselves in metrics and `error.type` even when they came from outside.
+pub(crate) type KnownCodes = std::collections::HashSet<&'static str>;
+
+/// The `code` label, or `error.type`, of a cause whose code came from outside this program and
+/// is not among the observer's [`known_codes`](TraceObserver::known_codes): a peer cannot grow
+/// a label set, as OpenTelemetry advises for `error.type`.
+pub const OTHER_CODE: &str = "_OTHER";
+
+/// How a cause names itself where the set of names must stay small: its code, or
+/// [`OTHER_CODE`] for a foreign code not known here.
+pub(crate) fn bounded_code<'a>(cause: &'a Cause, known: &KnownCodes) -> &'a str {
+    if cause.is_foreign_code() && !known.contains(cause.code()) {
+        OTHER_CODE
+    } else {
+        cause.code()
+    }
+}
+
+/// OpenTelemetry's `error.type` of a cancellation: its bounded code when the cancellation is an
+/// error (a task failed or panicked, a deadline passed), none when it was asked for.
+fn error_type<'a>(cause: &'a Cause, known: &KnownCodes) -> Option<&'a str> {
+    match cause.kind() {
+        CauseKind::TaskFailed | CauseKind::TaskPanicked | CauseKind::DeadlineExceeded => {
+            Some(bounded_code(cause, known))
+        }
+        _ => None,
+    }
+}
+
 /// The parent of what is reported about a task or group: its span, else the current span.
 fn parent_of(attachment: Option<&dyn Attachment>) -> Option<Id> {
     span_of(attachment)
@@ -242,6 +268,7 @@ impl Observer for TraceObserver {
             cause.detail = cause.detail(),
             cause.origin = cause.origin(),
             cause.location = cause.location().map(tracing::field::display),
+            error.type = error_type(cause, &self.known_codes),
             "scope cancelled"
         );
         #[cfg(feature = "metrics")]
@@ -403,6 +430,12 @@ impl Observer for TraceObserver {
             cause.detail = cause.and_then(Cause::detail),
             cause.origin = cause.and_then(Cause::origin),
             cancel.latency_us = latency,
+            error.type = match event.outcome {
+                TaskOutcome::Failed | TaskOutcome::Panicked | TaskOutcome::Aborted => {
+                    Some(event.outcome.as_str())
+                }
+                _ => None,
+            },
             "task finished"
         );
         #[cfg(feature = "metrics")]

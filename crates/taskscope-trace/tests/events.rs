@@ -1036,3 +1036,48 @@ async fn a_supervisors_children_run_in_a_supervisor_span() {
     let feed = &capture.spans_named("taskscope.task")[0];
     assert_eq!(feed.parent_key(), Some(span.key));
 }
+
+/// OpenTelemetry's `error.type`: a bounded name on the events that report an error, none on
+/// those that report a cancellation someone asked for.
+#[tokio::test(start_paused = true)]
+async fn error_type_names_errors_with_a_bounded_code() {
+    let capture = Capture::new();
+    let _guard = capture.set_default();
+    let orders = orders(TraceObserver::new().known_codes(["INVENTORY_SHORTAGE"]));
+    let from_the_wire = |code: &str| -> Cause {
+        serde_json::from_value(serde_json::json!({"v": 1, "kind": "task_failed", "code": code}))
+            .unwrap()
+    };
+    let cancel = |name: &str, cause: Cause| {
+        orders.child_builder().name(name).build().cancel(cause);
+    };
+    cancel("asked", Cause::new("USER_CANCELLED"));
+    cancel("known", from_the_wire("INVENTORY_SHORTAGE"));
+    cancel("unknown", from_the_wire("SOMETHING_NEW"));
+    let group = TaskGroup::builder(&orders).name("order-17").build();
+    group.spawn("payment", |_| async {
+        Err::<(), BoxError>(Cause::new("PAYMENT_DECLINED").into())
+    });
+    let _ = group.join().await;
+
+    let error_type = |scope: &str| {
+        let event = capture.the_event(CANCEL_TARGET, "scope cancelled", "scope", scope);
+        event
+            .has("error.type")
+            .then(|| event.field("error.type").to_owned())
+    };
+    assert_eq!(error_type("orders/asked"), None);
+    assert_eq!(
+        error_type("orders/known").as_deref(),
+        Some("INVENTORY_SHORTAGE")
+    );
+    assert_eq!(
+        error_type("orders/unknown").as_deref(),
+        Some(taskscope_trace::OTHER_CODE)
+    );
+    assert_eq!(
+        error_type("orders/order-17").as_deref(),
+        Some("PAYMENT_DECLINED")
+    );
+    assert_eq!(finished(&capture, "payment").field("error.type"), "failed");
+}
