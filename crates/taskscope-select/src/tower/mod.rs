@@ -5,6 +5,8 @@
 //!   `Connect-Timeout-Ms` or a configurable header, or the server's default, capped by its
 //!   maximum; the cause says which), when the client goes away ([`client_gone`]), or when the
 //!   server shuts down.
+//! - [`CallScopeLayer`] binds an outgoing HTTP request to the scope in its extensions: its
+//!   remaining time goes in a header, and the request is dropped when the scope is cancelled.
 //! - [`ProblemPolicy`] answers a request its scope stopped with the status the cause's kind
 //!   maps to and an RFC 9457 problem body carrying the cause.
 //! - [`GracefulShutdown`] stops the server when an app scope is cancelled, lets in-flight
@@ -14,6 +16,7 @@
 //! `cargo run --example axum_server` runs both in a real axum server.
 
 mod budget;
+mod call;
 mod deadline;
 mod future;
 mod layer;
@@ -21,6 +24,7 @@ mod problem;
 mod reject;
 mod shutdown;
 
+pub use call::{CallError, CallFuture, CallScope, CallScopeLayer};
 pub use deadline::{
     ParseTimeoutError, parse_connect_timeout, parse_grpc_timeout, parse_millis_timeout,
 };
