@@ -11,9 +11,12 @@
 //! - **Without, tonic's own deadline** (info): as without, each request carrying the same
 //!   timeout through `tonic::Request::set_timeout`: what a deadline costs tonic alone (its
 //!   server arms a timer for every `grpc-timeout`, with the layers or without).
+//! - **One layer** (info): the client's layer alone (calls under a scope, to the server
+//!   without the layer), and the server's alone (calls with tonic's own deadline, to the server
+//!   behind the layer), each against tonic's own deadline: which end the cost sits at.
 //!
-//! Each side has its own server (on `127.0.0.1:0`) and its own client, one HTTP/2 connection,
-//! made once. A sample is `calls` calls made one after the other; each call is timed from just
+//! There are two servers (each on `127.0.0.1:0`), with the layer and without, and one client
+//! per side, each with its own HTTP/2 connection, made once. A sample is `calls` calls made one after the other; each call is timed from just
 //! before the caller makes its scope (with) or its request (without) until the reply is in hand
 //! and the scope dropped, and the sample yields its p50 and its p99. The sides are interleaved in
 //! rounds as in the other benchmarks (`common/mod.rs`), after a warm-up of `warm_up` calls per
@@ -175,8 +178,14 @@ async fn connect(addr: SocketAddr) -> Channel {
 /// Both servers, running on the current runtime, and a client of each.
 struct Setup {
     app: Scope,
-    layered: InventoryClient<CallScope<Channel>>,
-    plain: InventoryClient<Channel>,
+    /// With the client's layer, to the server with the layer.
+    both: InventoryClient<CallScope<Channel>>,
+    /// Without, to the server without.
+    neither: InventoryClient<Channel>,
+    /// With the client's layer, to the server without.
+    client_only: InventoryClient<CallScope<Channel>>,
+    /// Without the client's layer, to the server with.
+    server_only: InventoryClient<Channel>,
     served: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
@@ -200,20 +209,20 @@ impl Setup {
             .serve_with_incoming_shutdown(incoming, shutdown.signal());
 
         let served = vec![tokio::spawn(layered_server), tokio::spawn(plain_server)];
-        let layered =
-            InventoryClient::new(CallScopeLayer::new().layer(connect(layered_addr).await));
-        let plain = InventoryClient::new(connect(plain_addr).await);
+        let scoped = |channel| InventoryClient::new(CallScopeLayer::new().layer(channel));
         Setup {
             app,
-            layered,
-            plain,
+            both: scoped(connect(layered_addr).await),
+            neither: InventoryClient::new(connect(plain_addr).await),
+            client_only: scoped(connect(plain_addr).await),
+            server_only: InventoryClient::new(connect(layered_addr).await),
             served,
         }
     }
 
     /// Closes the connections and stops both servers.
     async fn stop(self) {
-        drop((self.layered, self.plain));
+        drop((self.both, self.neither, self.client_only, self.server_only));
         self.app.cancel(Cause::new("BENCH_DONE"));
         for served in self.served {
             let served = tokio::time::timeout(Duration::from_secs(5), served)
@@ -228,26 +237,43 @@ impl Setup {
 // One call of each side
 // ---------------------------------------------------------------------------------------------
 
-/// With both layers: a call under a child scope of `caller` with a deadline. Its latency.
-async fn call_layered(
+/// Checks the budget the server answered: a server behind the layer saw the deadline the call
+/// carried; the other answers -1.
+fn check_budget(reply: &Response<ReserveReply>, scoped_server: bool) {
+    let budget_ms = reply.get_ref().budget_ms;
+    if scoped_server {
+        assert!(budget_ms > 0, "the deadline did not arrive: {reply:?}");
+    } else {
+        assert_eq!(budget_ms, -1, "{reply:?}");
+    }
+}
+
+/// Through the client's layer: a call under a child scope of `caller` with a deadline. Its
+/// latency.
+async fn call_scoped(
     client: &mut InventoryClient<CallScope<Channel>>,
     caller: &Scope,
+    scoped_server: bool,
 ) -> Duration {
     let start = Instant::now();
     let scope = caller.child_with_timeout(CALL_TIMEOUT);
     let reply = client
         .reserve(with_scope(Request::new(order()), &scope))
         .await
-        .expect("reserve, with the layers");
+        .expect("reserve, through the client's layer");
     drop(scope);
     let elapsed = start.elapsed();
-    // The budget went over the wire and came back: the layers are on.
-    assert!(reply.get_ref().budget_ms > 0, "no budget: {reply:?}");
+    check_budget(&reply, scoped_server);
     elapsed
 }
 
-/// Without the layers: the same call, with tonic's own `grpc-timeout` or with no deadline.
-async fn call_plain(client: &mut InventoryClient<Channel>, timeout: Option<Duration>) -> Duration {
+/// Without the client's layer: the same call, with tonic's own `grpc-timeout` or with no
+/// deadline. Its latency.
+async fn call_plain(
+    client: &mut InventoryClient<Channel>,
+    timeout: Option<Duration>,
+    scoped_server: bool,
+) -> Duration {
     let start = Instant::now();
     let mut request = Request::new(order());
     if let Some(timeout) = timeout {
@@ -256,9 +282,9 @@ async fn call_plain(client: &mut InventoryClient<Channel>, timeout: Option<Durat
     let reply = client
         .reserve(request)
         .await
-        .expect("reserve, without the layers");
+        .expect("reserve, without the client's layer");
     let elapsed = start.elapsed();
-    assert_eq!(reply.get_ref().budget_ms, -1);
+    check_budget(&reply, scoped_server);
     elapsed
 }
 
@@ -280,10 +306,21 @@ fn p50_p99(mut latencies: Vec<Duration>) -> [Duration; 2] {
 /// Which side a sample is of.
 #[derive(Clone, Copy)]
 enum Side {
-    Layered,
-    Plain,
-    PlainTimeout,
+    Both,
+    Neither,
+    /// Neither layer, the calls carrying tonic's own deadline.
+    TonicDeadline,
+    ClientOnly,
+    ServerOnly,
 }
+
+const SIDES: [Side; 5] = [
+    Side::Both,
+    Side::Neither,
+    Side::TonicDeadline,
+    Side::ClientOnly,
+    Side::ServerOnly,
+];
 
 /// One sample of `side`: `calls` calls one after the other, and their p50 and p99.
 fn sample(
@@ -297,9 +334,15 @@ fn sample(
         let mut latencies = Vec::with_capacity(calls);
         for _ in 0..calls {
             latencies.push(match side {
-                Side::Layered => call_layered(&mut setup.layered, caller).await,
-                Side::Plain => call_plain(&mut setup.plain, None).await,
-                Side::PlainTimeout => call_plain(&mut setup.plain, Some(CALL_TIMEOUT)).await,
+                Side::Both => call_scoped(&mut setup.both, caller, true).await,
+                Side::Neither => call_plain(&mut setup.neither, None, false).await,
+                Side::TonicDeadline => {
+                    call_plain(&mut setup.neither, Some(CALL_TIMEOUT), false).await
+                }
+                Side::ClientOnly => call_scoped(&mut setup.client_only, caller, false).await,
+                Side::ServerOnly => {
+                    call_plain(&mut setup.server_only, Some(CALL_TIMEOUT), true).await
+                }
             });
         }
         p50_p99(latencies)
@@ -339,7 +382,7 @@ fn main() {
     // The caller's own scope, of which each layered call makes a child with a deadline.
     let caller = Scope::new();
 
-    for side in [Side::Layered, Side::Plain, Side::PlainTimeout] {
+    for side in SIDES {
         sample(&rt, &mut setup, &caller, side, config.warm_up);
     }
     eprintln!("[{:>5.1}s] warmed up", started.elapsed().as_secs_f64());
@@ -347,14 +390,13 @@ fn main() {
     // Each side's closure borrows the clients in turn.
     let shared = std::cell::RefCell::new(setup);
     let run = |side| sample(&rt, &mut shared.borrow_mut(), &caller, side, config.calls);
+    let mut sides = SIDES.map(|side| move || run(side));
     let stats = interleaved_phases(
         config.rounds,
-        &[1; 3],
-        &mut [
-            &mut || run(Side::Layered),
-            &mut || run(Side::Plain),
-            &mut || run(Side::PlainTimeout),
-        ],
+        &[1; SIDES.len()],
+        &mut sides
+            .each_mut()
+            .map(|side| side as &mut dyn FnMut() -> [Duration; 2]),
     );
     let setup = shared.into_inner();
     eprintln!("[{:>5.1}s] calls done", started.elapsed().as_secs_f64());
@@ -374,15 +416,27 @@ fn main() {
             Target::None,
         ),
         row(
-            "2. p50, both layers vs tonic's own deadline",
+            "2. p50, both layers vs tonic's deadline",
             "us/call",
             &micros(phase_pair(&stats, 0, 2, p50)),
             Target::None,
         ),
         row(
-            "2'. p99, both layers vs tonic's own deadline",
+            "2'. p99, both layers vs tonic's deadline",
             "us/call",
             &micros(phase_pair(&stats, 0, 2, p99)),
+            Target::None,
+        ),
+        row(
+            "3. p50, client layer only vs tonic's deadline",
+            "us/call",
+            &micros(phase_pair(&stats, 3, 2, p50)),
+            Target::None,
+        ),
+        row(
+            "4. p50, server layer only vs tonic's deadline",
+            "us/call",
+            &micros(phase_pair(&stats, 4, 2, p50)),
             Target::None,
         ),
     ];
