@@ -164,7 +164,9 @@ impl inventory_server::Inventory for Inventory {
             }
             Ok(Err(failed)) => match failed.cause() {
                 Some(cause) => StatusPolicy::default().status(cause),
-                None => Status::internal(failed.to_string()),
+                // Not cancelled, yet failed: nothing for the caller but the fact (the task's
+                // error text is this service's own business).
+                None => Status::internal("the reservation failed"),
             },
             Err(cause) => StatusPolicy::default().status(&cause),
         };

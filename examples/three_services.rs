@@ -154,7 +154,8 @@ impl orders_server::Orders for Orders {
                     cause.kind = %cause.kind(),
                     cause.code = cause.code(),
                     cause.origin = cause.origin().unwrap_or("-"),
-                    "not placed: {cause}"
+                    cause.detail = cause.detail(),
+                    "not placed"
                 );
                 Err(StatusPolicy::default().status(&cause))
             }
@@ -261,7 +262,8 @@ async fn place(
                 cause.kind = %cause.kind(),
                 cause.code = cause.code(),
                 cause.origin = cause.origin().unwrap_or("-"),
-                "order failed: {cause}"
+                cause.detail = cause.detail(),
+                "order failed"
             );
             ProblemPolicy::default().response(&cause)
         }

@@ -90,6 +90,16 @@ fn peer(name: &str) -> Option<(PathBuf, TempDir)> {
     Some((python, stubs))
 }
 
+/// `PYTHONPATH` with the stubs first, and whatever it held (where `.ci/run` may have put the
+/// packages) after.
+fn python_path(stubs: &Path) -> std::ffi::OsString {
+    let mut paths = vec![stubs.to_owned()];
+    if let Some(existing) = std::env::var_os("PYTHONPATH") {
+        paths.extend(std::env::split_paths(&existing));
+    }
+    std::env::join_paths(paths).expect("paths without separators")
+}
+
 fn examples() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -131,7 +141,7 @@ async fn a_python_client_sees_deadlines_causes_and_its_budget() {
         Command::new(&python)
             .arg(examples().join("python/inventory_client.py"))
             .args(["--addr", &addr.to_string()])
-            .env("PYTHONPATH", &stubs.0)
+            .env("PYTHONPATH", python_path(&stubs.0))
             .kill_on_drop(true)
             .output(),
     )
@@ -165,7 +175,7 @@ async fn a_python_server_sees_the_deadline_the_rust_client_propagated() {
     };
     let mut server = Command::new(&python)
         .arg(examples().join("python/inventory_server.py"))
-        .env("PYTHONPATH", &stubs.0)
+        .env("PYTHONPATH", python_path(&stubs.0))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

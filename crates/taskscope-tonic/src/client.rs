@@ -134,6 +134,9 @@ where
                 .headers_mut()
                 .insert(GRPC_TIMEOUT, encode_grpc_timeout(remaining));
         }
+        // The caller's own timer starts before the call does, so that it ends no later than
+        // tonic's, which starts inside the call.
+        let own = own.map(|timeout| (Box::pin(tokio::time::sleep(timeout)), timeout));
         CallFuture::bound(self.inner.call(request), scope, own, &self.policy)
     }
 }
@@ -162,11 +165,16 @@ impl<F: Future> CallFuture<F> {
         }
     }
 
-    fn bound(inner: F, scope: Scope, own: Option<Duration>, policy: &StatusPolicy) -> Self {
+    fn bound(
+        inner: F,
+        scope: Scope,
+        own: Option<(Pin<Box<Sleep>>, Duration)>,
+        policy: &StatusPolicy,
+    ) -> Self {
         CallFuture {
             inner: Some(inner),
             cancelled: Some(scope.cancelled_owned()),
-            own: own.map(|timeout| (Box::pin(tokio::time::sleep(timeout)), timeout)),
+            own,
             policy: policy.clone(),
             refused: None,
         }

@@ -25,7 +25,8 @@ pub const MAX_DETAIL: usize = 1024;
 ///   `CANCELLED` → explicit, `UNAVAILABLE` → shutdown, anything else → task failed), the code
 ///   is the status code's name (`UNAVAILABLE`), and the origin is the method.
 ///
-/// The detail is the `ErrorInfo`'s, else the status message. A code that is not 1 to
+/// The detail is the `ErrorInfo`'s, else the status message, its control characters replaced
+/// by `U+FFFD`. A code that is not 1 to
 /// [`MAX_CODE`] bytes of ASCII letters, digits, `_`, `.` and `-` is replaced by the status
 /// code's name; an unknown kind by the status code's; an origin over [`MAX_ORIGIN`] bytes or
 /// with control characters is left out; a detail over [`MAX_DETAIL`] bytes is cut. Nothing
@@ -71,7 +72,7 @@ pub fn remote_cause(status: &Status, method: &str) -> Cause {
     let detail = detail
         .or(Some(status.message()))
         .filter(|detail| !detail.is_empty())
-        .map(|detail| cut(detail, MAX_DETAIL));
+        .map(|detail| printable(cut(detail, MAX_DETAIL)));
     let record = serde_json::json!({
         "v": 1,
         "kind": kind.as_str(),
@@ -150,6 +151,20 @@ pub(crate) fn is_code(code: &str) -> bool {
 /// Whether `origin` may be kept: 1 to [`MAX_ORIGIN`] bytes, no control character.
 fn is_origin(origin: &str) -> bool {
     !origin.is_empty() && origin.len() <= MAX_ORIGIN && !origin.chars().any(char::is_control)
+}
+
+/// `text` with its control characters (line breaks, escapes) replaced by `U+FFFD`, so that a
+/// peer's detail cannot forge a log line or colour a terminal wherever it is written.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// `text`, cut to at most `max` bytes at a character boundary.

@@ -86,12 +86,65 @@ async fn a_failed_call_has_its_causes_code_as_error_type() {
 }
 
 #[tokio::test]
-async fn cancelled_is_an_error_on_a_client_span_only() {
+async fn a_server_span_is_an_error_only_for_the_servers_own_failures() {
+    // The caller gave up, or asked for what cannot be: not the server's failure.
     let cancelled = StatusPolicy::default().status(&Cause::new("USER_CANCELLED"));
-    let server = span_of(RpcSpanLayer::server(), Some(cancelled.clone())).await;
-    assert_eq!(attributes(&server)["rpc.response.status_code"], "CANCELLED");
-    assert_eq!(attributes(&server)["error.type"], "USER_CANCELLED");
-    assert_eq!(server.status, SpanStatus::Unset);
-    let client = span_of(RpcSpanLayer::client(), Some(cancelled)).await;
+    let shortage = StatusPolicy::default().status(
+        &serde_json::from_value::<Cause>(serde_json::json!({
+            "v": 1, "kind": "task_failed", "code": "INVENTORY_SHORTAGE",
+        }))
+        .unwrap(),
+    );
+    for (status, name) in [
+        (cancelled.clone(), "CANCELLED"),
+        (shortage.clone(), "FAILED_PRECONDITION"),
+    ] {
+        let server = span_of(RpcSpanLayer::server(), Some(status)).await;
+        let attrs = attributes(&server);
+        assert_eq!(attrs["rpc.response.status_code"], name);
+        assert!(!attrs.contains_key("error.type"), "{attrs:?}");
+        assert_eq!(server.status, SpanStatus::Unset);
+    }
+    // On a client span they are; a code the layer does not know is `_OTHER`.
+    let client = span_of(RpcSpanLayer::client(), Some(shortage.clone())).await;
     assert!(matches!(client.status, SpanStatus::Error { .. }));
+    assert_eq!(attributes(&client)["error.type"], "_OTHER");
+    let knowing = RpcSpanLayer::client().known_codes(["INVENTORY_SHORTAGE"]);
+    let client = span_of(knowing, Some(shortage)).await;
+    assert_eq!(attributes(&client)["error.type"], "INVENTORY_SHORTAGE");
+}
+
+#[tokio::test]
+async fn a_path_that_is_no_grpc_method_makes_no_new_span_name() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let guard = tracing::subscriber::set_default(subscriber);
+    let service = service_fn(|_request: Request<()>| async {
+        Ok::<_, Infallible>(Status::unimplemented("").into_http::<()>())
+    });
+    for path in [
+        "/wp-admin/install.php",
+        "/a/b/c",
+        &format!("/x.Y/{}", "z".repeat(200)),
+    ] {
+        let request = Request::builder().uri(path).body(()).unwrap();
+        RpcSpanLayer::server()
+            .layer(service)
+            .oneshot(request)
+            .await
+            .unwrap();
+    }
+    drop(guard);
+    provider.force_flush().unwrap();
+    let names: Vec<_> = exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .map(|span| span.name.into_owned())
+        .collect();
+    assert_eq!(names, ["_OTHER", "_OTHER", "_OTHER"]);
 }

@@ -166,6 +166,19 @@ fn what_comes_from_the_wire_is_checked_and_bounded() {
     );
     let detail = cause.detail().unwrap();
     assert!(detail.len() <= MAX_DETAIL && detail.chars().all(|c| c == 'é'));
+    // A detail that would forge a log line or colour a terminal: its control characters go.
+    let cause = remote_cause(
+        &hostile(
+            DOMAIN,
+            "OK_CODE",
+            &[(keys::DETAIL, "ok\n WARN forged line \u{1b}[31m".to_owned())],
+        ),
+        RESERVE,
+    );
+    assert_eq!(
+        cause.detail(),
+        Some("ok\u{fffd} WARN forged line \u{fffd}[31m")
+    );
     // Another domain's ErrorInfo is not a taskscope cause.
     let cause = remote_cause(&hostile("googleapis.com", "STOCKOUT", &[]), RESERVE);
     assert_eq!(cause.code(), "FAILED_PRECONDITION");

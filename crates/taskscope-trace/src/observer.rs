@@ -96,7 +96,8 @@ impl TraceObserver {
     /// (`INVENTORY_SHORTAGE` set in the inventory service and seen in orders). A code that came
     /// from outside this program ([`Cause::is_foreign_code`](taskscope::Cause::is_foreign_code))
     /// and is not among these is named [`OTHER_CODE`], so that a peer cannot grow a label set;
-    /// codes written in this program are always named as they are.
+    /// codes written in this program, the kinds' default codes (`deadline`) and gRPC status
+    /// names (`UNAVAILABLE`) are always named as they are.
     pub fn known_codes(mut self, codes: impl IntoIterator<Item = &'static str>) -> Self {
         self.known_codes.extend(codes);
         self
@@ -219,11 +220,41 @@ pub const OTHER_CODE: &str = "_OTHER";
 /// How a cause names itself where the set of names must stay small: its code, or
 /// [`OTHER_CODE`] for a foreign code not known here.
 pub(crate) fn bounded_code<'a>(cause: &'a Cause, known: &KnownCodes) -> &'a str {
-    if cause.is_foreign_code() && !known.contains(cause.code()) {
-        OTHER_CODE
+    let code = cause.code();
+    if !cause.is_foreign_code() || known.contains(code) || is_standard_code(code) {
+        code
     } else {
-        cause.code()
+        OTHER_CODE
     }
+}
+
+/// Whether `code` is one every process knows, wherever it was set: a kind's default code
+/// (`deadline`), or a gRPC status's name (`UNAVAILABLE`), which a status without a cause maps
+/// to (`taskscope-tonic`'s `remote_cause`).
+fn is_standard_code(code: &str) -> bool {
+    const GRPC: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    CauseKind::ALL
+        .into_iter()
+        .any(|kind| kind.default_code() == code)
+        || GRPC.contains(&code)
 }
 
 /// OpenTelemetry's `error.type` of a cancellation: its bounded code when the cancellation is an

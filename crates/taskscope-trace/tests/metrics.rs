@@ -478,9 +478,15 @@ async fn a_foreign_code_not_known_here_counts_as_other() {
         serde_json::from_value(serde_json::json!({"v": 1, "kind": "task_failed", "code": code}))
             .unwrap()
     };
-    for (n, code) in ["INVENTORY_SHORTAGE", "SOMETHING_NEW", "SOMETHING_ELSE"]
-        .into_iter()
-        .enumerate()
+    for (n, code) in [
+        "INVENTORY_SHORTAGE",
+        "SOMETHING_NEW",
+        "SOMETHING_ELSE",
+        "task_failed",
+        "UNAVAILABLE",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let call = orders.child_builder().name(format!("call-{n}")).build();
         call.cancel(from_the_wire(code));
@@ -501,6 +507,9 @@ async fn a_foreign_code_not_known_here_counts_as_other() {
         2
     );
     assert_eq!(recorded.counter(CANCELLATIONS, &labels("SOMETHING_NEW")), 0);
+    // Standard codes are known everywhere: a kind's default, a gRPC status's name.
+    assert_eq!(recorded.counter(CANCELLATIONS, &labels("task_failed")), 1);
+    assert_eq!(recorded.counter(CANCELLATIONS, &labels("UNAVAILABLE")), 1);
     assert_eq!(
         recorded.counter(
             CANCELLATIONS,

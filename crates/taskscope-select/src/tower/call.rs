@@ -151,9 +151,11 @@ where
     }
 }
 
-/// `budget` in whole milliseconds, rounded down so that it never grows.
+/// `budget` in whole milliseconds, rounded down so that it never grows, and at most twelve
+/// digits, what a [`RequestScopeLayer`](super::RequestScopeLayer) reads (about 31 years).
 fn millis(budget: Duration) -> HeaderValue {
-    HeaderValue::from(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX))
+    const MAX: u128 = 999_999_999_999;
+    HeaderValue::from(u64::try_from(budget.as_millis().min(MAX)).expect("twelve digits fit"))
 }
 
 pin_project! {
