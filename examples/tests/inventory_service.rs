@@ -11,6 +11,10 @@
 #[allow(dead_code)]
 mod inventory_service;
 
+#[allow(dead_code)] // The variants this test does not match on.
+mod common;
+
+use common::{LIMIT, Seen, Watch};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +22,6 @@ use std::time::Duration;
 use inventory_service::proto::inventory_client::InventoryClient;
 use inventory_service::proto::{ReserveReply, ReserveRequest};
 use inventory_service::{INVENTORY_SHORTAGE, Options, RESERVE, parse_args, serve};
-use taskscope::observe::{Attachment, Observer, ScopeCancelled, TaskStarted};
 use taskscope::{Cause, CauseKind, Scope};
 use taskscope_select::signal::shutdown_cause;
 use taskscope_select::tower::{CLIENT_GONE, ShutdownReport};
@@ -30,36 +33,6 @@ use tokio::time::{Instant, timeout};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower_layer::Layer;
-
-/// How long any one step may take before the test fails instead of hanging.
-const LIMIT: Duration = Duration::from_secs(5);
-
-/// What the server's scopes went through.
-#[derive(Debug)]
-enum Seen {
-    /// A task started, with its scope's path.
-    Started(String),
-    /// A scope was cancelled: its path, and the cause.
-    Cancelled(String, Cause),
-}
-
-/// Sends what it sees to the test.
-struct Watch(mpsc::UnboundedSender<(Instant, Seen)>);
-
-impl Observer for Watch {
-    fn task_started(&self, event: &TaskStarted<'_>) -> Option<Arc<dyn Attachment>> {
-        let _ = self.0.send((
-            Instant::now(),
-            Seen::Started(event.scope.path().to_string()),
-        ));
-        None
-    }
-
-    fn scope_cancelled(&self, event: &ScopeCancelled<'_>) {
-        let seen = Seen::Cancelled(event.scope.to_string(), event.cause.clone());
-        let _ = self.0.send((Instant::now(), seen));
-    }
-}
 
 /// The service on 127.0.0.1, and a client for it.
 struct Server {

@@ -14,14 +14,15 @@
 #[allow(dead_code)]
 mod three_services;
 
+mod common;
+
+use common::{LIMIT, Seen, Watch};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use taskscope::observe::{
-    Attachment, Observer, ScopeCancelled, TaskFinished, TaskOutcome, TaskStarted,
-};
+use taskscope::observe::TaskOutcome;
 use taskscope::{Cause, CauseKind, Scope};
 use taskscope_select::signal::shutdown_cause;
 use taskscope_select::tower::{CLIENT_GONE, ShutdownReport};
@@ -39,46 +40,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower_layer::Layer;
 
-/// How long any one step may take before the test fails instead of hanging.
-const LIMIT: Duration = Duration::from_secs(5);
-
 /// The origin chain's first two links, as the gateway reads them.
 const HOPS: &str = "taskscope.demo.v1.Orders/Place > taskscope.demo.v1.Inventory/Reserve";
-
-/// What a service's scopes went through.
-#[derive(Debug)]
-enum Seen {
-    /// A task started, with its scope's path.
-    Started(String),
-    /// A scope was cancelled (not each descendant it reached): its path, and the cause.
-    Cancelled(String, Cause),
-    /// A task ended: its group's path and its name, how, and its scope's cause if any.
-    Finished(String, TaskOutcome, Option<Cause>),
-}
-
-/// Sends what it sees to the test.
-struct Watch(mpsc::UnboundedSender<(Instant, Seen)>);
-
-impl Observer for Watch {
-    fn task_started(&self, event: &TaskStarted<'_>) -> Option<Arc<dyn Attachment>> {
-        let _ = self.0.send((
-            Instant::now(),
-            Seen::Started(event.scope.path().to_string()),
-        ));
-        None
-    }
-
-    fn scope_cancelled(&self, event: &ScopeCancelled<'_>) {
-        let seen = Seen::Cancelled(event.scope.to_string(), event.cause.clone());
-        let _ = self.0.send((Instant::now(), seen));
-    }
-
-    fn task_finished(&self, event: &TaskFinished<'_>) {
-        let task = format!("{}/{}", event.group.path(), event.task.name());
-        let seen = Seen::Finished(task, event.outcome, event.cause.cloned());
-        let _ = self.0.send((Instant::now(), seen));
-    }
-}
 
 /// One service: its root scope, what its scopes went through, and its server's task.
 struct Service<R> {
