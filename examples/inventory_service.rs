@@ -28,7 +28,7 @@ use clap::Parser;
 use taskscope::{Cause, Scope, TaskGroup};
 use taskscope_select::tower::{GracefulShutdown, ShutdownReport};
 use taskscope_select::{FutureExt, ScopeExt, signal};
-use taskscope_tonic::StatusPolicy;
+use taskscope_tonic::{AnswerLayer, StatusPolicy};
 use taskscope_trace::TraceObserver;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -217,6 +217,9 @@ pub async fn serve(
     }
     let server = Server::builder()
         .layer(requests)
+        // Inside the scope layer: a call its scope ends is answered with the cause at once,
+        // whatever the handler is doing.
+        .layer(AnswerLayer::new(StatusPolicy::default()))
         .add_service(InventoryServer::new(Inventory::default()))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.signal());
     let served = async {

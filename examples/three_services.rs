@@ -62,7 +62,9 @@ use taskscope::{Cause, Scope};
 use taskscope_select::ScopeExt;
 use taskscope_select::signal;
 use taskscope_select::tower::{GracefulShutdown, ProblemPolicy, ShutdownReport};
-use taskscope_tonic::{CallScope, CallScopeLayer, StatusPolicy, call_cause, with_scope};
+use taskscope_tonic::{
+    AnswerLayer, CallScope, CallScopeLayer, StatusPolicy, call_cause, with_scope,
+};
 use taskscope_trace::TraceObserver;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -185,6 +187,7 @@ pub async fn serve_orders(
     let shutdown = GracefulShutdown::new(&app, GRACE);
     let server = Server::builder()
         .layer(shutdown.layer())
+        .layer(AnswerLayer::new(StatusPolicy::default()))
         .add_service(OrdersServer::new(orders))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.signal());
     let served = async {

@@ -142,7 +142,7 @@ where
 }
 
 pin_project! {
-    /// The response future of [`CallScope`].
+    /// The response future of [`CallScope`] and of [`Answer`](crate::Answer).
     pub struct CallFuture<F: Future> {
         #[pin]
         inner: Option<F>,
@@ -155,7 +155,7 @@ pin_project! {
 }
 
 impl<F: Future> CallFuture<F> {
-    fn unbound(inner: F, policy: &StatusPolicy) -> Self {
+    pub(crate) fn unbound(inner: F, policy: &StatusPolicy) -> Self {
         CallFuture {
             inner: Some(inner),
             cancelled: None,
@@ -165,7 +165,7 @@ impl<F: Future> CallFuture<F> {
         }
     }
 
-    fn bound(
+    pub(crate) fn bound(
         inner: F,
         scope: Scope,
         own: Option<(Pin<Box<Sleep>>, Duration)>,

@@ -39,10 +39,12 @@
 
 mod client;
 mod remote;
+mod server;
 mod span;
 mod status;
 
 pub use client::{CallFuture, CallScope, CallScopeLayer, with_scope};
 pub use remote::{MAX_CODE, MAX_DETAIL, MAX_ORIGIN, call_cause, remote_cause};
+pub use server::{Answer, AnswerLayer};
 pub use span::{RpcSpan, RpcSpanLayer, SpanFuture, SpanKind};
 pub use status::{DOMAIN, StatusPolicy, keys};
