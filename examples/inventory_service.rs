@@ -202,6 +202,12 @@ async fn reserve(
 /// # Errors
 ///
 /// The server's, should it fail; `root` is then left as it is.
+///
+/// # Cancel safety
+///
+/// Dropping the future stops the server where it is: its connections close and the calls in
+/// flight are dropped unanswered (their scopes see their clients go). Cancel `root` for the
+/// graceful stop.
 pub async fn serve(
     listener: TcpListener,
     root: &Scope,

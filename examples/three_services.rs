@@ -173,6 +173,12 @@ impl orders_server::Orders for Orders {
 /// # Errors
 ///
 /// The server's, should it fail.
+///
+/// # Cancel safety
+///
+/// Dropping the future stops the server where it is: its connections close and the calls in
+/// flight are dropped unanswered (their scopes see their clients go). Cancel `root` for the
+/// graceful stop.
 pub async fn serve_orders(
     listener: TcpListener,
     root: &Scope,
@@ -282,6 +288,12 @@ async fn place(
 /// # Errors
 ///
 /// The server's, should it fail.
+///
+/// # Cancel safety
+///
+/// Dropping the future stops the server where it is: its connections close and the calls in
+/// flight are dropped unanswered (their scopes see their clients go). Cancel `root` for the
+/// graceful stop.
 pub async fn serve_gateway(
     listener: TcpListener,
     root: &Scope,
