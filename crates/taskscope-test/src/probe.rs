@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -201,7 +202,7 @@ impl Observer for RunObserver {
             run: self.0.clone(),
             task,
             spawned_at: event.task.spawned_at().to_string(),
-            suspensions: Mutex::new(0),
+            suspensions: AtomicU32::new(0),
         }))
     }
 }
@@ -211,19 +212,13 @@ struct TaskProbe {
     run: Arc<Run>,
     task: String,
     spawned_at: String,
-    suspensions: Mutex<u32>,
+    suspensions: AtomicU32,
 }
 
 impl Attachment for TaskProbe {
     fn suspended(&self) -> Suspended {
-        let suspension = {
-            let mut count = self
-                .suspensions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            *count += 1;
-            *count
-        };
+        // A task is polled by one thread at a time: the count needs no ordering.
+        let suspension = self.suspensions.fetch_add(1, Ordering::Relaxed) + 1;
         match self
             .run
             .suspended(&self.task, suspension, Some(&self.spawned_at))
