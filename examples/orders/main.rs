@@ -7,6 +7,15 @@
 //! RUST_LOG=taskscope=debug cargo run --example orders -- --orders 20   # every event
 //! ```
 //!
+//! Distributed, on a PostgreSQL job queue (apalis) with any number of worker processes (see
+//! `shop::distributed`):
+//!
+//! ```text
+//! cargo run --example orders -- --postgres postgres://... --orders 2000 enqueue
+//! cargo run --example orders -- --postgres postgres://... work      # as many as you like
+//! cargo run --example orders -- --postgres postgres://... report
+//! ```
+//!
 //! Each order runs as a task group under its own deadline: validate, then reserve inventory (a
 //! SQLite transaction bound to the step's scope) ∥ charge the payment (a simulated remote call
 //! with latency and failures) ∥ a fraud check, then confirm. The workers run under a
@@ -44,20 +53,6 @@ const DEFAULT_LOG: &str =
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = shop::Config::parse();
-    let bar = if std::io::stdout().is_terminal() && !config.json {
-        ProgressBar::with_draw_target(Some(config.orders), ProgressDrawTarget::stdout())
-    } else {
-        ProgressBar::hidden()
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer({
-            let bar = bar.clone();
-            move || AboveTheBar(bar.clone())
-        })
-        .init();
     // A panic in a step is captured by its task group and becomes the order's cause; one line
     // on stderr says where it happened. A hook of our own, not the default one (which writes to
     // stderr straight through the progress bar) nor `tracing-panic` (a multi-field event, with
@@ -73,6 +68,45 @@ async fn main() -> ExitCode {
         let at = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(target: "orders::panic", "panicked at {at}: {message}");
     }));
+    if config.postgres.is_some() != config.command.is_some() {
+        use clap::CommandFactory;
+        shop::Config::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "the distributed mode takes both --postgres URL and a command (enqueue, work, report)",
+            )
+            .exit();
+    }
+    if let (Some(url), Some(command)) = (&config.postgres, &config.command) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            )
+            .with_writer(io::stderr)
+            .init();
+        return match shop::distributed::run(&config, url, command).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("orders: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let bar = if std::io::stdout().is_terminal() && !config.json {
+        ProgressBar::with_draw_target(Some(config.orders), ProgressDrawTarget::stdout())
+    } else {
+        ProgressBar::hidden()
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
+        )
+        .with_writer({
+            let bar = bar.clone();
+            move || AboveTheBar(bar.clone())
+        })
+        .init();
     match run(&config, bar).await {
         Ok(summary) if summary.is_consistent() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

@@ -68,6 +68,13 @@ pub struct Config {
     /// Print the summary as JSON on stdout, and nothing else there.
     #[arg(long)]
     pub json: bool,
+    /// Run distributed: orders as jobs on a PostgreSQL queue (apalis), the ledger in the same
+    /// database, with a command: `enqueue`, `work` or `report`.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// What to do in the distributed mode (with --postgres).
+    #[command(subcommand)]
+    pub command: Option<super::distributed::Command>,
 }
 
 impl Default for Config {

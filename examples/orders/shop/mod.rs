@@ -15,6 +15,7 @@
 //! ```
 
 mod config;
+pub mod distributed;
 pub mod gateway;
 pub mod pipeline;
 pub mod plan;
