@@ -140,7 +140,10 @@ impl<Args: Sync> FromRequest<Task<Args>> for JobScope {
     type Error = MissingJobScope;
 
     async fn from_request(task: &Task<Args>) -> Result<JobScope, MissingJobScope> {
-        task.data().get::<JobScope>().cloned().ok_or(MissingJobScope)
+        task.data()
+            .get::<JobScope>()
+            .cloned()
+            .ok_or(MissingJobScope)
     }
 }
 

@@ -205,7 +205,10 @@ mod tests {
         let retry = |secs| Verdict::Retry {
             after: Duration::from_secs(secs),
         };
-        assert_eq!(decide(Cause::of_kind(CauseKind::DeadlineExceeded), 1), retry(1));
+        assert_eq!(
+            decide(Cause::of_kind(CauseKind::DeadlineExceeded), 1),
+            retry(1)
+        );
         assert_eq!(decide(Cause::of_kind(CauseKind::TaskPanicked), 2), retry(2));
         assert_eq!(decide(Cause::of_kind(CauseKind::TaskFailed), 3), retry(4));
         // A permanent code wins over the kind, except a shutdown's.
@@ -216,7 +219,9 @@ mod tests {
     #[test]
     fn the_backoff_doubles_up_to_its_cap_and_never_overflows() {
         let policy = CausePolicy::new().backoff(Duration::from_millis(10), Duration::from_secs(1));
-        let waits: Vec<_> = (1..=9).map(|a| policy.backoff_after(a).as_millis()).collect();
+        let waits: Vec<_> = (1..=9)
+            .map(|a| policy.backoff_after(a).as_millis())
+            .collect();
         assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         assert_eq!(policy.backoff_after(0), Duration::from_millis(10));
         assert_eq!(policy.backoff_after(usize::MAX), Duration::from_secs(1));
@@ -239,6 +244,9 @@ mod tests {
             }
         );
         let sigterm = Cause::of_kind(CauseKind::Shutdown);
-        assert_eq!(policy.decide(&JobEnd::new(&sigterm, 1, 5)), Verdict::Requeue);
+        assert_eq!(
+            policy.decide(&JobEnd::new(&sigterm, 1, 5)),
+            Verdict::Requeue
+        );
     }
 }

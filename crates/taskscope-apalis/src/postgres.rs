@@ -7,8 +7,8 @@ use apalis_postgres::{Config, PgPool};
 use futures::future::BoxFuture;
 use taskscope::{BoxError, Cause};
 
-use crate::layer::JobOutcome;
 use crate::layer::JOB_TARGET;
+use crate::layer::JobOutcome;
 use crate::settle::Job;
 
 /// The apalis-postgres configuration [`Settle`] needs, for `queue`: one task fetched at a
@@ -115,4 +115,97 @@ fn described(outcome: &JobOutcome, cause: &Cause) -> String {
         text.push_str(&format!(" [origin {origin}]"));
     }
     text
+}
+
+/// Dead-letters the jobs of `queue` whose payload is not JSON: they become `Killed`, with
+/// `last_result` saying why, and are never fetched again. Returns how many there were.
+///
+/// apalis decodes a payload in the backend, before any layer: one that is not JSON fails the
+/// worker's stream (`run` returns a backend error) and stays locked by that worker, to be
+/// re-enqueued as an orphan and fail the next worker too. Call this before a worker starts,
+/// and again before it is restarted after a backend error. (A payload that is JSON but not a
+/// job is better caught in the handler: take `serde_json::Value` and decode it there, failing
+/// with a cause marked permanent.)
+///
+/// # Cancel safety
+///
+/// One transaction: dropped, it is either committed or not.
+pub async fn dead_letter_undecodable(pool: &PgPool, queue: &str) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // A function of this session only: PostgreSQL 15 has no `IS JSON`, and a failed cast
+    // inside an expression would fail the whole statement.
+    sqlx::raw_sql(
+        "CREATE OR REPLACE FUNCTION pg_temp.taskscope_is_json(payload bytea) RETURNS boolean
+         LANGUAGE plpgsql IMMUTABLE AS $$
+         BEGIN
+             PERFORM convert_from(payload, 'UTF8')::jsonb;
+             RETURN true;
+         EXCEPTION WHEN others THEN
+             RETURN false;
+         END $$",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let dead = sqlx::query(
+        "UPDATE apalis.jobs
+         SET status = 'Killed', done_at = now(), lock_by = NULL, lock_at = NULL,
+             last_result = jsonb_build_object('Err', 'dead-lettered: the payload is not JSON')
+         WHERE job_type = $1
+           AND (status IN ('Pending', 'Queued', 'Running')
+                OR (status = 'Failed' AND attempts < max_attempts))
+           AND NOT pg_temp.taskscope_is_json(job)",
+    )
+    .bind(queue)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if dead > 0 {
+        tracing::warn!(
+            target: JOB_TARGET,
+            queue,
+            jobs = dead,
+            "jobs dead-lettered: their payload is not JSON"
+        );
+    }
+    Ok(dead)
+}
+
+/// Puts back the jobs of `queue` that the stopped worker `worker` fetched but never started,
+/// their attempts unchanged. Returns how many there were.
+///
+/// A worker that stops may have a fetch in flight: apalis marks the job as the worker's
+/// (`Queued`, `lock_by`), and nothing runs it. Left alone, it waits for the worker to be
+/// presumed dead and is re-enqueued as an orphan with one more attempt. Every job the worker
+/// started was settled by [`Settle`] before it returned, so once the worker has stopped, what
+/// it still holds was never started. Call this after the worker's `run_until` returns.
+///
+/// # Cancel safety
+///
+/// One statement: dropped, it is either written or not.
+pub async fn release_unstarted(
+    pool: &PgPool,
+    queue: &str,
+    worker: &str,
+) -> Result<u64, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE apalis.jobs
+         SET status = 'Pending', lock_by = NULL, lock_at = NULL
+         WHERE job_type = $1 AND lock_by = $2 AND status IN ('Queued', 'Running')",
+    )
+    .bind(queue)
+    .bind(worker)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if released > 0 {
+        tracing::debug!(
+            target: JOB_TARGET,
+            queue,
+            worker,
+            jobs = released,
+            "jobs fetched but not started put back"
+        );
+    }
+    Ok(released)
 }

@@ -24,8 +24,12 @@ async fn pool() -> Option<PgPool> {
         eprintln!("skipped: TASKSCOPE_POSTGRES_URL is not set (see .ci/postgres)");
         return None;
     };
-    let pool = PgPool::connect(&url).await.expect("connect to TASKSCOPE_POSTGRES_URL");
-    PostgresStorage::setup(&pool).await.expect("apalis migrations");
+    let pool = PgPool::connect(&url)
+        .await
+        .expect("connect to TASKSCOPE_POSTGRES_URL");
+    PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis migrations");
     Some(pool)
 }
 
@@ -176,7 +180,10 @@ async fn each_cause_gets_its_verdict_in_the_jobs_table() {
         ("Killed", 1),
         "a permanent code is not retried: {shortage:?}"
     );
-    assert!(shortage.result.contains("INVENTORY_SHORTAGE"), "{shortage:?}");
+    assert!(
+        shortage.result.contains("INVENTORY_SHORTAGE"),
+        "{shortage:?}"
+    );
     let slow = &rows[&Kind::SlowOnce];
     assert_eq!(
         (slow.status.as_str(), slow.attempts),
@@ -240,7 +247,10 @@ async fn a_shutdown_requeues_the_job_without_counting_its_attempt() {
         ("Pending", 0, false),
         "back in the queue, its attempt not counted: {row:?}"
     );
-    assert!(row.result.contains("requeued") && row.result.contains("SIGTERM"), "{row:?}");
+    assert!(
+        row.result.contains("requeued") && row.result.contains("SIGTERM"),
+        "{row:?}"
+    );
 
     // The next worker runs it as a first attempt.
     let worker_scope = Scope::new();
@@ -248,7 +258,11 @@ async fn a_shutdown_requeues_the_job_without_counting_its_attempt() {
         .backend(storage)
         .layer(JobScopeLayer::new(&worker_scope).settle(postgres::Settle::new(&pool)))
         .build(|_: Kind, attempt: Attempt| async move {
-            assert_eq!(attempt.current(), 1, "the requeued job's first counted attempt");
+            assert_eq!(
+                attempt.current(),
+                1,
+                "the requeued job's first counted attempt"
+            );
             Ok::<(), Cause>(())
         });
     let stop = worker_scope.clone();

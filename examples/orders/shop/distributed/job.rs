@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use taskscope::{Cause, Scope, TaskGroup};
+use taskscope::{Cause, CauseKind, Scope, TaskGroup};
 use taskscope_apalis::JobScope;
 use taskscope_select::{FutureExt, ScopeExt};
 use tokio::time::sleep;
@@ -110,17 +110,27 @@ pub async fn run(
 ) -> Result<(), Cause> {
     let job = OrderJob::decode(&payload)?;
     let fate = job.fate()?;
-    ctx.ledger.record_attempt(job.id, attempt, &ctx.worker).await?;
-    let order = scope.child_builder().name(format!("order-{}", job.id)).build();
+    ctx.ledger
+        .record_attempt(job.id, attempt, &ctx.worker)
+        .await?;
+    let order = scope
+        .child_builder()
+        .name(format!("order-{}", job.id))
+        .build();
     if let (Fate::UserCancel, Some(after)) = (fate, job.cancel_after_ms) {
         let _customer = order.cancel_on(async move {
             sleep(Duration::from_millis(after)).await;
             Cause::new(USER_CANCELLED).with_detail("the customer cancelled the order")
         });
     }
-    if let Opened::Settled = ctx.ledger.open(&order, job.id, &job.sku, job.qty).await? {
-        // An earlier run completed or compensated it, and died before the queue heard.
-        return Ok(());
+    match ctx.ledger.open(&order, job.id, &job.sku, job.qty).await? {
+        Opened::Open => {}
+        // An earlier run completed it, and its worker died before the queue heard.
+        Opened::Completed => return Ok(()),
+        // An earlier run's end was given up and compensated, and its worker died before the
+        // queue heard: the same end again, for the queue to decide as it did (a compensation
+        // finds the order closed and does nothing).
+        Opened::Cancelled { kind, code } => return Err(earlier_cause(job.id, &kind, &code)),
     }
 
     let steps: TaskGroup<Option<String>> = TaskGroup::builder(&order).grace(ctx.grace).build();
@@ -183,6 +193,18 @@ pub async fn run(
     ctx.ledger.confirm(&order, job.id, &authorization).await
 }
 
+/// The cause an earlier run cancelled order `id` with, from its audit row: its code when it is
+/// one of the [`PERMANENT`] codes, else its kind.
+fn earlier_cause(id: i64, kind: &str, code: &str) -> Cause {
+    let cause = match PERMANENT.iter().find(|permanent| **permanent == code) {
+        Some(code) => Cause::new(code),
+        None => Cause::of_kind(CauseKind::from_name(kind).unwrap_or(CauseKind::TaskFailed)),
+    };
+    cause.with_detail(format!(
+        "order {id} was cancelled ({code}) by an earlier run, whose worker died before the queue heard"
+    ))
+}
+
 /// Compensates an order the queue gave up: releases its stock, voids its charge, closes it as
 /// cancelled with its audit row. Idempotent: a second compensation finds it closed. A payload
 /// that is not an order has nothing to compensate.
@@ -194,7 +216,12 @@ pub async fn compensate(ledger: PgLedger, payload: serde_json::Value, cause: Cau
     // cause's origin says where the cancellation came from.
     let compensation_scope = scope.path().to_string();
     if let Err(error) = ledger
-        .compensate(&scope, (job.id, &job.sku, job.qty), &compensation_scope, &cause)
+        .compensate(
+            &scope,
+            (job.id, &job.sku, job.qty),
+            &compensation_scope,
+            &cause,
+        )
         .await
     {
         tracing::error!(order = job.id, %error, "compensation failed");

@@ -94,8 +94,11 @@ async fn commit(tx: Transaction<'_, Postgres>, scope: &Scope) -> Result<(), Caus
 pub enum Opened {
     /// Open: the steps run (again).
     Open,
-    /// Completed or cancelled by an earlier run: nothing to do.
-    Settled,
+    /// Completed by an earlier run: nothing to do.
+    Completed,
+    /// Cancelled and compensated by an earlier run, whose worker died before the queue heard:
+    /// the kind and code of its cause, from its audit row.
+    Cancelled { kind: String, code: String },
 }
 
 impl PgLedger {
@@ -138,10 +141,20 @@ impl PgLedger {
     pub async fn open(&self, scope: &Scope, id: i64, sku: &str, qty: u32) -> Result<Opened, Cause> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         if let Some(state) = state(&mut tx, id).await? {
-            return Ok(match state.as_str() {
-                "open" => Opened::Open,
-                _ => Opened::Settled,
-            });
+            return match state.as_str() {
+                "open" => Ok(Opened::Open),
+                "completed" => Ok(Opened::Completed),
+                _ => {
+                    let (kind, code) = sqlx::query_as::<_, (String, String)>(
+                        "SELECT kind, code FROM shop.audit WHERE order_id = $1",
+                    )
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                    Ok(Opened::Cancelled { kind, code })
+                }
+            };
         }
         let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM shop.stock WHERE sku = $1")
             .bind(sku)

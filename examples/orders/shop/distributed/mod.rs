@@ -29,13 +29,14 @@ mod report;
 use std::error::Error;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::{PgPool, PostgresStorage};
 use futures::stream;
 use sqlx::postgres::PgPoolOptions;
-use taskscope::{BoxError, Cause, CauseKind, ChildSpec, Restart, Scope, Supervisor};
+use taskscope::{Backoff, BoxError, Cause, CauseKind, ChildSpec, Restart, Scope, Supervisor};
 use taskscope_apalis::{CausePolicy, JobScope, JobScopeLayer, postgres};
 use taskscope_select::signal::{Signals, shutdown_on_signals};
 
@@ -78,7 +79,12 @@ pub enum Command {
 pub async fn run(config: &Config, url: &str, command: &Command) -> Result<bool, Box<dyn Error>> {
     config.validate()?;
     let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(config.concurrency).unwrap_or(u32::MAX).saturating_mul(3).saturating_add(4))
+        .max_connections(
+            u32::try_from(config.concurrency)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(3)
+                .saturating_add(4),
+        )
         .acquire_timeout(Duration::from_secs(30))
         .connect(url)
         .await
@@ -137,8 +143,8 @@ async fn enqueue(
         jobs.push(serde_json::json!({ "order": format!("#{n}"), "note": "not an order job" }));
     }
     let total = jobs.len();
-    let mut storage = PostgresStorage::<serde_json::Value>::new(pool)
-        .with_config(postgres::config(QUEUE));
+    let mut storage =
+        PostgresStorage::<serde_json::Value>::new(pool).with_config(postgres::config(QUEUE));
     let tasks = jobs
         .into_iter()
         .map(|job| TaskBuilder::new(job).max_attempts(max_attempts).build());
@@ -168,12 +174,20 @@ async fn work(
     });
     let deadline = Duration::from_millis(config.deadline_ms);
     let concurrency = NonZeroUsize::new(config.concurrency).expect("validated");
+    let starts = Arc::new(AtomicUsize::new(0));
     let jobs = {
         let (pool, name) = (pool.clone(), name.clone());
         ChildSpec::new("jobs", move |scope: Scope| {
-            let (pool, name, ctx, ledger) =
-                (pool.clone(), name.clone(), ctx.clone(), ledger.clone());
+            let (pool, ctx, ledger) = (pool.clone(), ctx.clone(), ledger.clone());
+            // apalis registers a worker by name: a restart registers afresh.
+            let name = match starts.fetch_add(1, Ordering::Relaxed) {
+                0 => name.clone(),
+                n => format!("{name}.{n}"),
+            };
             async move {
+                // A payload that is not JSON would fail the worker (apalis decodes it before
+                // any layer), and the next one after it: dead-letter those first.
+                postgres::dead_letter_undecodable(&pool, QUEUE).await?;
                 let policy = PERMANENT
                     .iter()
                     .fold(CausePolicy::new(), |policy, code| policy.permanent(code))
@@ -203,16 +217,23 @@ async fn work(
                         Ok::<(), std::io::Error>(())
                     })
                     .await
-                    .map_err(BoxError::from)
+                    .map_err(BoxError::from)?;
+                // A fetch in flight when the worker stopped: back to the queue, uncounted.
+                postgres::release_unstarted(&pool, QUEUE, &name).await?;
+                Ok(())
             }
         })
         // Jobs in flight get their grace and their settlement.
         .grace(grace * 4 + Duration::from_secs(5))
-        .restart(Restart::Never)
+        // A backend error (the database went away, a payload apalis cannot decode) stops
+        // the apalis worker: start it again, after the supervisor's backoff.
+        .restart(Restart::OnFailure)
     };
     let root = Scope::builder().name(format!("worker-{name}")).build();
     let supervisor = Supervisor::builder()
         .name("workers")
+        .backoff(Backoff::exponential(Duration::from_millis(200)).max(Duration::from_secs(5)))
+        .intensity(10, Duration::from_secs(60))
         .child(jobs)
         .start(&root)?;
     let handle = supervisor.handle();
