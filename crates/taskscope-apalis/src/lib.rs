@@ -34,3 +34,8 @@ pub use layer::{
 };
 pub use policy::{CausePolicy, JobEnd, JobPolicy, Verdict};
 pub use settle::{ApalisResult, Job, Settle};
+
+/// The README's example compiles.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

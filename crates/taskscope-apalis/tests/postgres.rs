@@ -70,15 +70,16 @@ async fn rows(pool: &PgPool, queue: &str) -> HashMap<Kind, Row> {
     .await
     .unwrap();
     rows.into_iter()
-        .map(|(job, status, attempts, lock_by, result)| {
-            let kind = serde_json::from_slice(&job).unwrap();
+        // A payload that is not a `Kind` is not one of ours to look at.
+        .filter_map(|(job, status, attempts, lock_by, result)| {
+            let kind = serde_json::from_slice(&job).ok()?;
             let row = Row {
                 status,
                 attempts,
                 locked: lock_by.is_some(),
                 result: result.unwrap_or_default(),
             };
-            (kind, row)
+            Some((kind, row))
         })
         .collect()
 }
@@ -275,4 +276,74 @@ async fn a_shutdown_requeues_the_job_without_counting_its_attempt() {
     running.await.unwrap().unwrap();
     let rows = self::rows(&pool, &queue).await;
     assert_eq!(rows[&Kind::Wait].attempts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_that_are_not_json_are_dead_lettered_and_jobs_never_started_put_back() {
+    let Some(pool) = pool().await else { return };
+    let queue = queue("dead-letter");
+    let mut storage = PostgresStorage::<Kind>::new(&pool).with_config(postgres::config(&queue));
+    storage.push(Kind::Ok).await.unwrap();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at)
+         VALUES ('01M91K3XYE2DZ2MGH24QQBW5HA', $1, convert_to('{\"Ok', 'UTF8'), 'Pending', 0, 3, now())",
+    )
+    .bind(&queue)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        postgres::dead_letter_undecodable(&pool, &queue)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        postgres::dead_letter_undecodable(&pool, &queue)
+            .await
+            .unwrap(),
+        0
+    );
+    let (status, result): (String, String) = sqlx::query_as(
+        "SELECT status, last_result::text FROM apalis.jobs WHERE id = '01M91K3XYE2DZ2MGH24QQBW5HA'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "Killed");
+    assert!(result.contains("not JSON"), "{result}");
+    // The decodable job is untouched: fetched by a worker that then died before running it, it
+    // goes back uncounted.
+    sqlx::query("UPDATE apalis.jobs SET status = 'Queued', lock_by = NULL WHERE job_type = $1 AND status = 'Pending'")
+        .bind(&queue)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let worker = format!("{queue}-w1");
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name) VALUES ($1, $2, 'PgStorage')",
+    )
+    .bind(&worker)
+    .bind(&queue)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE apalis.jobs SET lock_by = $2 WHERE job_type = $1 AND status = 'Queued'")
+        .bind(&queue)
+        .bind(&worker)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        postgres::release_unstarted(&pool, &queue, &worker)
+            .await
+            .unwrap(),
+        1
+    );
+    let rows = rows(&pool, &queue).await;
+    let row = &rows[&Kind::Ok];
+    assert_eq!(
+        (row.status.as_str(), row.attempts, row.locked),
+        ("Pending", 0, false)
+    );
 }
