@@ -286,9 +286,10 @@ async fn payloads_that_are_not_json_are_dead_lettered_and_jobs_never_started_put
     storage.push(Kind::Ok).await.unwrap();
     sqlx::query(
         "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at)
-         VALUES ('01M91K3XYE2DZ2MGH24QQBW5HA', $1, convert_to('{\"Ok', 'UTF8'), 'Pending', 0, 3, now())",
+         VALUES ($2, $1, convert_to('{\"Ok', 'UTF8'), 'Pending', 0, 3, now())",
     )
     .bind(&queue)
+    .bind(format!("{queue}-not-json"))
     .execute(&pool)
     .await
     .unwrap();
@@ -304,12 +305,12 @@ async fn payloads_that_are_not_json_are_dead_lettered_and_jobs_never_started_put
             .unwrap(),
         0
     );
-    let (status, result): (String, String) = sqlx::query_as(
-        "SELECT status, last_result::text FROM apalis.jobs WHERE id = '01M91K3XYE2DZ2MGH24QQBW5HA'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (status, result): (String, String) =
+        sqlx::query_as("SELECT status, last_result::text FROM apalis.jobs WHERE id = $1")
+            .bind(format!("{queue}-not-json"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(status, "Killed");
     assert!(result.contains("not JSON"), "{result}");
     // The decodable job is untouched: fetched by a worker that then died before running it, it
