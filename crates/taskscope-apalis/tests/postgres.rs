@@ -61,8 +61,11 @@ struct Row {
     result: String,
 }
 
+/// A job's row as read: payload, status, attempts, `lock_by`, `last_result`.
+type RawRow = (Vec<u8>, String, i32, Option<String>, Option<String>);
+
 async fn rows(pool: &PgPool, queue: &str) -> HashMap<Kind, Row> {
-    let rows: Vec<(Vec<u8>, String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<RawRow> = sqlx::query_as(
         "SELECT job, status, attempts, lock_by, last_result::text FROM apalis.jobs WHERE job_type = $1",
     )
     .bind(queue)
