@@ -28,14 +28,30 @@ pub(crate) const JOB_TARGET: &str = "taskscope::job";
 /// apalis' limit on attempts for a task that names none.
 const DEFAULT_MAX_ATTEMPTS: usize = 25;
 
+/// The code of a job put back because its compensation failed, panicked or ran out of time.
+pub const COMPENSATION_FAILED: &str = "COMPENSATION_FAILED";
+
+/// How long a job whose compensation failed waits before it runs (and is compensated) again.
+const COMPENSATION_RETRY: Duration = Duration::from_secs(5);
+
+/// How often a failed settlement is tried again, and the first wait between tries.
+const SETTLE_TRIES: u32 = 5;
+const SETTLE_RETRY: Duration = Duration::from_millis(100);
+
 /// How a job ended, once its [`JobPolicy`] has spoken.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum JobOutcome {
     /// It succeeded.
     Done,
-    /// It goes back to the queue, its attempt not counted ([`Verdict::Requeue`]).
-    Requeued(Cause),
+    /// It goes back to the queue, its attempt not counted, to run again after `after`: its
+    /// worker stopped ([`Verdict::Requeue`], at once), or its compensation failed.
+    Requeued {
+        /// Why it did not finish.
+        cause: Cause,
+        /// The wait before it runs again.
+        after: Duration,
+    },
     /// A failed attempt, to be tried again after `after` ([`Verdict::Retry`], attempts left).
     Retrying {
         /// Why the attempt failed.
@@ -54,7 +70,7 @@ impl JobOutcome {
     pub fn as_str(&self) -> &'static str {
         match self {
             JobOutcome::Done => "done",
-            JobOutcome::Requeued(_) => "requeued",
+            JobOutcome::Requeued { .. } => "requeued",
             JobOutcome::Retrying { .. } => "retrying",
             JobOutcome::Failed(_) => "failed",
             JobOutcome::Aborted(_) => "aborted",
@@ -65,7 +81,7 @@ impl JobOutcome {
     pub fn cause(&self) -> Option<&Cause> {
         match self {
             JobOutcome::Done => None,
-            JobOutcome::Requeued(cause)
+            JobOutcome::Requeued { cause, .. }
             | JobOutcome::Retrying { cause, .. }
             | JobOutcome::Failed(cause)
             | JobOutcome::Aborted(cause) => Some(cause),
@@ -83,7 +99,7 @@ impl JobOutcome {
     fn into_error(self) -> BoxError {
         match self {
             JobOutcome::Done => unreachable!("a job that succeeded has no error"),
-            JobOutcome::Requeued(cause) => Box::new(DeferredError::new(cause)),
+            JobOutcome::Requeued { cause, .. } => Box::new(DeferredError::new(cause)),
             JobOutcome::Retrying { cause, after } => Box::new(RetryAfterError::new(cause, after)),
             JobOutcome::Failed(cause) => Box::new(cause),
             JobOutcome::Aborted(cause) => Box::new(AbortError::new(cause)),
@@ -149,21 +165,42 @@ impl<Args: Sync> FromRequest<Task<Args>> for JobScope {
 
 /// What is done for a job that was given up: undo what it did, knowing why.
 ///
-/// It runs in a detached scope (a shutdown does not cut it short) before the job is settled,
+/// It runs in a detached scope (a shutdown does not cut it short) with the layer's
+/// [`compensation_timeout`](JobScopeLayer::compensation_timeout), before the job is settled,
 /// so that a worker killed in between leaves the job to be run, and compensated, again: make
-/// it idempotent. A closure `Fn(Args, Cause, Scope) -> impl Future<Output = ()>` is one.
+/// it idempotent. If it fails, panics or runs out of time, the job is not given up but put
+/// back, its attempt not counted, to run again in 5 s ([`COMPENSATION_FAILED`]). A closure
+/// `Fn(Args, Cause, Scope) -> impl Future<Output = Result<(), E>>` is one.
 pub trait Compensate<Args>: Clone + Send + Sync + 'static {
     /// Undoes what the job with `args` did, because of `cause`, within `scope`.
-    fn compensate(&self, args: Args, cause: Cause, scope: Scope) -> BoxFuture<'static, ()>;
+    ///
+    /// # Cancel safety
+    ///
+    /// The layer awaits it to its end, or its time limit; dropped there (or with the job's
+    /// future), it must leave things so that running it again finishes the work.
+    fn compensate(
+        &self,
+        args: Args,
+        cause: Cause,
+        scope: Scope,
+    ) -> BoxFuture<'static, Result<(), BoxError>>;
 }
 
-impl<Args, F, Fut> Compensate<Args> for F
+impl<Args, F, Fut, E> Compensate<Args> for F
 where
     F: Fn(Args, Cause, Scope) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError>,
 {
-    fn compensate(&self, args: Args, cause: Cause, scope: Scope) -> BoxFuture<'static, ()> {
-        self(args, cause, scope).boxed()
+    fn compensate(
+        &self,
+        args: Args,
+        cause: Cause,
+        scope: Scope,
+    ) -> BoxFuture<'static, Result<(), BoxError>> {
+        self(args, cause, scope)
+            .map(|done| done.map_err(Into::into))
+            .boxed()
     }
 }
 
@@ -172,8 +209,8 @@ where
 pub struct NoCompensation;
 
 impl<Args> Compensate<Args> for NoCompensation {
-    fn compensate(&self, _: Args, _: Cause, _: Scope) -> BoxFuture<'static, ()> {
-        futures::future::ready(()).boxed()
+    fn compensate(&self, _: Args, _: Cause, _: Scope) -> BoxFuture<'static, Result<(), BoxError>> {
+        futures::future::ready(Ok(())).boxed()
     }
 }
 
@@ -239,6 +276,7 @@ pub struct JobScopeLayer<P = CausePolicy, C = NoCompensation, S = ApalisResult> 
     parent: Scope,
     deadline: Option<Duration>,
     grace: Duration,
+    compensation_timeout: Duration,
     policy: Arc<P>,
     compensate: C,
     settle: Arc<S>,
@@ -246,13 +284,14 @@ pub struct JobScopeLayer<P = CausePolicy, C = NoCompensation, S = ApalisResult> 
 
 impl JobScopeLayer {
     /// Jobs under `parent` (the worker's scope), with the default [`CausePolicy`], no
-    /// deadline, a 5 s grace, no compensation, and the outcome told to apalis by the error
-    /// type alone ([`ApalisResult`]).
+    /// deadline, a 2 s grace, no compensation (5 s for one), and the outcome told to apalis
+    /// by the error type alone ([`ApalisResult`]).
     pub fn new(parent: &Scope) -> JobScopeLayer {
         JobScopeLayer {
             parent: parent.clone(),
             deadline: None,
-            grace: Duration::from_secs(5),
+            grace: Duration::from_secs(2),
+            compensation_timeout: Duration::from_secs(5),
             policy: Arc::new(CausePolicy::new()),
             compensate: NoCompensation,
             settle: Arc::new(ApalisResult),
@@ -268,8 +307,21 @@ impl<P, C, S> JobScopeLayer<P, C, S> {
     }
 
     /// How long a job whose scope was cancelled may take to return before it is dropped.
+    ///
+    /// A stopping apalis worker sends no heartbeat: the grace, plus the compensation's time
+    /// and the settlement, must fit within the backend's orphan window
+    /// (`heartbeat_interval × missed_heartbeats`: 10 s with
+    /// [`postgres::config`](crate::postgres::config)), or the job is re-enqueued as an orphan
+    /// while it is still stopping.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// How long a compensation may take before it is dropped and the job put back to be
+    /// compensated again.
+    pub fn compensation_timeout(mut self, timeout: Duration) -> Self {
+        self.compensation_timeout = timeout;
         self
     }
 
@@ -279,6 +331,7 @@ impl<P, C, S> JobScopeLayer<P, C, S> {
             parent: self.parent,
             deadline: self.deadline,
             grace: self.grace,
+            compensation_timeout: self.compensation_timeout,
             policy: Arc::new(policy),
             compensate: self.compensate,
             settle: self.settle,
@@ -291,6 +344,7 @@ impl<P, C, S> JobScopeLayer<P, C, S> {
             parent: self.parent,
             deadline: self.deadline,
             grace: self.grace,
+            compensation_timeout: self.compensation_timeout,
             policy: self.policy,
             compensate,
             settle: self.settle,
@@ -304,6 +358,7 @@ impl<P, C, S> JobScopeLayer<P, C, S> {
             parent: self.parent,
             deadline: self.deadline,
             grace: self.grace,
+            compensation_timeout: self.compensation_timeout,
             policy: self.policy,
             compensate: self.compensate,
             settle: Arc::new(settle),
@@ -317,6 +372,7 @@ impl<P, C: fmt::Debug, S: fmt::Debug> fmt::Debug for JobScopeLayer<P, C, S> {
             .field("parent", &self.parent.path().to_string())
             .field("deadline", &self.deadline)
             .field("grace", &self.grace)
+            .field("compensation_timeout", &self.compensation_timeout)
             .field("compensate", &self.compensate)
             .field("settle", &self.settle)
             .finish_non_exhaustive()
@@ -333,6 +389,7 @@ impl<Svc, P, C: Clone, S> Layer<Svc> for JobScopeLayer<P, C, S> {
                 parent: self.parent.clone(),
                 deadline: self.deadline,
                 grace: self.grace,
+                compensation_timeout: self.compensation_timeout,
                 policy: self.policy.clone(),
                 compensate: self.compensate.clone(),
                 settle: self.settle.clone(),
@@ -402,26 +459,30 @@ where
             // apalis counts the attempt when its lifecycle layer, inside this one, is first
             // polled: read once the job has run.
             attempt: 0,
+            attempts_before: task.raw_attempt().current(),
             max_attempts: task.max_attempts().unwrap_or(DEFAULT_MAX_ATTEMPTS),
         };
         let attempt = task.raw_attempt().clone();
-        let before = attempt.current();
+        let before = job.attempts_before;
         task.inject_data(JobScope(scope.clone()));
         let args = task.args.clone();
         let run = AssertUnwindSafe(self.inner.call(task)).catch_unwind();
         let (parent, grace) = (layer.parent.clone(), layer.grace);
+        let compensation_timeout = layer.compensation_timeout;
         let (policy, compensate, settle) = (
             layer.policy.clone(),
             layer.compensate.clone(),
             layer.settle.clone(),
         );
         Box::pin(async move {
-            let mut run = std::pin::pin!(run);
+            let mut run = Box::pin(run);
             let returned = tokio::select! {
                 biased;
                 returned = &mut run => Some(returned),
                 _ = scope.cancelled() => tokio::time::timeout(grace, &mut run).await.ok(),
             };
+            // A job past its grace is dropped here, with what it was awaiting.
+            drop(run);
             let job = Job {
                 attempt: attempt.current().max(before + 1),
                 ..job
@@ -444,9 +505,13 @@ where
             let outcome = match cause {
                 None => JobOutcome::Done,
                 Some(cause) => {
-                    let end = JobEnd::new(&cause, job.attempt, job.max_attempts);
+                    let end = JobEnd::new(&cause, job.attempt, job.max_attempts)
+                        .worker_stopping(parent.is_cancelled());
                     match policy.decide(&end) {
-                        Verdict::Requeue => JobOutcome::Requeued(cause),
+                        Verdict::Requeue => JobOutcome::Requeued {
+                            cause,
+                            after: Duration::ZERO,
+                        },
                         Verdict::Retry { after } if !end.is_last_attempt() => {
                             JobOutcome::Retrying { cause, after }
                         }
@@ -455,16 +520,35 @@ where
                     }
                 }
             };
-            record(&job, &outcome);
+            let mut outcome = outcome;
             if let (true, Some(cause)) = (outcome.is_given_up(), outcome.cause()) {
                 let scope = parent
                     .child_builder()
                     .name(format!("compensate-{}", job.id))
+                    .timeout(compensation_timeout)
                     .detached()
                     .build();
-                compensate.compensate(args, cause.clone(), scope).await;
+                let compensation =
+                    AssertUnwindSafe(compensate.compensate(args, cause.clone(), scope))
+                        .catch_unwind();
+                let failed = match tokio::time::timeout(compensation_timeout, compensation).await {
+                    Ok(Ok(Ok(()))) => None,
+                    Ok(Ok(Err(error))) => Some(format!("failed: {error}")),
+                    Ok(Err(panic)) => Some(format!("panicked: {}", panic_message(&*panic))),
+                    Err(_) => Some(format!("took over {} ms", compensation_timeout.as_millis())),
+                };
+                if let Some(failed) = failed {
+                    outcome = JobOutcome::Requeued {
+                        cause: Cause::new(COMPENSATION_FAILED).with_detail(format!(
+                            "job {} given up ({cause}), its compensation {failed}",
+                            job.id
+                        )),
+                        after: COMPENSATION_RETRY,
+                    };
+                }
             }
-            settle.settle(&job, &outcome).await?;
+            record(&job, &outcome);
+            settle_with_retries(&*settle, &job, &outcome).await?;
             match response {
                 Some(response) => Ok(response),
                 None => Err(outcome.into_error()),
@@ -487,13 +571,57 @@ fn error_cause(scope: &Scope, job: &Job, error: BoxError) -> Cause {
 }
 
 fn panic_cause(job: &Job, panic: &(dyn std::any::Any + Send)) -> Cause {
-    let message = panic
+    Cause::of_kind(CauseKind::TaskPanicked).with_detail(format!(
+        "job {} panicked: {}",
+        job.id,
+        panic_message(panic)
+    ))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a non-string payload");
-    Cause::of_kind(CauseKind::TaskPanicked)
-        .with_detail(format!("job {} panicked: {message}", job.id))
+        .unwrap_or("a non-string payload")
+}
+
+/// Settles `outcome`, trying again with backoff if the backend fails (the database went away
+/// for a moment): a job whose outcome is not written stays locked by a live worker.
+async fn settle_with_retries<S: Settle + ?Sized>(
+    settle: &S,
+    job: &Job,
+    outcome: &JobOutcome,
+) -> Result<(), BoxError> {
+    let mut wait = SETTLE_RETRY;
+    let mut tries = 1;
+    loop {
+        match settle.settle(job, outcome).await {
+            Ok(()) => return Ok(()),
+            Err(error) if tries < SETTLE_TRIES => {
+                tracing::warn!(
+                    target: JOB_TARGET,
+                    job = job.id.as_str(),
+                    outcome = outcome.as_str(),
+                    %error,
+                    "job outcome not written, trying again"
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            Err(error) => {
+                tracing::error!(
+                    target: JOB_TARGET,
+                    job = job.id.as_str(),
+                    outcome = outcome.as_str(),
+                    %error,
+                    "job outcome not written: the job stays with this worker until it stops"
+                );
+                return Err(error);
+            }
+        }
+    }
 }
 
 fn record(job: &Job, outcome: &JobOutcome) {

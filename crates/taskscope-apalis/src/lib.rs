@@ -19,7 +19,8 @@
 //! operations section says what happens on SIGTERM and on `kill -9`.
 //!
 //! [apalis]: https://docs.rs/apalis
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 mod layer;
 mod policy;
@@ -29,8 +30,8 @@ mod settle;
 pub mod postgres;
 
 pub use layer::{
-    Compensate, JobOutcome, JobScope, JobScopeLayer, JobScopeService, MissingJobScope,
-    NoCompensation,
+    COMPENSATION_FAILED, Compensate, JobOutcome, JobScope, JobScopeLayer, JobScopeService,
+    MissingJobScope, NoCompensation,
 };
 pub use policy::{CausePolicy, JobEnd, JobPolicy, Verdict};
 pub use settle::{ApalisResult, Job, Settle};

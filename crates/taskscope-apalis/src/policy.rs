@@ -45,6 +45,10 @@ pub struct JobEnd<'a> {
     pub attempt: usize,
     /// How many attempts the job may make in all.
     pub max_attempts: usize,
+    /// Whether the job's worker is stopping: the layer's scope is cancelled. A shutdown cause
+    /// that reached the job some other way (a remote service's `UNAVAILABLE`) says nothing
+    /// about this worker.
+    pub worker_stopping: bool,
 }
 
 /// Decides what becomes of a job from why it ended.
@@ -69,9 +73,9 @@ where
 ///
 /// | the job ended by | verdict |
 /// |---|---|
-/// | its worker's shutdown (kind `shutdown`) | [`Requeue`](Verdict::Requeue): the attempt is not counted |
+/// | its worker's shutdown (a cause of kind `shutdown` while the worker is stopping) | [`Requeue`](Verdict::Requeue): the attempt is not counted |
 /// | a cause whose code is marked [`permanent`](CausePolicy::permanent) | [`Abort`](Verdict::Abort) |
-/// | its deadline, a panic, any other failure or cancellation | [`Retry`](Verdict::Retry) with exponential backoff |
+/// | its deadline, a panic, any other failure or cancellation (a shutdown cause from elsewhere too) | [`Retry`](Verdict::Retry) with exponential backoff |
 ///
 /// The backoff is `first × 2^(attempt − 1)`, capped at `max` (1 s and 5 min by default); it
 /// is deterministic, so jobs that failed together are tried again together.
@@ -94,7 +98,8 @@ where
 /// assert_eq!(policy.decide(&end), Verdict::Retry { after: Duration::from_millis(400) });
 ///
 /// let sigterm = Cause::of_kind(CauseKind::Shutdown).with_detail("SIGTERM");
-/// assert_eq!(policy.decide(&JobEnd::new(&sigterm, 1, 5)), Verdict::Requeue);
+/// let end = JobEnd::new(&sigterm, 1, 5).worker_stopping(true);
+/// assert_eq!(policy.decide(&end), Verdict::Requeue);
 /// ```
 #[derive(Clone)]
 pub struct CausePolicy {
@@ -104,13 +109,20 @@ pub struct CausePolicy {
 }
 
 impl<'a> JobEnd<'a> {
-    /// A job's end: `cause`, on attempt `attempt` of `max_attempts`.
+    /// A job's end: `cause`, on attempt `attempt` of `max_attempts`, its worker not stopping.
     pub fn new(cause: &'a Cause, attempt: usize, max_attempts: usize) -> JobEnd<'a> {
         JobEnd {
             cause,
             attempt,
             max_attempts,
+            worker_stopping: false,
         }
+    }
+
+    /// The same end, with its worker stopping or not.
+    pub fn worker_stopping(mut self, stopping: bool) -> JobEnd<'a> {
+        self.worker_stopping = stopping;
+        self
     }
 
     /// Whether this was the job's last allowed attempt.
@@ -177,7 +189,7 @@ impl fmt::Debug for CausePolicy {
 
 impl JobPolicy for CausePolicy {
     fn decide(&self, end: &JobEnd<'_>) -> Verdict {
-        if end.cause.kind() == CauseKind::Shutdown {
+        if end.cause.kind() == CauseKind::Shutdown && end.worker_stopping {
             Verdict::Requeue
         } else if self.is_permanent(end.cause.code()) {
             Verdict::Abort
@@ -197,9 +209,18 @@ mod tests {
     fn the_default_policy_decides_by_kind_and_code() {
         let policy = CausePolicy::new().permanent("PAYMENT_DECLINED");
         let decide = |cause: Cause, attempt| policy.decide(&JobEnd::new(&cause, attempt, 3));
+        let stopping =
+            |cause: Cause| policy.decide(&JobEnd::new(&cause, 1, 3).worker_stopping(true));
+        assert_eq!(
+            stopping(Cause::of_kind(CauseKind::Shutdown)),
+            Verdict::Requeue
+        );
+        // A shutdown cause from elsewhere (a remote service's UNAVAILABLE) is retried.
         assert_eq!(
             decide(Cause::of_kind(CauseKind::Shutdown), 1),
-            Verdict::Requeue
+            Verdict::Retry {
+                after: Duration::from_secs(1)
+            }
         );
         assert_eq!(decide(Cause::new("PAYMENT_DECLINED"), 1), Verdict::Abort);
         let retry = |secs| Verdict::Retry {
@@ -213,7 +234,7 @@ mod tests {
         assert_eq!(decide(Cause::of_kind(CauseKind::TaskFailed), 3), retry(4));
         // A permanent code wins over the kind, except a shutdown's.
         let shutdown = Cause::of_kind(CauseKind::Shutdown).with_code("PAYMENT_DECLINED");
-        assert_eq!(decide(shutdown, 1), Verdict::Requeue);
+        assert_eq!(stopping(shutdown), Verdict::Requeue);
     }
 
     #[test]
@@ -245,7 +266,7 @@ mod tests {
         );
         let sigterm = Cause::of_kind(CauseKind::Shutdown);
         assert_eq!(
-            policy.decide(&JobEnd::new(&sigterm, 1, 5)),
+            policy.decide(&JobEnd::new(&sigterm, 1, 5).worker_stopping(true)),
             Verdict::Requeue
         );
     }

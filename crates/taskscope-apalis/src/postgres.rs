@@ -14,8 +14,9 @@ use crate::settle::Job;
 /// The apalis-postgres configuration [`Settle`] needs, for `queue`: one task fetched at a
 /// time (a worker that stops hands nothing back unrun), tasks not marked *running* by
 /// apalis (the mark is written late and would undo a requeue) and results not written by
-/// apalis (`Settle` writes them), with a 1 s heartbeat and a worker presumed dead after 5
-/// missed ones (its jobs are then re-enqueued).
+/// apalis (`Settle` writes them), with a 1 s heartbeat and a worker presumed dead after 10
+/// missed ones (its jobs are then re-enqueued). A stopping apalis worker sends no heartbeat:
+/// the layer's grace and compensation time must fit in those 10 s.
 pub fn config(queue: &str) -> Config {
     Config::default()
         .queue(queue)
@@ -23,7 +24,7 @@ pub fn config(queue: &str) -> Config {
         .lock_tasks(false)
         .persist_results(false)
         .heartbeat_interval(Duration::from_secs(1))
-        .missed_heartbeats(5)
+        .missed_heartbeats(10)
 }
 
 /// Writes each job's outcome to apalis-postgres' `apalis.jobs`, as the job ends:
@@ -37,8 +38,9 @@ pub fn config(queue: &str) -> Config {
 /// | aborted | `Killed` | this attempt | never |
 ///
 /// `last_result` is `{"Err": "<outcome>: <cause>"}` (`{"Ok": null}` when done), as apalis
-/// writes it. A row is written only while the worker still holds the job (`lock_by`); one
-/// re-enqueued meanwhile (its worker presumed dead) is left to its new run.
+/// writes it. A row is written only while this run still holds the job: locked by this worker,
+/// `Queued`, its attempts as when it was fetched. One re-enqueued meanwhile (its worker
+/// presumed dead), even if fetched again by a worker of the same name, is left to its new run.
 ///
 /// The worker's backend must be configured by [`config`].
 #[derive(Clone, Debug)]
@@ -62,7 +64,7 @@ SET status = $3,
     done_at = CASE WHEN $3 IN ('Done', 'Killed') OR ($3 = 'Failed' AND $6::bigint IS NULL) THEN now() END,
     lock_by = CASE WHEN $3 IN ('Pending', 'Failed') AND $6::bigint IS NOT NULL THEN NULL ELSE lock_by END,
     lock_at = CASE WHEN $3 IN ('Pending', 'Failed') AND $6::bigint IS NOT NULL THEN NULL ELSE lock_at END
-WHERE id = $1 AND lock_by IS NOT DISTINCT FROM $2";
+WHERE id = $1 AND lock_by IS NOT DISTINCT FROM $2 AND attempts = $7 AND status = 'Queued'";
 
 impl crate::settle::Settle for Settle {
     /// # Cancel safety
@@ -77,7 +79,7 @@ impl crate::settle::Settle for Settle {
             let attempt = i32::try_from(job.attempt).unwrap_or(i32::MAX);
             let (status, attempts, run_in) = match outcome {
                 JobOutcome::Done => ("Done", attempt, None),
-                JobOutcome::Requeued(_) => ("Pending", attempt - 1, Some(Duration::ZERO)),
+                JobOutcome::Requeued { after, .. } => ("Pending", attempt - 1, Some(*after)),
                 JobOutcome::Retrying { after, .. } => ("Failed", attempt, Some(*after)),
                 JobOutcome::Failed(_) => ("Failed", attempt, None),
                 JobOutcome::Aborted(_) => ("Killed", attempt, None),
@@ -94,6 +96,7 @@ impl crate::settle::Settle for Settle {
                 .bind(attempts.max(0))
                 .bind(result)
                 .bind(run_in)
+                .bind(i32::try_from(job.attempts_before).unwrap_or(i32::MAX))
                 .execute(&self.pool)
                 .await?;
             if written.rows_affected() == 0 {
@@ -119,6 +122,10 @@ fn described(outcome: &JobOutcome, cause: &Cause) -> String {
 
 /// Dead-letters the jobs of `queue` whose payload is not JSON: they become `Killed`, with
 /// `last_result` saying why, and are never fetched again. Returns how many there were.
+///
+/// What it tests is PostgreSQL's idea of JSON, not serde's: a payload both accept but the job
+/// type does not (a number out of range, a wrong shape for a typed `Args`) still stops the
+/// worker; one with `\u0000` (serde accepts it, PostgreSQL does not) is dead-lettered.
 ///
 /// apalis decodes a payload in the backend, before any layer: one that is not JSON fails the
 /// worker's stream (`run` returns a backend error) and stays locked by that worker, to be
@@ -153,7 +160,7 @@ pub async fn dead_letter_undecodable(pool: &PgPool, queue: &str) -> Result<u64, 
          WHERE job_type = $1
            AND (status IN ('Pending', 'Queued', 'Running')
                 OR (status = 'Failed' AND attempts < max_attempts))
-           AND NOT pg_temp.taskscope_is_json(job)",
+           AND (job IS NULL OR NOT pg_temp.taskscope_is_json(job))",
     )
     .bind(queue)
     .execute(&mut *tx)
@@ -177,8 +184,10 @@ pub async fn dead_letter_undecodable(pool: &PgPool, queue: &str) -> Result<u64, 
 /// A worker that stops may have a fetch in flight: apalis marks the job as the worker's
 /// (`Queued`, `lock_by`), and nothing runs it. Left alone, it waits for the worker to be
 /// presumed dead and is re-enqueued as an orphan with one more attempt. Every job the worker
-/// started was settled by [`Settle`] before it returned, so once the worker has stopped, what
-/// it still holds was never started. Call this after the worker's `run_until` returns.
+/// started was settled by [`Settle`] before it returned (or its settlement failed, five times,
+/// and was logged), so once the worker has stopped, what it still holds was never started or
+/// could not be settled: either way it runs again. Call this after the worker's `run_until`
+/// returns.
 ///
 /// # Cancel safety
 ///

@@ -17,6 +17,9 @@ pub struct Job {
     pub worker: Option<String>,
     /// Which attempt this was, from 1.
     pub attempt: usize,
+    /// The attempts the queue had counted when the job was fetched: its row's, unless it
+    /// was re-enqueued (as an orphan) since.
+    pub attempts_before: usize,
     /// How many attempts it may make in all.
     pub max_attempts: usize,
 }

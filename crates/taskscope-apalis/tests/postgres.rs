@@ -51,6 +51,8 @@ enum Kind {
     Panic,
     /// Waits for its scope's cancellation, and returns its cause.
     Wait,
+    /// A remote service answered UNAVAILABLE: a shutdown cause, but not this worker's.
+    RemoteShutdown,
 }
 
 #[derive(Debug)]
@@ -115,6 +117,9 @@ async fn handle(kind: Kind, scope: JobScope, attempt: Attempt) -> Result<(), Cau
         Kind::SlowOnce => Ok(()),
         Kind::Panic => panic!("the inventory worker panicked"),
         Kind::Wait => Err(scope.cancelled().await),
+        Kind::RemoteShutdown => {
+            Err(Cause::of_kind(CauseKind::Shutdown).with_detail("inventory: UNAVAILABLE"))
+        }
     }
 }
 
@@ -126,10 +131,12 @@ async fn each_cause_gets_its_verdict_in_the_jobs_table() {
     for kind in [Kind::Ok, Kind::Shortage, Kind::SlowOnce] {
         storage.push(kind).await.unwrap();
     }
-    storage
-        .push_task(TaskBuilder::new(Kind::Panic).max_attempts(2).build())
-        .await
-        .unwrap();
+    for kind in [Kind::Panic, Kind::RemoteShutdown] {
+        storage
+            .push_task(TaskBuilder::new(kind).max_attempts(2).build())
+            .await
+            .unwrap();
+    }
 
     let compensated = Compensated::default();
     let worker_scope = Scope::new();
@@ -150,6 +157,7 @@ async fn each_cause_gets_its_verdict_in_the_jobs_table() {
                         .lock()
                         .unwrap()
                         .push((kind, cause.code().to_owned()));
+                    Ok::<(), Cause>(())
                 }
             }
         })
@@ -165,7 +173,7 @@ async fn each_cause_gets_its_verdict_in_the_jobs_table() {
     }));
 
     wait_until(&pool, &queue, |rows| {
-        rows.len() == 4
+        rows.len() == 5
             && rows.values().all(|row| {
                 matches!(row.status.as_str(), "Done" | "Killed")
                     || (row.status == "Failed" && row.attempts >= 2)
@@ -201,6 +209,12 @@ async fn each_cause_gets_its_verdict_in_the_jobs_table() {
         "a panic is retried up to the job's limit: {panic:?}"
     );
     assert!(panic.result.contains("panicked"), "{panic:?}");
+    let remote = &rows[&Kind::RemoteShutdown];
+    assert_eq!(
+        (remote.status.as_str(), remote.attempts),
+        ("Failed", 2),
+        "a shutdown cause from elsewhere, while the worker runs, is retried, not requeued: {remote:?}"
+    );
 
     let mut compensated = compensated.lock().unwrap().clone();
     compensated.sort_by_key(|(kind, _)| format!("{kind:?}"));
@@ -208,6 +222,7 @@ async fn each_cause_gets_its_verdict_in_the_jobs_table() {
         compensated,
         [
             (Kind::Panic, "panicked".to_owned()),
+            (Kind::RemoteShutdown, "shutdown".to_owned()),
             (Kind::Shortage, "INVENTORY_SHORTAGE".to_owned()),
         ],
         "compensated once each, and only the jobs given up"
@@ -350,4 +365,63 @@ async fn payloads_that_are_not_json_are_dead_lettered_and_jobs_never_started_put
         (row.status.as_str(), row.attempts, row.locked),
         ("Pending", 0, false)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_compensation_puts_the_job_back_to_be_compensated_again() {
+    let Some(pool) = pool().await else { return };
+    let queue = queue("compensation");
+    let mut storage = PostgresStorage::<Kind>::new(&pool).with_config(postgres::config(&queue));
+    storage.push(Kind::Shortage).await.unwrap();
+
+    let tries = Arc::new(Mutex::new(0));
+    let worker_scope = Scope::new();
+    let layer = JobScopeLayer::new(&worker_scope)
+        .policy(CausePolicy::new().permanent("INVENTORY_SHORTAGE"))
+        .compensate({
+            let tries = tries.clone();
+            move |_: Kind, _: Cause, _: Scope| {
+                let tries = tries.clone();
+                async move {
+                    let mut tries = tries.lock().unwrap();
+                    *tries += 1;
+                    match *tries {
+                        1 => Err(Cause::new("DB_ERROR").with_detail("connection reset")),
+                        _ => Ok(()),
+                    }
+                }
+            }
+        })
+        .settle(postgres::Settle::new(&pool));
+    let worker = WorkerBuilder::new(format!("{queue}-w1"))
+        .backend(storage)
+        .layer(layer)
+        .build(handle);
+    let stop = worker_scope.clone();
+    let running = tokio::spawn(worker.run_until(async move {
+        stop.cancelled().await;
+        Ok::<(), std::io::Error>(())
+    }));
+    // Put back after the failed compensation, uncounted and not yet due.
+    wait_until(&pool, &queue, |rows| {
+        rows[&Kind::Shortage].result.contains("COMPENSATION_FAILED")
+    })
+    .await;
+    let rows = self::rows(&pool, &queue).await;
+    let row = &rows[&Kind::Shortage];
+    assert_eq!(
+        (row.status.as_str(), row.attempts, row.locked),
+        ("Pending", 0, false),
+        "{row:?}"
+    );
+    // Run again 5 s later, given up again, compensated this time.
+    wait_until(&pool, &queue, |rows| {
+        rows[&Kind::Shortage].status == "Killed"
+    })
+    .await;
+    worker_scope.cancel(Cause::of_kind(CauseKind::Shutdown));
+    running.await.unwrap().unwrap();
+    let rows = self::rows(&pool, &queue).await;
+    assert_eq!(rows[&Kind::Shortage].attempts, 1);
+    assert_eq!(*tries.lock().unwrap(), 2);
 }

@@ -208,22 +208,30 @@ fn earlier_cause(id: i64, kind: &str, code: &str) -> Cause {
 /// Compensates an order the queue gave up: releases its stock, voids its charge, closes it as
 /// cancelled with its audit row. Idempotent: a second compensation finds it closed. A payload
 /// that is not an order has nothing to compensate.
-pub async fn compensate(ledger: PgLedger, payload: serde_json::Value, cause: Cause, scope: Scope) {
+///
+/// # Cancel safety
+///
+/// One transaction, committed only while `scope` is live: dropped, it is done or not, and
+/// running it again finishes it.
+pub async fn compensate(
+    ledger: PgLedger,
+    payload: serde_json::Value,
+    cause: Cause,
+    scope: Scope,
+) -> Result<(), Cause> {
     let Ok(job) = OrderJob::decode(&payload) else {
-        return;
+        return Ok(());
     };
     // The audit row names the scope the compensation ran in (`…/compensate-{task id}`); the
     // cause's origin says where the cancellation came from.
     let compensation_scope = scope.path().to_string();
-    if let Err(error) = ledger
+    ledger
         .compensate(
             &scope,
             (job.id, &job.sku, job.qty),
             &compensation_scope,
             &cause,
         )
-        .await
-    {
-        tracing::error!(order = job.id, %error, "compensation failed");
-    }
+        .await?;
+    Ok(())
 }

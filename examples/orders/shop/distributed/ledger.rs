@@ -307,6 +307,8 @@ impl PgLedger {
         match state(&mut tx, id).await?.as_deref() {
             Some("open") => {}
             Some(_) => return Ok(false),
+            // An order that never was (its SKU unknown, no units): nothing to undo or record.
+            None if qty == 0 || !known_sku(&mut tx, sku).await? => return Ok(false),
             None => {
                 sqlx::query(
                     "INSERT INTO shop.orders (id, sku, qty, state) VALUES ($1, $2, $3, 'open')",
@@ -461,6 +463,15 @@ impl PgLedger {
         }
         Ok(ledger)
     }
+}
+
+async fn known_sku(tx: &mut Transaction<'_, Postgres>, sku: &str) -> Result<bool, Cause> {
+    let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM shop.stock WHERE sku = $1")
+        .bind(sku)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(known.is_some())
 }
 
 fn closed(id: i64) -> Cause {

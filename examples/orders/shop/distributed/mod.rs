@@ -102,9 +102,13 @@ pub async fn run(config: &Config, url: &str, command: &Command) -> Result<bool, 
             name,
             exit_when_idle,
         } => {
-            let name = name
-                .clone()
-                .unwrap_or_else(|| format!("orders-{}", std::process::id()));
+            // Unique among live workers, across hosts: apalis registers workers by name.
+            let name = name.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname")
+                    .map(|host| host.trim().to_owned())
+                    .unwrap_or_default();
+                format!("orders-{host}-{}", std::process::id())
+            });
             work(config, &pool, name, *exit_when_idle).await?;
             Ok(true)
         }
