@@ -9,10 +9,10 @@
 //!
 //! | the job ended by | what becomes of it |
 //! |---|---|
-//! | its worker's shutdown (kind `shutdown`: SIGTERM, ctrl-c, a supervisor's shutdown) | back to the queue, its attempt **not** counted |
+//! | its worker's shutdown (a cause of kind `shutdown` while the worker's scope is cancelled: SIGTERM, ctrl-c, a supervisor's shutdown) | back to the queue, its attempt **not** counted |
 //! | its deadline | retried with backoff |
 //! | a cause whose code is marked permanent (`INVENTORY_SHORTAGE`) | given up at once, and compensated |
-//! | a panic, any other failure | a failed attempt, retried with backoff up to the job's limit, then given up and compensated |
+//! | a panic, any other failure (a shutdown cause from another service too) | a failed attempt, retried with backoff up to the job's limit, then given up and compensated |
 //!
 //! [`postgres::Settle`] writes these outcomes to apalis-postgres' jobs table, which apalis'
 //! own bookkeeping cannot (it counts every attempt and retries at once). The guide's

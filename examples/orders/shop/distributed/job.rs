@@ -35,16 +35,24 @@ pub const PERMANENT: [&str; 6] = [
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderJob {
+    /// The order's number.
     pub id: i64,
+    /// What it buys.
     pub sku: String,
+    /// How many.
     pub qty: u32,
+    /// What the simulated world does to it (`Complete`, `Shortage`, ...).
     pub fate: String,
+    /// How long the payment gateway takes.
     pub payment_latency_ms: u64,
+    /// How long the fraud check takes.
     pub fraud_latency_ms: u64,
+    /// When the customer cancels, after the order starts.
     pub cancel_after_ms: Option<u64>,
 }
 
 impl OrderJob {
+    /// The job of `plan`.
     pub fn of(plan: &OrderPlan) -> OrderJob {
         OrderJob {
             id: plan.id,
@@ -89,8 +97,11 @@ fn millis(duration: Duration) -> u64 {
 
 /// What every job of a worker shares.
 pub struct Ctx {
+    /// The ledger.
     pub ledger: PgLedger,
+    /// This worker's name, as attempts record it.
     pub worker: String,
+    /// How long the gateway may take to charge.
     pub payment_timeout: Duration,
     /// How long a cancelled job's steps may take to stop before they are aborted.
     pub grace: Duration,

@@ -96,9 +96,13 @@ pub enum Opened {
     Open,
     /// Completed by an earlier run: nothing to do.
     Completed,
-    /// Cancelled and compensated by an earlier run, whose worker died before the queue heard:
-    /// the kind and code of its cause, from its audit row.
-    Cancelled { kind: String, code: String },
+    /// Cancelled and compensated by an earlier run, whose worker died before the queue heard.
+    Cancelled {
+        /// Its cause's kind, from its audit row.
+        kind: String,
+        /// Its cause's code, from its audit row.
+        code: String,
+    },
 }
 
 impl PgLedger {
@@ -108,6 +112,10 @@ impl PgLedger {
     }
 
     /// Replaces the shop's tables with empty ones and `orders` orders' worth of stock.
+    ///
+    /// # Cancel safety
+    ///
+    /// One statement after another, not a transaction: dropped half-way, run it again.
     pub async fn reset(&self, orders: u64) -> Result<(), sqlx::Error> {
         sqlx::raw_sql(SCHEMA).execute(&self.pool).await?;
         let enough = i32::try_from(orders.saturating_mul(5)).unwrap_or(i32::MAX);
@@ -126,6 +134,10 @@ impl PgLedger {
     }
 
     /// Records that `worker` began attempt `attempt` at order `id`.
+    ///
+    /// # Cancel safety
+    ///
+    /// One statement: dropped, it is written or not.
     pub async fn record_attempt(&self, id: i64, attempt: usize, worker: &str) -> Result<(), Cause> {
         sqlx::query("INSERT INTO shop.attempts (order_id, attempt, worker) VALUES ($1, $2, $3)")
             .bind(id)
@@ -138,6 +150,10 @@ impl PgLedger {
     }
 
     /// The *validate* step: the order is recorded as open, unless an earlier run did.
+    ///
+    /// # Cancel safety
+    ///
+    /// One transaction, committed only while `scope` is live: dropped, it is done or not.
     pub async fn open(&self, scope: &Scope, id: i64, sku: &str, qty: u32) -> Result<Opened, Cause> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         if let Some(state) = state(&mut tx, id).await? {
@@ -179,6 +195,10 @@ impl PgLedger {
 
     /// Reserves the order's units, once; an [`INVENTORY_SHORTAGE`] cause if there are not
     /// enough.
+    ///
+    /// # Cancel safety
+    ///
+    /// One transaction, committed only while `scope` is live: dropped, it is done or not.
     pub async fn reserve(&self, scope: &Scope, id: i64) -> Result<(), Cause> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         if state(&mut tx, id).await?.as_deref() != Some("open") {
@@ -225,6 +245,10 @@ impl PgLedger {
     }
 
     /// The order's charge from an earlier run, if it has one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
     pub async fn charge_of(&self, id: i64) -> Result<Option<String>, Cause> {
         sqlx::query_scalar(
             "SELECT authorization_id FROM shop.charges WHERE order_id = $1 AND NOT voided",
@@ -237,6 +261,10 @@ impl PgLedger {
 
     /// Records the gateway's charge of the order, once: a charge already there (a run that
     /// raced this one) is returned instead.
+    ///
+    /// # Cancel safety
+    ///
+    /// One transaction, committed only while `scope` is live: dropped, it is done or not.
     pub async fn charge(&self, scope: &Scope, id: i64) -> Result<String, Cause> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         if state(&mut tx, id).await?.as_deref() != Some("open") {
@@ -266,6 +294,10 @@ impl PgLedger {
     }
 
     /// The *confirm* step: the reservation is committed and the order completed.
+    ///
+    /// # Cancel safety
+    ///
+    /// One transaction, committed only while `scope` is live: dropped, it is done or not.
     pub async fn confirm(&self, scope: &Scope, id: i64, authorization: &str) -> Result<(), Cause> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         if state(&mut tx, id).await?.as_deref() != Some("open") {
@@ -296,6 +328,10 @@ impl PgLedger {
     /// Compensation, in one transaction: puts a held reservation back into stock, voids the
     /// order's charge, closes the order as cancelled and writes its audit row with `cause`.
     /// An order already closed is left alone (`Ok(false)`): compensating twice does nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// One transaction, committed only while `scope` is live: dropped, it is done or not.
     pub async fn compensate(
         &self,
         scope: &Scope,
@@ -377,6 +413,10 @@ impl PgLedger {
     /// 4. every completed order has a committed reservation and its one charge;
     /// 5. no order has more than one charge standing, and no cancelled order has one;
     /// 6. no order is left open.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
     pub async fn check(&self) -> Result<Ledger, sqlx::Error> {
         let count = |sql: &'static str| async move {
             sqlx::query_scalar::<_, i64>(sql)

@@ -75,7 +75,12 @@ pub enum Command {
     Report,
 }
 
-/// Runs `command` against the database at `url`.
+/// Runs `command` against the database at `url`: `Ok(false)` when a report finds the run
+/// inconsistent.
+///
+/// # Cancel safety
+///
+/// Not cancel-safe: a worker dropped half-way leaves its jobs to be re-enqueued as orphans.
 pub async fn run(config: &Config, url: &str, command: &Command) -> Result<bool, Box<dyn Error>> {
     config.validate()?;
     let pool = PgPoolOptions::new()

@@ -34,6 +34,7 @@ pub struct Report {
 /// The jobs of one fate.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FateReport {
+    /// Jobs of this fate.
     pub jobs: u64,
     /// Their jobs' statuses.
     pub statuses: BTreeMap<String, u64>,
@@ -48,14 +49,22 @@ pub struct FateReport {
 /// A job whose payload is not an order, as the queue left it.
 #[derive(Clone, Debug, Serialize)]
 pub struct BadPayload {
+    /// The task's id.
     pub id: String,
+    /// Its status (`Killed` once dead-lettered).
     pub status: String,
+    /// The attempts counted.
     pub attempts: i32,
+    /// Why it was given up.
     pub last_result: String,
 }
 
 impl Report {
     /// Reads the run of queue `queue` from `pool`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
     pub async fn of(pool: &PgPool, queue: &str) -> Result<Report, sqlx::Error> {
         let ledger = PgLedger::new(pool).check().await?;
         let states: HashMap<i64, String> =
