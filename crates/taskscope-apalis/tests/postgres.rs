@@ -106,6 +106,15 @@ async fn wait_until(pool: &PgPool, queue: &str, done: impl Fn(&HashMap<Kind, Row
 
 type Compensated = Arc<Mutex<Vec<(Kind, String)>>>;
 
+/// Resolves when `scope` is cancelled: a worker's `run_until` signal.
+fn stopped(scope: &Scope) -> impl Future<Output = Result<(), std::io::Error>> + use<> {
+    let scope = scope.clone();
+    async move {
+        scope.cancelled().await;
+        Ok(())
+    }
+}
+
 async fn handle(kind: Kind, scope: JobScope, attempt: Attempt) -> Result<(), Cause> {
     match kind {
         Kind::Ok => Ok(()),
@@ -166,11 +175,7 @@ async fn each_cause_gets_its_verdict_in_the_jobs_table() {
         .backend(storage)
         .layer(layer)
         .build(handle);
-    let stop = worker_scope.clone();
-    let running = tokio::spawn(worker.run_until(async move {
-        stop.cancelled().await;
-        Ok::<(), std::io::Error>(())
-    }));
+    let running = tokio::spawn(worker.run_until(stopped(&worker_scope)));
 
     wait_until(&pool, &queue, |rows| {
         rows.len() == 5
@@ -248,11 +253,7 @@ async fn a_shutdown_requeues_the_job_without_counting_its_attempt() {
                 handle(kind, scope, attempt)
             }
         });
-    let stop = worker_scope.clone();
-    let running = tokio::spawn(worker.run_until(async move {
-        stop.cancelled().await;
-        Ok::<(), std::io::Error>(())
-    }));
+    let running = tokio::spawn(worker.run_until(stopped(&worker_scope)));
     tokio::time::timeout(Duration::from_secs(30), started.notified())
         .await
         .expect("the job started");
@@ -284,11 +285,7 @@ async fn a_shutdown_requeues_the_job_without_counting_its_attempt() {
             );
             Ok::<(), Cause>(())
         });
-    let stop = worker_scope.clone();
-    let running = tokio::spawn(worker.run_until(async move {
-        stop.cancelled().await;
-        Ok::<(), std::io::Error>(())
-    }));
+    let running = tokio::spawn(worker.run_until(stopped(&worker_scope)));
     wait_until(&pool, &queue, |rows| rows[&Kind::Wait].status == "Done").await;
     worker_scope.cancel(Cause::of_kind(CauseKind::Shutdown));
     running.await.unwrap().unwrap();
@@ -397,11 +394,7 @@ async fn a_failed_compensation_puts_the_job_back_to_be_compensated_again() {
         .backend(storage)
         .layer(layer)
         .build(handle);
-    let stop = worker_scope.clone();
-    let running = tokio::spawn(worker.run_until(async move {
-        stop.cancelled().await;
-        Ok::<(), std::io::Error>(())
-    }));
+    let running = tokio::spawn(worker.run_until(stopped(&worker_scope)));
     // Put back after the failed compensation, uncounted and not yet due.
     wait_until(&pool, &queue, |rows| {
         rows[&Kind::Shortage].result.contains("COMPENSATION_FAILED")
