@@ -260,17 +260,21 @@ impl<Args> Compensate<Args> for NoCompensation {
 /// 4. the [`policy`](JobScopeLayer::policy) turns the cause into a [`Verdict`]; a retry with no
 ///    attempt left is a [`JobOutcome::Failed`];
 /// 5. a job given up is [`compensate`](JobScopeLayer::compensate)d, in a detached scope named
-///    `compensate-{task id}`, with the cause;
-/// 6. the outcome is [settled](Settle) with the queue, and apalis is handed an error of the
-///    type that tells it the task's status.
+///    `compensate-{task id}`, with the cause; if that fails, the job is put back instead
+///    ([`COMPENSATION_FAILED`]);
+/// 6. the outcome is [settled](Settle) with the queue (tried again with backoff if that
+///    fails), and apalis is handed an error of the type that tells it the task's status.
 ///
-/// One `taskscope::job` event (debug; warn when a job is given up) says how each job ended.
+/// One `taskscope::job` event (debug; warn when a job is given up or its compensation failed)
+/// says how each job ended.
 ///
 /// # Cancel safety
 ///
-/// The job's future is cancel-safe as far as this layer goes: dropped, it drops the handler's
-/// future and its scope (cancelled with kind `dropped` by nothing: the scope simply ends) and
-/// settles nothing; the job stays locked by its worker until the backend re-enqueues it.
+/// Dropping a job's future (apalis does not, short of the process ending) drops the handler's
+/// future, its scope and any compensation in progress, and settles nothing: the job stays
+/// locked by its worker, to be put back by
+/// [`postgres::release_unstarted`](crate::postgres::release_unstarted) or re-enqueued as an
+/// orphan.
 #[derive(Clone)]
 pub struct JobScopeLayer<P = CausePolicy, C = NoCompensation, S = ApalisResult> {
     parent: Scope,
@@ -628,7 +632,7 @@ fn record(job: &Job, outcome: &JobOutcome) {
     let cause = outcome.cause();
     let (kind, code) = cause.map_or(("", ""), |cause| (cause.kind().as_str(), cause.code()));
     let detail = cause.and_then(Cause::detail).unwrap_or("");
-    if outcome.is_given_up() {
+    if outcome.is_given_up() || code == COMPENSATION_FAILED {
         tracing::warn!(
             target: JOB_TARGET,
             job = job.id.as_str(),
@@ -637,7 +641,7 @@ fn record(job: &Job, outcome: &JobOutcome) {
             cause.kind = kind,
             cause.code = code,
             cause.detail = detail,
-            "job given up"
+            "job given up, or its compensation failed"
         );
     } else {
         tracing::debug!(
