@@ -506,7 +506,7 @@ where
                 }
             };
             drop(scope);
-            let outcome = match cause {
+            let mut outcome = match cause {
                 None => JobOutcome::Done,
                 Some(cause) => {
                     let end = JobEnd::new(&cause, job.attempt, job.max_attempts)
@@ -524,7 +524,6 @@ where
                     }
                 }
             };
-            let mut outcome = outcome;
             if let (true, Some(cause)) = (outcome.is_given_up(), outcome.cause()) {
                 let scope = parent
                     .child_builder()
