@@ -10,22 +10,31 @@
 //!   `Config::default().queue(q).batch_size(1)`, apalis' own bookkeeping (a lock event when a
 //!   job starts, its result when it ends, both sent to the backend and written in batches).
 //!   `postgres::config` without the layer is not a side: nothing would write the results.
+//! - **postgres, plain apalis without lock events** (info): the same with `lock_tasks(false)`,
+//!   results only: which part of apalis' bookkeeping costs what.
+//! - **postgres, plain apalis with its default batch** (info): `Config::default().queue(q)`,
+//!   10 tasks per fetch, which `postgres::config` gives up (a worker that stops would hold
+//!   fetched tasks it never runs): what one task per fetch costs.
+//! - **postgres, with the layer and a batch of 10** (info): `postgres::config(q).batch_size(10)`
+//!   with the layer and `Settle`, against the plain batch of 10: the layer's cost when the
+//!   fetch is not the bottleneck. (A trade-off `postgres::config` does not make; measured
+//!   only.)
 //! - **memory, with the layer** / **plain** (info): apalis-core's `MemoryStorage`, the layer
 //!   with its default `ApalisResult` (nothing written): the layer's own CPU cost, no database.
 //!
-//! Both sides run `.concurrency(16)`. A sample enqueues `jobs` jobs on a queue of its own
+//! Every side runs `.concurrency(16)`. A sample enqueues `jobs` jobs on a queue of its own
 //! (untimed), then times from the worker's start until it has stopped: the handler counts the
 //! jobs it runs and asks the worker to stop at the last one; the worker then waits for the
 //! jobs in flight and flushes what its backend still holds (plain apalis writes the last
 //! results then). For postgres the clock stops once no row of the queue is left but `Done`
-//! (checked after the worker's end; it always is, so far). The queue's rows and its worker's
-//! row are deleted after each sample (untimed).
+//! (checked after the worker's end; in the runs so far it always was by then). The queue's
+//! rows and its worker's row are deleted after each sample (untimed).
 //!
 //! The postgres sides run on a multi-thread runtime (a worker's usual runtime; 2 threads here),
 //! the memory sides on a current-thread runtime, where all of a job's work is on the critical
-//! path. Each side's CPU per job is read from `/proc`: this process's, and, when the server is
-//! on this machine and its processes readable, PostgreSQL's (the postmaster with its reaped
-//! children, plus its live backends).
+//! path. Each postgres side's CPU per job is read from `/proc`: this process's, and, when the
+//! server is on this machine and its processes readable, PostgreSQL's (the postmaster with its
+//! reaped children, plus its live backends).
 //!
 //! ```text
 //! TASKSCOPE_POSTGRES_URL=postgres://postgres@127.0.0.1:55432/taskscope \
@@ -46,7 +55,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apalis::prelude::*;
 use apalis_postgres::{Config as QueueConfig, PgPool, PostgresStorage};
-use common::{Pair, Stats, Target, interleaved, print_table, recorded_pair, row};
+use common::{Pair, Stats, Target, interleaved, interleaved_n, pair, print_table, row};
 use sqlx::postgres::PgPoolOptions;
 use taskscope::Scope;
 use taskscope_apalis::{JobScopeLayer, postgres};
@@ -89,7 +98,7 @@ impl Config {
                 quick,
                 rounds: 7,
                 pg_jobs: 2_000,
-                memory_jobs: 50_000,
+                memory_jobs: 200_000,
             }
         }
     }
@@ -165,7 +174,20 @@ fn own_cpu() -> Duration {
 
 /// CPU time of the PostgreSQL server so far: its postmaster's own and its reaped children's,
 /// and its live children's. `None` if its processes cannot be read.
+///
+/// A child that exits while `/proc` is read (an autovacuum worker, another client's backend)
+/// can be missed by one reading, which then comes out low: the median of three is taken.
 fn server_cpu(postmaster: u32) -> Option<Duration> {
+    let mut readings = [
+        server_cpu_once(postmaster)?,
+        server_cpu_once(postmaster)?,
+        server_cpu_once(postmaster)?,
+    ];
+    readings.sort();
+    Some(readings[1])
+}
+
+fn server_cpu_once(postmaster: u32) -> Option<Duration> {
     let (_, [user, system, children_user, children_system]) = proc_times(&postmaster.to_string())?;
     let mut ticks = user + system + children_user + children_system;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -209,8 +231,16 @@ struct CpuLog {
 
 #[derive(Clone, Copy)]
 enum Side {
+    /// `JobScopeLayer`; for postgres with `postgres::config` and `postgres::Settle`.
     Scoped,
+    /// No layer; for postgres apalis' default bookkeeping, one task per fetch.
     Plain,
+    /// As `Plain`, without apalis' lock event (`lock_tasks(false)`): results only (postgres).
+    PlainNoLock,
+    /// As `Plain`, with apalis' default batch of 10 tasks per fetch (postgres).
+    PlainBatch,
+    /// As `Scoped`, with `postgres::config(q).batch_size(10)` (postgres).
+    ScopedBatch,
 }
 
 impl Side {
@@ -218,6 +248,9 @@ impl Side {
         match self {
             Side::Scoped => "scoped",
             Side::Plain => "plain",
+            Side::PlainNoLock => "plain-nolock",
+            Side::PlainBatch => "plain-batch",
+            Side::ScopedBatch => "scoped-batch",
         }
     }
 }
@@ -252,6 +285,12 @@ async fn pg_sample(
     let config = match side {
         Side::Scoped => postgres::config(&queue),
         Side::Plain => QueueConfig::default().queue(&queue).batch_size(1),
+        Side::PlainNoLock => QueueConfig::default()
+            .queue(&queue)
+            .batch_size(1)
+            .lock_tasks(false),
+        Side::PlainBatch => QueueConfig::default().queue(&queue),
+        Side::ScopedBatch => postgres::config(&queue).batch_size(10),
     };
     let mut storage = PostgresStorage::<u64>::new(pool).with_config(config);
     storage
@@ -266,7 +305,7 @@ async fn pg_sample(
     let (own_before, server_before) = (own_cpu(), postmaster.and_then(server_cpu));
     let start = Instant::now();
     let running = match side {
-        Side::Scoped => {
+        Side::Scoped | Side::ScopedBatch => {
             let scope = Scope::new();
             let worker = WorkerBuilder::new(worker.as_str())
                 .backend(storage)
@@ -275,7 +314,7 @@ async fn pg_sample(
                 .build(job(ran));
             tokio::spawn(worker.run_until(signal))
         }
-        Side::Plain => {
+        Side::Plain | Side::PlainNoLock | Side::PlainBatch => {
             let worker = WorkerBuilder::new(worker.as_str())
                 .backend(storage)
                 .concurrency(CONCURRENCY)
@@ -313,9 +352,8 @@ async fn pg_sample(
     (elapsed, own, server)
 }
 
-/// One memory sample of `side`: `jobs` jobs drained by one worker; its elapsed time and this
-/// process's CPU meanwhile.
-async fn memory_sample(side: Side, jobs: usize) -> (Duration, Duration) {
+/// One memory sample of `side`: `jobs` jobs drained by one worker; its elapsed time.
+async fn memory_sample(side: Side, jobs: usize) -> Duration {
     let mut storage = MemoryStorage::<u64>::new();
     storage
         .push_bulk((0..jobs as u64).collect())
@@ -324,10 +362,9 @@ async fn memory_sample(side: Side, jobs: usize) -> (Duration, Duration) {
     let ran = Ran::new(jobs);
     let (started_tx, started) = oneshot::channel();
     let signal = stop_after(ran.clone(), started_tx);
-    let own_before = own_cpu();
     let start = Instant::now();
     let running = match side {
-        Side::Scoped => {
+        Side::Scoped | Side::ScopedBatch => {
             let scope = Scope::new();
             let worker = WorkerBuilder::new("memory-scoped")
                 .backend(storage)
@@ -336,7 +373,7 @@ async fn memory_sample(side: Side, jobs: usize) -> (Duration, Duration) {
                 .build(job(ran));
             tokio::spawn(worker.run_until(signal))
         }
-        Side::Plain => {
+        Side::Plain | Side::PlainNoLock | Side::PlainBatch => {
             let worker = WorkerBuilder::new("memory-plain")
                 .backend(storage)
                 .concurrency(CONCURRENCY)
@@ -346,7 +383,7 @@ async fn memory_sample(side: Side, jobs: usize) -> (Duration, Duration) {
     };
     started.await.expect("the worker starts");
     running.await.expect("worker task").expect("worker");
-    (start.elapsed(), own_cpu().saturating_sub(own_before))
+    start.elapsed()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,14 +403,39 @@ fn micros(pair: &Pair) -> Pair {
     }
 }
 
-/// Jobs per second of a side, from its ns per job: median, and range over the rounds.
-fn throughput(name: &str, stats: &Stats) {
+/// A side's median jobs per second with its range over the rounds, from its ns per job, and
+/// its median CPU per job where measured.
+fn throughput(name: &str, time: &Stats, own: Option<&Stats>, server: Option<&Stats>) {
+    let cpu = |label: &str, stats: Option<&Stats>| {
+        stats.map_or(String::new(), |s| {
+            format!(
+                ", {label} {:.0} ({:.0}..{:.0}) us/job",
+                s.median / 1e3,
+                s.min / 1e3,
+                s.max / 1e3
+            )
+        })
+    };
     println!(
-        "  {name:<40} {:>9.0} jobs/s  (rounds {:.0}..{:.0})",
-        1e9 / stats.median,
-        1e9 / stats.max,
-        1e9 / stats.min
+        "  {name:<50} {:>9.0} jobs/s ({:.0}..{:.0}){}{}",
+        1e9 / time.median,
+        1e9 / time.max,
+        1e9 / time.min,
+        cpu("process CPU", own),
+        cpu("server CPU", server),
     );
+}
+
+/// Per-job statistics of CPU times recorded alongside each sample, the warm-up dropped.
+fn per_job(samples: &[Duration], jobs: usize) -> Option<Stats> {
+    (samples.len() > 1).then(|| {
+        Stats::of(
+            samples[1..]
+                .iter()
+                .map(|d| d.as_nanos() as f64 / jobs as f64)
+                .collect(),
+        )
+    })
 }
 
 fn main() {
@@ -390,27 +452,56 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     let mut rows = Vec::new();
-    let mut rates = Vec::new();
-    let mut cpu_lines = Vec::new();
+
+    // -- postgres --------------------------------------------------------------------------
+    let pg = match std::env::var("TASKSCOPE_POSTGRES_URL") {
+        Err(_) => {
+            println!(
+                "postgres sides skipped: TASKSCOPE_POSTGRES_URL is not set (see .ci/postgres)"
+            );
+            None
+        }
+        Ok(url) => Some(postgres_sides(&config, &url)),
+    };
+    if let Some((stats, _)) = &pg {
+        eprintln!(
+            "[{:>5.1}s] postgres sides done",
+            started.elapsed().as_secs_f64()
+        );
+        rows.push(row(
+            "1. postgres: JobScopeLayer + Settle vs plain",
+            "us/job",
+            &micros(&pair(stats, 0, 1)),
+            Target::AtMost(1.05),
+        ));
+        rows.push(row(
+            "1b. postgres: the same vs plain, no lock event",
+            "us/job",
+            &micros(&pair(stats, 0, 2)),
+            Target::None,
+        ));
+        rows.push(row(
+            "1c. postgres: the same vs plain, batch of 10",
+            "us/job",
+            &micros(&pair(stats, 0, 3)),
+            Target::None,
+        ));
+        rows.push(row(
+            "1d. postgres: both with a batch of 10",
+            "us/job",
+            &micros(&pair(stats, 4, 3)),
+            Target::None,
+        ));
+    }
 
     // -- memory ----------------------------------------------------------------------------
     let rt = common::runtime();
-    let logs = [Cell::new(Vec::new()), Cell::new(Vec::new())];
-    let memory_side = |side: Side, log: &Cell<Vec<Duration>>| {
-        let (elapsed, own) = rt.block_on(memory_sample(side, config.memory_jobs));
-        let mut cpu = log.take();
-        cpu.push(own);
-        log.set(cpu);
-        elapsed
-    };
     let memory = interleaved(
         config.rounds,
         config.memory_jobs,
-        || memory_side(Side::Scoped, &logs[0]),
-        || memory_side(Side::Plain, &logs[1]),
+        || rt.block_on(memory_sample(Side::Scoped, config.memory_jobs)),
+        || rt.block_on(memory_sample(Side::Plain, config.memory_jobs)),
     );
-    let [scoped_cpu, plain_cpu] = logs.map(Cell::into_inner);
-    let memory_cpu = micros(&recorded_pair(&scoped_cpu, &plain_cpu, config.memory_jobs));
     eprintln!(
         "[{:>5.1}s] memory sides done",
         started.elapsed().as_secs_f64()
@@ -421,137 +512,101 @@ fn main() {
         &micros(&memory),
         Target::None,
     ));
-    rows.push(row(
-        "2'. memory: CPU of this process",
-        "us/job",
-        &memory_cpu,
-        Target::None,
-    ));
-    rates.push(("memory, JobScopeLayer", memory.a));
-    rates.push(("memory, plain apalis", memory.b));
-    drop(rt);
-
-    // -- postgres --------------------------------------------------------------------------
-    match std::env::var("TASKSCOPE_POSTGRES_URL") {
-        Err(_) => {
-            println!("postgres sides skipped: TASKSCOPE_POSTGRES_URL is not set (see .ci/postgres)")
-        }
-        Ok(url) => {
-            let rt = Runtime::new().expect("multi-thread runtime");
-            let pool = rt.block_on(async {
-                let pool = PgPoolOptions::new()
-                    .max_connections(u32::try_from(CONCURRENCY).expect("small") + 4)
-                    .connect(&url)
-                    .await
-                    .expect("connect to TASKSCOPE_POSTGRES_URL");
-                PostgresStorage::setup(&pool)
-                    .await
-                    .expect("apalis migrations");
-                // What a run cut short left behind.
-                sqlx::query("DELETE FROM apalis.jobs WHERE job_type LIKE $1")
-                    .bind(format!("{PREFIX}-%"))
-                    .execute(&pool)
-                    .await
-                    .expect("delete earlier runs' jobs");
-                sqlx::query("DELETE FROM apalis.workers WHERE id LIKE $1")
-                    .bind(format!("{PREFIX}-%"))
-                    .execute(&pool)
-                    .await
-                    .expect("delete earlier runs' workers");
-                pool
-            });
-            let postmaster = rt.block_on(postmaster(&pool));
-            let sample = Cell::new(0);
-            let logs = [Cell::new(CpuLog::default()), Cell::new(CpuLog::default())];
-            let pg_side = |side: Side, log: &Cell<CpuLog>| {
-                sample.set(sample.get() + 1);
-                let (elapsed, own, server) = rt.block_on(pg_sample(
-                    &pool,
-                    postmaster,
-                    side,
-                    config.pg_jobs,
-                    sample.get(),
-                ));
-                let mut cpu = log.take();
-                cpu.own.push(own);
-                cpu.server.extend(server);
-                log.set(cpu);
-                elapsed
-            };
-            let pg = interleaved(
-                config.rounds,
-                config.pg_jobs,
-                || pg_side(Side::Scoped, &logs[0]),
-                || pg_side(Side::Plain, &logs[1]),
-            );
-            let [scoped_cpu, plain_cpu] = logs.map(Cell::into_inner);
-            eprintln!(
-                "[{:>5.1}s] postgres sides done",
-                started.elapsed().as_secs_f64()
-            );
-            rows.insert(
-                0,
-                row(
-                    "1. postgres: JobScopeLayer + Settle vs plain",
-                    "us/job",
-                    &micros(&pg),
-                    Target::AtMost(1.05),
-                ),
-            );
-            rows.insert(
-                1,
-                row(
-                    "1'. postgres: CPU of this process",
-                    "us/job",
-                    &micros(&recorded_pair(
-                        &scoped_cpu.own,
-                        &plain_cpu.own,
-                        config.pg_jobs,
-                    )),
-                    Target::None,
-                ),
-            );
-            if scoped_cpu.server.len() == scoped_cpu.own.len()
-                && plain_cpu.server.len() == plain_cpu.own.len()
-            {
-                rows.insert(
-                    2,
-                    row(
-                        "1\". postgres: CPU of the PostgreSQL server",
-                        "us/job",
-                        &micros(&recorded_pair(
-                            &scoped_cpu.server,
-                            &plain_cpu.server,
-                            config.pg_jobs,
-                        )),
-                        Target::None,
-                    ),
-                );
-            } else {
-                cpu_lines.push(
-                    "(the PostgreSQL server's CPU is not shown: its processes are not readable \
-                     from here)",
-                );
-            }
-            rates.insert(0, ("postgres, JobScopeLayer + postgres::Settle", pg.a));
-            rates.insert(1, ("postgres, plain apalis", pg.b));
-            rt.block_on(pool.close());
-        }
-    }
 
     print_table(&rows);
-    for line in cpu_lines {
-        println!("{line}");
-    }
     println!();
-    println!("throughput (median over rounds; range over rounds):");
-    for (name, stats) in &rates {
-        throughput(name, stats);
+    println!("throughput, median (range over rounds), and CPU per job, median (range):");
+    if let Some((stats, cpu)) = &pg {
+        let names = [
+            "postgres, JobScopeLayer + postgres::Settle",
+            "postgres, plain apalis",
+            "postgres, plain apalis, lock_tasks(false)",
+            "postgres, plain apalis, batch_size(10)",
+            "postgres, JobScopeLayer + Settle, batch_size(10)",
+        ];
+        for (i, name) in names.into_iter().enumerate() {
+            throughput(
+                name,
+                &stats[i],
+                per_job(&cpu[i].own, config.pg_jobs).as_ref(),
+                per_job(&cpu[i].server, config.pg_jobs).as_ref(),
+            );
+        }
+        if cpu.iter().any(|log| log.server.is_empty()) {
+            println!(
+                "  (no server CPU: the PostgreSQL server's processes are not readable from here)"
+            );
+        }
     }
+    throughput("memory, JobScopeLayer", &memory.a, None, None);
+    throughput("memory, plain apalis", &memory.b, None, None);
     println!(
-        "(CPU rows: /proc utime + stime over each sample, in 10 ms ticks, per job; \
-         ratio = with the layer / plain)"
+        "(CPU: /proc utime + stime over each sample, 10 ms ticks; process = this benchmark, \
+         server = the postmaster, its backends and its reaped children)"
     );
     println!();
     println!("total time {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// The five postgres sides, interleaved: their time per job, and their CPU per sample.
+fn postgres_sides(config: &Config, url: &str) -> (Vec<Stats>, [CpuLog; 5]) {
+    let rt = Runtime::new().expect("multi-thread runtime");
+    let pool = rt.block_on(async {
+        let pool = PgPoolOptions::new()
+            .max_connections(u32::try_from(CONCURRENCY).expect("small") + 4)
+            .connect(url)
+            .await
+            .expect("connect to TASKSCOPE_POSTGRES_URL");
+        PostgresStorage::setup(&pool)
+            .await
+            .expect("apalis migrations");
+        // What a run cut short left behind.
+        for statement in [
+            "DELETE FROM apalis.jobs WHERE job_type LIKE $1",
+            "DELETE FROM apalis.workers WHERE id LIKE $1",
+        ] {
+            sqlx::query(statement)
+                .bind(format!("{PREFIX}-%"))
+                .execute(&pool)
+                .await
+                .expect("delete what earlier runs left");
+        }
+        pool
+    });
+    let postmaster = rt.block_on(postmaster(&pool));
+    let sample = Cell::new(0);
+    let logs: [Cell<CpuLog>; 5] = Default::default();
+    let run = |side: Side, log: &Cell<CpuLog>| {
+        sample.set(sample.get() + 1);
+        let (elapsed, own, server) = rt.block_on(pg_sample(
+            &pool,
+            postmaster,
+            side,
+            config.pg_jobs,
+            sample.get(),
+        ));
+        let mut cpu = log.take();
+        cpu.own.push(own);
+        cpu.server.extend(server);
+        log.set(cpu);
+        elapsed
+    };
+    let mut scoped = || run(Side::Scoped, &logs[0]);
+    let mut plain = || run(Side::Plain, &logs[1]);
+    let mut plain_no_lock = || run(Side::PlainNoLock, &logs[2]);
+    let mut plain_batch = || run(Side::PlainBatch, &logs[3]);
+    let mut scoped_batch = || run(Side::ScopedBatch, &logs[4]);
+    let stats = interleaved_n(
+        config.rounds,
+        &[config.pg_jobs; 5],
+        &mut [
+            &mut scoped,
+            &mut plain,
+            &mut plain_no_lock,
+            &mut plain_batch,
+            &mut scoped_batch,
+        ],
+    );
+    rt.block_on(pool.close());
+    (stats, logs.map(Cell::into_inner))
 }
