@@ -454,20 +454,15 @@ where
             );
         }
         let scope = scope.build();
-        let job = Job {
-            worker: task
-                .data()
-                .get::<WorkerContext>()
-                .map(|worker| worker.name().to_owned()),
-            id,
-            // apalis counts the attempt when its lifecycle layer, inside this one, is first
-            // polled: read once the job has run.
-            attempt: 0,
-            attempts_before: task.raw_attempt().current(),
-            max_attempts: task.max_attempts().unwrap_or(DEFAULT_MAX_ATTEMPTS),
-        };
+        let worker = task
+            .data()
+            .get::<WorkerContext>()
+            .map(|worker| worker.name().to_owned());
+        let max_attempts = task.max_attempts().unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        // apalis counts the attempt when its lifecycle layer, inside this one, is first
+        // polled: read once the job has run.
         let attempt = task.raw_attempt().clone();
-        let before = job.attempts_before;
+        let before = attempt.current();
         task.inject_data(JobScope(scope.clone()));
         let args = task.args.clone();
         let run = AssertUnwindSafe(self.inner.call(task)).catch_unwind();
@@ -488,8 +483,11 @@ where
             // A job past its grace is dropped here, with what it was awaiting.
             drop(run);
             let job = Job {
+                id,
+                worker,
                 attempt: attempt.current().max(before + 1),
-                ..job
+                attempts_before: before,
+                max_attempts,
             };
             let (response, cause) = match returned {
                 Some(Ok(Ok(response))) => (Some(response), None),

@@ -172,12 +172,7 @@ impl PgLedger {
                 }
             };
         }
-        let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM shop.stock WHERE sku = $1")
-            .bind(sku)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if known.is_none() || qty == 0 {
+        if qty == 0 || !known_sku(&mut tx, sku).await? {
             return Err(Cause::new("INVALID_ORDER").with_detail(format!(
                 "order {id}: {qty} x {sku:?} is not in the catalogue"
             )));

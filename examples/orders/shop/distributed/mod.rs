@@ -251,7 +251,7 @@ async fn work(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                match runnable(&pool).await {
+                match runnable(&pool, QUEUE).await {
                     Ok(0) => {
                         handle.shutdown(
                             Cause::of_kind(CauseKind::Shutdown)
@@ -279,14 +279,14 @@ async fn work(
     Ok(())
 }
 
-/// Jobs of the queue that are waiting, in flight, or failed with attempts left.
-async fn runnable(pool: &PgPool) -> Result<i64, sqlx::Error> {
+/// Jobs of `queue` that are waiting, in flight, or failed with attempts left.
+async fn runnable(pool: &PgPool, queue: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM apalis.jobs WHERE job_type = $1
            AND (status IN ('Pending', 'Queued', 'Running')
                 OR (status = 'Failed' AND attempts < max_attempts))",
     )
-    .bind(QUEUE)
+    .bind(queue)
     .fetch_one(pool)
     .await
 }

@@ -81,8 +81,8 @@ impl Report {
         .into_iter()
         .map(|(code, n)| (code, u64::try_from(n).unwrap_or(0)))
         .collect();
-        let jobs = sqlx::query_as::<_, (String, Vec<u8>, String, i32, i32, Option<String>)>(
-            "SELECT id, job, status, attempts, max_attempts, last_result::text
+        let jobs = sqlx::query_as::<_, (String, Vec<u8>, String, i32, Option<String>)>(
+            "SELECT id, job, status, attempts, last_result::text
              FROM apalis.jobs WHERE job_type = $1",
         )
         .bind(queue)
@@ -95,15 +95,10 @@ impl Report {
             fates: BTreeMap::new(),
             bad_payloads: Vec::new(),
             requeued_runs: 0,
-            unsettled_jobs: 0,
+            unsettled_jobs: u64::try_from(super::runnable(pool, queue).await?).unwrap_or(0),
         };
-        for (id, payload, status, attempts, max_attempts, last_result) in jobs {
+        for (id, payload, status, attempts, last_result) in jobs {
             *report.jobs_by_status.entry(status.clone()).or_default() += 1;
-            let runnable = matches!(status.as_str(), "Pending" | "Queued" | "Running")
-                || (status == "Failed" && attempts < max_attempts);
-            if runnable {
-                report.unsettled_jobs += 1;
-            }
             let job = serde_json::from_slice(&payload)
                 .ok()
                 .and_then(|payload| OrderJob::decode(&payload).ok());
